@@ -1,0 +1,63 @@
+"""The VectorStore role: chunk vectors keyed by chunk id, cosine similarity."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Self
+
+
+@dataclass(frozen=True, slots=True)
+class VectorHit:
+    id: str
+    #: Cosine similarity in [-1, 1] (1 = same direction).
+    score: float
+    metadata: dict[str, Any]
+
+
+class VectorStore(ABC):
+    """Async vector index. `where` filters use Chroma's operators ($eq, $in, $and)."""
+
+    backend: str = ""
+
+    @abstractmethod
+    async def upsert(
+        self,
+        ids: list[str],
+        embeddings: list[list[float]],
+        metadatas: list[dict[str, Any]],
+    ) -> None:
+        """Add or replace vectors."""
+
+    @abstractmethod
+    async def query(
+        self, embedding: list[float], *, top_k: int, where: dict[str, Any] | None = None
+    ) -> list[VectorHit]:
+        """Nearest neighbours, best first."""
+
+    @abstractmethod
+    async def delete(
+        self, *, ids: list[str] | None = None, where: dict[str, Any] | None = None
+    ) -> None:
+        """Remove vectors by id or by metadata filter."""
+
+    @abstractmethod
+    async def get_ids(self, *, where: dict[str, Any] | None = None) -> list[str]:
+        """Ids of the stored vectors matching `where` (all if None)."""
+
+    @abstractmethod
+    async def count(self) -> int:
+        """Number of stored vectors."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open the connection / collection."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Close the connection."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,391 @@
+"""The `studyrag` command line (typer + rich). Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from studyrag.config import Settings
+    from studyrag.services import Services
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="studyrag",
+    help="Chat with your study documents: ingest, search, ask. Offline by default.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+documents_app = typer.Typer(help="List, show, delete or reindex ingested documents.", no_args_is_help=True)
+app.add_typer(documents_app, name="documents")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Where StudyRAG keeps its data (default: $STUDYRAG_DATA_DIR or ./data).",
+        show_default=False,
+    ),
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    from studyrag.config import load_settings
+
+    return load_settings(data_dir=data_dir)
+
+
+def _setup_logging(level: str = "WARNING") -> None:
+    from rich.logging import RichHandler
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
+    )
+    for noisy in ("chromadb", "httpx", "sentence_transformers", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]], *, as_json: bool = False) -> T:
+    """Run a coroutine; a StudyRAGError becomes a clear message and exit code 1."""
+    from studyrag.errors import StudyRAGError
+
+    try:
+        return asyncio.run(coro_fn())
+    except StudyRAGError as exc:
+        if as_json:
+            _emit(exc.to_dict())
+        else:
+            err_console.print(f"[bold red]error[/] [{exc.error_code}] {exc.message}")
+            if exc.hint:
+                err_console.print(f"  [dim]{exc.hint}[/]")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+async def _with_services(
+    settings: Settings, fn: Callable[[Services], Awaitable[T]], *, with_chat: bool = False
+) -> T:
+    from studyrag.services import open_services
+
+    async with open_services(settings, with_chat=with_chat) as services:
+        return await fn(services)
+
+
+# --- ingest ------------------------------------------------------------------------------
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to ingest.")],
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Ingest files and folders (PDF, DOCX, HTML, TXT, Markdown)."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go(services: Services) -> list[Any]:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        from studyrag.ingest.pipeline import Progress as Step
+        from studyrag.ingest.pipeline import expand_paths
+
+        files = expand_paths(paths)
+        if not files:
+            return []
+        results = []
+        if as_json:
+            for f in files:
+                r = await services.pipeline.ingest_file(f)
+                _emit(_ingest_json(r))
+                results.append(r)
+            return results
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stage]}"),
+            console=err_console,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("ingesting", total=len(files), stage="")
+
+            def on_progress(step: Step) -> None:
+                detail = f"{step.filename}: {step.stage}"
+                if step.stage == "embed" and step.total:
+                    detail += f" {step.done}/{step.total} chunks"
+                bar.update(task, stage=detail)
+
+            for f in files:
+                r = await services.pipeline.ingest_file(f, progress=on_progress)
+                results.append(r)
+                bar.advance(task)
+                _print_ingest(r)
+        return results
+
+    results = _run(lambda: _with_services(settings, go), as_json=as_json)
+    if not results:
+        err_console.print("[yellow]No files found.[/]")
+        raise typer.Exit(1)
+    failed = sum(1 for r in results if not r.ok)
+    if not as_json:
+        done = sum(1 for r in results if r.status == "completed")
+        dup = sum(1 for r in results if r.status == "duplicate")
+        err_console.print(f"{done} ingested, {dup} already present, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _ingest_json(r: Any) -> dict[str, Any]:
+    return {
+        "document_id": r.document_id,
+        "filename": r.filename,
+        "status": r.status,
+        "error_code": r.error_code,
+        "error": r.error,
+        "chunks": r.chunks,
+        "timings": {k: round(v, 4) for k, v in r.timings.items()},
+    }
+
+
+def _print_ingest(r: Any) -> None:
+    if r.status == "completed":
+        console.print(f"[green]✓[/] {r.filename} — {r.chunks} chunks  [dim]{r.document_id}[/]")
+    elif r.status == "duplicate":
+        console.print(f"[yellow]=[/] {r.filename} — unchanged, {r.error}")
+    else:
+        console.print(f"[red]✗[/] {r.filename} — [{r.error_code}] {r.error}")
+
+
+# --- search ------------------------------------------------------------------------------
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    mode: Annotated[str, typer.Option(help="hybrid, semantic or lexical.")] = "hybrid",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many passages.")] = 5,
+    file_type: Annotated[
+        list[str] | None, typer.Option("--file-type", help="Only these types (pdf, md, ...).")
+    ] = None,
+    document: Annotated[
+        list[str] | None, typer.Option("--document", help="Only these document ids.")
+    ] = None,
+    group: Annotated[bool, typer.Option("--group", help="Best passage per document.")] = False,
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Search ingested documents: ranked passages with page, section and score."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go(services: Services) -> Any:
+        from studyrag.retrieval.types import SearchFilters
+
+        filters = SearchFilters(document_ids=document or None, file_types=file_type or None)
+        return await services.search.search(
+            query, mode=mode, top_k=top_k, filters=filters, group_by_document=group
+        )
+
+    response = _run(lambda: _with_services(settings, go), as_json=as_json)
+    if as_json:
+        for r in response.results:
+            _emit(
+                {
+                    "rank": r.rank,
+                    "score": r.score,
+                    "document_id": r.document_id,
+                    "filename": r.filename,
+                    "page": r.page,
+                    "section": r.section,
+                    "chunk_id": r.chunk_id,
+                    "text": r.text,
+                    "snippet": r.snippet,
+                    "start": r.start,
+                    "end": r.end,
+                }
+            )
+        return
+    if not response.results:
+        console.print("[yellow]No matching passages.[/] Try other words or `--mode semantic`.")
+        return
+    for r in response.results:
+        where = r.filename + (f", p. {r.page}" if r.page else "") + (
+            f" — {r.section}" if r.section else ""
+        )
+        console.print(f"[bold]{r.rank}.[/] [cyan]{where}[/]  [dim]score {r.score:.3f}[/]")
+        snippet = r.snippet.replace("[", "\\[").replace("<mark>", "[bold yellow]")
+        console.print("   " + snippet.replace("</mark>", "[/]"))
+    console.print(f"[dim]{response.mode} search, {response.timings.get('total_ms', 0):.0f} ms[/]")
+
+
+# --- documents ---------------------------------------------------------------------------
+@documents_app.command("list")
+def documents_list(
+    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """List documents."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go(services: Services) -> Any:
+        return await services.documents.list(status=status, limit=10_000)
+
+    docs, total = _run(lambda: _with_services(settings, go), as_json=as_json)
+    if as_json:
+        for d in docs:
+            _emit(_doc_json(d))
+        return
+    from rich.table import Table
+
+    table = Table("id", "filename", "type", "status", "chunks", "error")
+    for d in docs:
+        table.add_row(d.id, d.filename, d.file_type, d.status, str(d.chunk_count),
+                      f"[{d.error_code}] {d.error}" if d.error_code else "")
+    console.print(table)
+    console.print(f"[dim]{total} documents[/]")
+
+
+def _doc_json(d: Any) -> dict[str, Any]:
+    from studyrag.api.routes.documents import document_public
+
+    out = document_public(d)
+    out["document_id"] = out.pop("id")
+    out["chunks"] = out["chunk_count"]
+    return out
+
+
+@documents_app.command("show")
+def documents_show(
+    document_id: str, data_dir: DataDir = None, as_json: JsonOut = False
+) -> None:
+    """Show one document and where its chunks are."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go(services: Services) -> Any:
+        return await services.documents.get(document_id), await services.documents.chunks_for(
+            document_id
+        )
+
+    doc, chunks = _run(lambda: _with_services(settings, go), as_json=as_json)
+    data = _doc_json(doc)
+    data["chunk_locations"] = [
+        {"chunk_id": c.id, "index": c.index, "page": c.page, "section": c.section,
+         "tokens": c.token_count}
+        for c in chunks
+    ]
+    if as_json:
+        _emit(data)
+        return
+    for key in ("document_id", "filename", "file_type", "status", "chunks", "embedding_model",
+                "size", "sha256", "error_code", "error", "created_at"):
+        console.print(f"[bold]{key}[/]: {data.get(key)}")
+    console.print(f"[bold]metadata[/]: {data.get('metadata')}")
+    for c in chunks[:50]:
+        console.print(f"  #{c.index} p.{c.page or '-'} {c.section or '(no section)'} "
+                      f"[dim]{c.token_count} tokens[/]")
+
+
+@documents_app.command("delete")
+def documents_delete(
+    document_ids: list[str], data_dir: DataDir = None, as_json: JsonOut = False
+) -> None:
+    """Delete documents and every chunk of them."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go(services: Services) -> None:
+        for d in document_ids:
+            await services.pipeline.delete_document(d)
+            if as_json:
+                _emit({"document_id": d, "status": "deleted", "error_code": None})
+            else:
+                console.print(f"[green]deleted[/] {d}")
+
+    _run(lambda: _with_services(settings, go), as_json=as_json)
+
+
+@documents_app.command("reindex")
+def documents_reindex(
+    document_ids: Annotated[list[str] | None, typer.Argument(help="Ids; none = all.")] = None,
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Recompute embeddings with the current embedding model."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go(services: Services) -> list[Any]:
+        ids = document_ids or await services.documents.all_ids(status="completed")
+        out = []
+        for d in ids:
+            r = await services.pipeline.reindex(d)
+            out.append(r)
+            if as_json:
+                _emit(_ingest_json(r))
+            else:
+                _print_ingest(r)
+        return out
+
+    results = _run(lambda: _with_services(settings, go), as_json=as_json)
+    if any(not r.ok for r in results):
+        raise typer.Exit(1)
+
+
+# --- serve -------------------------------------------------------------------------------
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Start the HTTP/WebSocket server."""
+    import uvicorn
+
+    from studyrag.app import create_app
+
+    settings = _settings(data_dir)
+    _setup_logging(settings.log_level)
+    app_ = create_app(settings)
+    uvicorn.run(
+        app_,
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        log_level=settings.log_level.lower(),
+        ws_max_size=settings.api.ws_max_frame_bytes * 4,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

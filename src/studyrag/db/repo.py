@@ -1,0 +1,196 @@
+"""Document and chunk persistence, including the full-text rows that mirror the chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from studyrag.db.models import Chunk, Document
+from studyrag.db.session import Database
+from studyrag.errors import DocumentNotFound
+
+# Statuses a document passes through; only "completed" documents are searchable.
+PENDING, PROCESSING, COMPLETED, FAILED, DELETING = (
+    "pending",
+    "processing",
+    "completed",
+    "failed",
+    "deleting",
+)
+
+
+class DocumentRepo:
+    """All SQL that touches documents and chunks."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, **fields: Any) -> Document:
+        """Insert a document row and commit it."""
+        async with self.db.session() as s:
+            doc = Document(**fields)
+            s.add(doc)
+        return doc
+
+    async def get(self, document_id: str) -> Document:
+        """The document, or DocumentNotFound (DOC_004)."""
+        async with self.db.session() as s:
+            doc = await s.get(Document, document_id)
+        if doc is None or doc.status == DELETING:
+            raise DocumentNotFound(f"No document with id {document_id!r}.")
+        return doc
+
+    async def get_content(self, document_id: str) -> str:
+        """The extracted text that chunk offsets point into."""
+        async with self.db.session() as s:
+            value = await s.scalar(select(Document.content).where(Document.id == document_id))
+        return value or ""
+
+    async def list(
+        self, *, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Document], int]:
+        """Documents newest first, with the total count."""
+        stmt = select(Document).where(Document.status != DELETING)
+        count = select(func.count()).select_from(Document).where(Document.status != DELETING)
+        if status:
+            stmt = stmt.where(Document.status == status)
+            count = count.where(Document.status == status)
+        stmt = stmt.order_by(Document.created_at.desc(), Document.id).limit(limit).offset(offset)
+        async with self.db.session() as s:
+            docs = list((await s.scalars(stmt)).all())
+            total = int(await s.scalar(count) or 0)
+        return docs, total
+
+    async def all_ids(self, *, status: str | None = None) -> list[str]:
+        stmt = select(Document.id)
+        if status:
+            stmt = stmt.where(Document.status == status)
+        async with self.db.session() as s:
+            return list((await s.scalars(stmt)).all())
+
+    async def find_completed_by_sha(self, sha256: str) -> Document | None:
+        """The already-ingested document with these bytes, if any."""
+        async with self.db.session() as s:
+            return await s.scalar(
+                select(Document)
+                .where(Document.sha256 == sha256, Document.status == COMPLETED)
+                .limit(1)
+            )
+
+    async def drop_failed(self, *, source_path: str, sha256: str) -> None:
+        """Forget earlier failed attempts of this file, so a retry leaves one record."""
+        async with self.db.session() as s:
+            await s.execute(
+                delete(Document).where(
+                    Document.status == FAILED,
+                    (Document.source_path == source_path) | (Document.sha256 == sha256),
+                )
+            )
+
+    async def set_status(self, document_id: str, status: str, **fields: Any) -> None:
+        async with self.db.session() as s:
+            await s.execute(
+                update(Document)
+                .where(Document.id == document_id)
+                .values(status=status, updated_at=datetime.now(UTC), **fields)
+            )
+
+    async def by_status(self, statuses: Sequence[str]) -> list[Document]:
+        async with self.db.session() as s:
+            return list(
+                (await s.scalars(select(Document).where(Document.status.in_(statuses)))).all()
+            )
+
+    # --- chunks ------------------------------------------------------------------------
+    async def insert_chunks(self, document_id: str, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert chunk rows and their full-text rows in one transaction; returns chunk ids."""
+        if not rows:
+            return []
+        async with self.db.session() as s:
+            result = await s.execute(
+                insert(Chunk).returning(Chunk.id, sort_by_parameter_order=True),
+                [{**r, "document_id": document_id} for r in rows],
+            )
+            ids = [int(i) for i in result.scalars().all()]
+            if self.db.is_sqlite:
+                await s.execute(
+                    text("INSERT INTO chunks_fts(rowid, text, section) VALUES (:id, :text, :sec)"),
+                    [
+                        {"id": i, "text": r["text"], "sec": r.get("section", "")}
+                        for i, r in zip(ids, rows, strict=True)
+                    ],
+                )
+        return ids
+
+    async def delete_chunks(self, document_id: str, session: AsyncSession | None = None) -> None:
+        """Remove a document's chunks and their full-text rows."""
+        if session is None:
+            async with self.db.session() as s:
+                await self._delete_chunks(s, document_id)
+        else:
+            await self._delete_chunks(session, document_id)
+
+    async def _delete_chunks(self, s: AsyncSession, document_id: str) -> None:
+        if self.db.is_sqlite:
+            await s.execute(
+                text(
+                    "DELETE FROM chunks_fts WHERE rowid IN "
+                    "(SELECT id FROM chunks WHERE document_id = :d)"
+                ),
+                {"d": document_id},
+            )
+        await s.execute(delete(Chunk).where(Chunk.document_id == document_id))
+
+    async def delete_document(self, document_id: str) -> None:
+        """Remove the document row with its chunks and full-text rows."""
+        async with self.db.session() as s:
+            await self._delete_chunks(s, document_id)
+            await s.execute(delete(Document).where(Document.id == document_id))
+
+    async def chunk_ids(self, document_id: str) -> list[int]:
+        async with self.db.session() as s:
+            return list(
+                (
+                    await s.scalars(
+                        select(Chunk.id).where(Chunk.document_id == document_id).order_by(Chunk.index)
+                    )
+                ).all()
+            )
+
+    async def chunks_for(self, document_id: str) -> list[Chunk]:
+        async with self.db.session() as s:
+            return list(
+                (
+                    await s.scalars(
+                        select(Chunk).where(Chunk.document_id == document_id).order_by(Chunk.index)
+                    )
+                ).all()
+            )
+
+    async def searchable_chunks(self, ids: Iterable[int]) -> dict[int, tuple[Chunk, Document]]:
+        """Chunks by id whose document is completed (others are not searchable yet)."""
+        id_list = list(ids)
+        if not id_list:
+            return {}
+        stmt = (
+            select(Chunk, Document)
+            .join(Document, Document.id == Chunk.document_id)
+            .where(Chunk.id.in_(id_list), Document.status == COMPLETED)
+        )
+        async with self.db.session() as s:
+            rows = (await s.execute(stmt)).all()
+        return {c.id: (c, d) for c, d in rows}
+
+    async def stats(self) -> dict[str, Any]:
+        async with self.db.session() as s:
+            by_status = dict(
+                (await s.execute(select(Document.status, func.count()).group_by(Document.status)))
+                .tuples()
+                .all()
+            )
+            chunks = int(await s.scalar(select(func.count()).select_from(Chunk)) or 0)
+        return {"documents_by_status": by_status, "chunks": chunks}

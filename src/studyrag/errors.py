@@ -1,0 +1,193 @@
+"""The StudyRAGError tree: each class carries its error_code, HTTP status and a hint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StudyRAGError(Exception):
+    """Base of every error a user can see; rendered as one JSON shape everywhere."""
+
+    error_code = "GEN_001"
+    status_code = 500
+    default_hint = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = dict(details or {})
+        self.hint = hint if hint is not None else self.default_hint
+
+    def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
+        """The one error shape: error_code, message, details, request_id."""
+        details = dict(self.details)
+        if self.hint:
+            details.setdefault("hint", self.hint)
+        return {
+            "error_code": self.error_code,
+            "message": self.message,
+            "details": details,
+            "request_id": request_id,
+        }
+
+
+# --- configuration -----------------------------------------------------------------------
+class ConfigError(StudyRAGError):
+    error_code = "CONFIG_001"
+    status_code = 500
+
+
+class MissingExtraError(ConfigError):
+    error_code = "CONFIG_002"
+
+    def __init__(self, feature: str, extra: str) -> None:
+        super().__init__(
+            f"{feature} needs an optional dependency that is not installed.",
+            hint=f"Install it with: pip install 'studyrag[{extra}]'",
+            details={"extra": extra},
+        )
+
+
+# --- documents ---------------------------------------------------------------------------
+class DocumentError(StudyRAGError):
+    error_code = "DOC_000"
+    status_code = 400
+
+
+class UnsupportedFileType(DocumentError):
+    error_code = "DOC_001"
+    status_code = 415
+    default_hint = "Supported types: .pdf, .docx, .html/.htm, .txt, .md/.markdown."
+
+
+class FileTooLarge(DocumentError):
+    error_code = "DOC_002"
+    status_code = 413
+    default_hint = "Split the file, or raise STUDYRAG_INGEST__MAX_FILE_SIZE_MB."
+
+
+class ExtractionFailed(DocumentError):
+    error_code = "DOC_003"
+    status_code = 422
+    default_hint = "Check that the file opens in its usual program and is not encrypted."
+
+
+class DocumentNotFound(DocumentError):
+    error_code = "DOC_004"
+    status_code = 404
+    default_hint = "List documents with `studyrag documents list` or GET /api/documents."
+
+
+class IngestionFailed(DocumentError):
+    error_code = "DOC_005"
+    status_code = 500
+    default_hint = "Run the ingestion again; the document was rolled back."
+
+
+# --- search ------------------------------------------------------------------------------
+class SearchError(StudyRAGError):
+    error_code = "SEARCH_000"
+    status_code = 400
+
+
+class EmptyQuery(SearchError):
+    error_code = "SEARCH_001"
+    status_code = 400
+    default_hint = "Type a few words to search for."
+
+
+class InvalidSearchRequest(SearchError):
+    error_code = "SEARCH_002"
+    status_code = 422
+
+
+class BackendUnavailable(SearchError):
+    """The embedder or the vector store cannot be reached."""
+
+    error_code = "SEARCH_003"
+    status_code = 503
+
+
+# --- chat --------------------------------------------------------------------------------
+class ChatError(StudyRAGError):
+    error_code = "CHAT_000"
+    status_code = 500
+
+
+class LLMUnavailable(ChatError):
+    error_code = "CHAT_001"
+    status_code = 503
+
+
+class ModelNotFound(ChatError):
+    error_code = "CHAT_002"
+    status_code = 503
+
+
+class ContextTooLong(ChatError):
+    error_code = "CHAT_003"
+    status_code = 413
+
+
+class GenerationFailed(ChatError):
+    error_code = "CHAT_004"
+    status_code = 502
+
+
+class ConversationNotFound(ChatError):
+    error_code = "CHAT_005"
+    status_code = 404
+    default_hint = "List conversations with GET /api/chat/conversations or start a new one."
+
+
+class InvalidChatRequest(ChatError):
+    error_code = "CHAT_006"
+    status_code = 422
+
+
+class GenerationInProgress(ChatError):
+    error_code = "CHAT_007"
+    status_code = 409
+    default_hint = "Wait for the current answer, attach to its stream, or stop it first."
+
+
+class MessageNotFound(ChatError):
+    error_code = "CHAT_008"
+    status_code = 404
+
+
+class InvalidFrame(ChatError):
+    """A WebSocket frame that is not valid JSON, has an unknown type or is too large."""
+
+    error_code = "CHAT_009"
+    status_code = 400
+
+
+class PayloadTooLarge(ChatError):
+    error_code = "CHAT_010"
+    status_code = 413
+
+
+# --- limits ------------------------------------------------------------------------------
+class RateLimited(StudyRAGError):
+    error_code = "RATE_001"
+    status_code = 429
+
+    def __init__(self, retry_after: float, *, limit: int) -> None:
+        super().__init__(
+            f"Too many messages: at most {limit} per minute.",
+            details={"retry_after": round(retry_after, 1), "limit": limit},
+            hint=f"Wait {max(1, round(retry_after))} s and send again.",
+        )
+        self.retry_after = retry_after
+
+
+class TooManyConnections(StudyRAGError):
+    error_code = "RATE_002"
+    status_code = 429
