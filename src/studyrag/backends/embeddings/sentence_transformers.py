@@ -75,7 +75,10 @@ class SentenceTransformersEmbedder(Embedder):
     async def start(self) -> None:
         if self._model is None:
             self._model = await anyio.to_thread.run_sync(self._load)
-            self.dimensions = int(self._model.get_sentence_embedding_dimension())
+            get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
+                self._model, "get_sentence_embedding_dimension"
+            )
+            self.dimensions = int(get_dim())
             self.max_tokens = int(self._model.max_seq_length)
             self._tokenizer = HFTokenizer(self._model.tokenizer)
 
@@ -87,6 +90,8 @@ class SentenceTransformersEmbedder(Embedder):
             # Nothing may be fetched from a hub at run time.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
             from sentence_transformers import SentenceTransformer
 
             try:

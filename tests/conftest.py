@@ -1,0 +1,32 @@
+"""Shared fixtures. Nothing here may reach a hub: models load from installed packages."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["ANONYMIZED_TELEMETRY"] = "False"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Tests must never pick up a developer's configuration or data.
+for _key in [k for k in os.environ if k.startswith("STUDYRAG_")]:
+    del os.environ[_key]
+
+import pytest  # noqa: E402
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real all-MiniLM-L6-v2 embedder, loaded once per session."""
+    from studyrag.backends.embeddings.sentence_transformers import SentenceTransformersEmbedder
+    from studyrag.config import EmbeddingsSettings
+
+    return SentenceTransformersEmbedder(EmbeddingsSettings())
