@@ -89,7 +89,8 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
                 sorted(
                     f
                     for f in p.rglob("*")
-                    if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                    if f.is_file()
+                    and not any(part.startswith(".") for part in f.relative_to(p).parts)
                 )
             )
         else:
@@ -160,8 +161,9 @@ class IngestionPipeline:
                     f"{self.settings.max_file_size_mb:g} MB."
                 )
             if suffix not in SUPPORTED_SUFFIXES:
-                raise UnsupportedFileType(f"{filename}: files of type {suffix or '(none)'} "
-                                          "cannot be ingested.")
+                raise UnsupportedFileType(
+                    f"{filename}: files of type {suffix or '(none)'} cannot be ingested."
+                )
             loader = get_loader(path, prefer=self.settings.loader)
             record["file_type"] = loader.file_type
             sha = await anyio.to_thread.run_sync(_sha256, path)
