@@ -7,7 +7,12 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Self
 
+from studyrag.errors import ContextTooLong
+
 Role = Literal["system", "user", "assistant"]
+
+# Chat templates add a few tokens per message (role markers, separators) around the text.
+TOKENS_PER_MESSAGE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,25 @@ class ChatModel(ABC):
     @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes in this model (an estimate where no tokenizer is local)."""
+
+    def count_message_tokens(self, messages: list[ChatMessage]) -> int:
+        """Tokens a conversation takes: its texts plus the template's per-message overhead."""
+        return sum(self.count_tokens(m.content) + TOKENS_PER_MESSAGE for m in messages)
+
+    def check_context(self, prompt_tokens: int, max_tokens: int) -> None:
+        """Raise ContextTooLong when the prompt plus the answer cannot fit context_window."""
+        if prompt_tokens + max_tokens <= self.context_window:
+            return
+        raise ContextTooLong(
+            f"The prompt takes {prompt_tokens} tokens and the answer up to {max_tokens}, "
+            f"more than the model's {self.context_window}-token context; shorten the "
+            "question, send fewer documents or raise STUDYRAG_LLM__N_CTX.",
+            details={
+                "prompt_tokens": prompt_tokens,
+                "max_tokens": max_tokens,
+                "context_window": self.context_window,
+            },
+        )
 
     async def complete(
         self,
