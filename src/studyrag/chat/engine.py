@@ -1,0 +1,614 @@
+"""The chat engine: question → retrieval → grounded, streamed, cited answer, stored as it goes.
+
+Event order of one answer: start, sources, token*, then done or error. Failures before
+`start` (invalid request, unknown conversation or template) are raised; after it they are
+stored on the assistant message and reported as an `error` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import anyio
+from sqlalchemy import select
+
+from studyrag.backends.llm.base import ChatMessage, ChatModel, GenerationStats, TokenDelta
+from studyrag.chat.citations import mark_cited, resolve_citations, strip_markers
+from studyrag.chat.conversations import ConversationManager, MessagePublic
+from studyrag.chat.prompts import (
+    PromptTemplate,
+    available_templates,
+    fit_prompt,
+    parse_rewrite,
+    rewrite_prompt,
+)
+from studyrag.config import Settings
+from studyrag.db.models import Chunk, Document
+from studyrag.errors import (
+    GenerationFailed,
+    InvalidChatRequest,
+    MessageNotFound,
+    StudyRAGError,
+)
+from studyrag.retrieval.context import build_context
+from studyrag.retrieval.lexical import STOPWORDS
+from studyrag.retrieval.search import MODES, SearchService
+from studyrag.retrieval.types import SearchFilters, SearchResult
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REWRITE_MAX_TOKENS = 48
+SUGGESTED_TITLES = 3
+SUGGESTED_TERMS = 5
+# Enough chunk text to find a corpus's frequent terms without reading all of it.
+_TERM_SAMPLE_CHUNKS = 200
+_TERM = re.compile(r"[^\W\d_]{4,}")
+
+
+# --- events ------------------------------------------------------------------------------
+@dataclass(slots=True)
+class StartEvent:
+    """The question is stored; the answer will be `assistant_message_id`."""
+
+    conversation: dict[str, Any]
+    user_message: dict[str, Any]
+    assistant_message_id: str
+    type: Literal["start"] = "start"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready event."""
+        return {
+            "type": self.type,
+            "conversation": self.conversation,
+            "user_message": self.user_message,
+            "assistant_message_id": self.assistant_message_id,
+        }
+
+
+@dataclass(slots=True)
+class SourcesEvent:
+    """The numbered passages the answer may cite (empty when nothing was relevant)."""
+
+    sources: list[dict[str, Any]]
+    type: Literal["sources"] = "sources"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready event."""
+        return {"type": self.type, "sources": self.sources}
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    """A piece of the answer; `seq` counts 1, 2, 3… within one answer."""
+
+    seq: int
+    delta: str
+    type: Literal["token"] = "token"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready event."""
+        return {"type": self.type, "seq": self.seq, "delta": self.delta}
+
+
+@dataclass(slots=True)
+class DoneEvent:
+    """The stored answer; its content replaces the streamed text (bad citations removed)."""
+
+    message: dict[str, Any]
+    conversation: dict[str, Any]
+    metadata: dict[str, Any]
+    type: Literal["done"] = "done"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready event."""
+        return {
+            "type": self.type,
+            "message": self.message,
+            "conversation": self.conversation,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass(slots=True)
+class ErrorEvent:
+    """The answer failed; the assistant message is stored with status "error"."""
+
+    error_code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+    message_id: str | None = None
+    exception: StudyRAGError | None = field(default=None, repr=False, compare=False)
+    type: Literal["error"] = "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The house error shape plus the event type and the failed message's id."""
+        return {
+            "type": self.type,
+            "error_code": self.error_code,
+            "message": self.message,
+            "details": self.details,
+            "message_id": self.message_id,
+        }
+
+
+ChatEvent = StartEvent | SourcesEvent | TokenEvent | DoneEvent | ErrorEvent
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """A whole answer, as process_message returns it."""
+
+    message: dict[str, Any]
+    conversation: dict[str, Any]
+    sources: list[dict[str, Any]]
+    metadata: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "message": self.message,
+            "conversation": self.conversation,
+            "sources": self.sources,
+            "metadata": self.metadata,
+        }
+
+
+# --- one answer's state ------------------------------------------------------------------
+@dataclass(slots=True)
+class _Answer:
+    """What one answer has gathered so far; written to its message whatever happens."""
+
+    message: MessagePublic
+    template: str
+    mode: str
+    started: float = field(default_factory=time.perf_counter)
+    parts: list[str] = field(default_factory=list)
+    sources: list[Any] = field(default_factory=list)
+    stats: GenerationStats | None = None
+    first_token: float | None = None
+    prompt_tokens: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+    generated: bool = False  # the text came from the model (else it is our own message)
+    status: str = "incomplete"
+    error: StudyRAGError | None = None
+
+
+class ChatEngine:
+    """Answers questions from the indexed documents and keeps the conversation."""
+
+    def __init__(
+        self,
+        *,
+        conversations: ConversationManager,
+        search: SearchService,
+        model: ChatModel,
+        settings: Settings,
+    ) -> None:
+        self.conversations = conversations
+        self.search = search
+        self.model = model
+        self.settings = settings
+        self.templates: dict[str, PromptTemplate] = available_templates(settings.chat.templates)
+        # Final writes run shielded from cancellation; they are kept here until done.
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    async def process_message(
+        self,
+        message: str,
+        *,
+        conversation_id: str | None = None,
+        template: str | None = None,
+        top_k: int | None = None,
+        search_mode: str | None = None,
+        filters: SearchFilters | None = None,
+        max_tokens: int | None = None,
+    ) -> ChatResult:
+        """Answer `message` in one go; a failed answer raises its StudyRAGError."""
+        done: DoneEvent | None = None
+        events = self.stream_message(
+            message,
+            conversation_id=conversation_id,
+            template=template,
+            top_k=top_k,
+            search_mode=search_mode,
+            filters=filters,
+            max_tokens=max_tokens,
+        )
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, ErrorEvent):
+                    raise event.exception or GenerationFailed(event.message)
+                if isinstance(event, DoneEvent):
+                    done = event
+        assert done is not None, "a stream ends with done or error"
+        return ChatResult(
+            message=done.message,
+            conversation=done.conversation,
+            sources=list(done.message.get("sources", [])),
+            metadata=done.metadata,
+        )
+
+    async def stream_message(
+        self,
+        message: str,
+        *,
+        conversation_id: str | None = None,
+        template: str | None = None,
+        top_k: int | None = None,
+        search_mode: str | None = None,
+        filters: SearchFilters | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncGenerator[ChatEvent, None]:
+        """Answer `message` as events; closing the iterator stops and keeps a partial answer."""
+        chat = self.settings.chat
+        question = self._validate(message)
+        tpl = self._template(template or chat.template)
+        mode = search_mode or self.settings.search.mode
+        if mode not in MODES:
+            raise InvalidChatRequest(
+                f"Unknown search mode {mode!r}.", hint=f"Use one of: {', '.join(MODES)}."
+            )
+        k = top_k if top_k is not None else chat.top_k
+        if not 1 <= k <= 50:
+            raise InvalidChatRequest("top_k must be between 1 and 50.")
+        budget = max_tokens if max_tokens is not None else self.settings.llm.max_tokens
+        if budget < 1:
+            raise InvalidChatRequest("max_tokens must be at least 1.")
+        # Half the window for the answer at most, or no source could ever fit.
+        budget = min(budget, max(16, self.model.context_window // 2))
+
+        if conversation_id is None:
+            conversation = await self.conversations.create()
+        else:
+            conversation = await self.conversations.get(conversation_id)
+        # Read before storing the question, so the question is not its own history.
+        past = await self.conversations.history(conversation.id, chat.history_messages)
+        user_msg = await self.conversations.add_message(conversation.id, "user", question)
+        placeholder = await self.conversations.add_message(
+            conversation.id, "assistant", "", status="incomplete", metadata={"template": tpl.name}
+        )
+        answer = _Answer(message=placeholder, template=tpl.name, mode=mode)
+        try:
+            # Inside the try: from here on, any exit leaves the placeholder finalised.
+            conversation = await self.conversations.get(conversation.id)
+            yield StartEvent(
+                conversation=conversation.to_dict(),
+                user_message=user_msg.to_dict(),
+                assistant_message_id=placeholder.id,
+            )
+            history = [
+                ChatMessage(
+                    "user" if m.role == "user" else "assistant",
+                    m.content if m.role == "user" else strip_markers(m.content),
+                )
+                for m in past
+            ]
+            # aclosing: a consumer that stops closes every inner stream down to the model's.
+            steps = self._answer(answer, question, history, tpl, k, filters, budget)
+            async with aclosing(steps):
+                async for event in steps:
+                    yield event
+            answer.status = "complete"
+        except (GeneratorExit, asyncio.CancelledError):
+            answer.status = "incomplete"
+            raise
+        except StudyRAGError as exc:
+            answer.status, answer.error = "error", exc
+        except Exception as exc:
+            log.exception("Answer %s failed", placeholder.id)
+            answer.status = "error"
+            answer.error = StudyRAGError(
+                f"The answer failed unexpectedly: {type(exc).__name__}.",
+                hint="See the server log; send the message again.",
+            )
+        finally:
+            stored, conv = await self._shielded(self._save(answer))
+        if answer.error is not None:
+            err = answer.error.to_dict()
+            yield ErrorEvent(
+                error_code=err["error_code"],
+                message=err["message"],
+                details=err["details"],
+                message_id=stored.id,
+                exception=answer.error,
+            )
+        else:
+            yield DoneEvent(
+                message=stored.to_dict(), conversation=conv, metadata=dict(stored.metadata)
+            )
+
+    async def drain(self) -> None:
+        """Wait for final message writes still running after a cancellation."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    # --- steps ---------------------------------------------------------------------------
+    def _validate(self, message: str) -> str:
+        question = (message or "").strip()
+        if not question:
+            raise InvalidChatRequest("The message is empty.", hint="Type a question.")
+        limit = self.settings.chat.max_message_chars
+        if len(question) > limit:
+            raise InvalidChatRequest(
+                f"The message has {len(question)} characters; the limit is {limit}.",
+                details={"length": len(question), "limit": limit},
+                hint="Shorten it, or raise STUDYRAG_CHAT__MAX_MESSAGE_CHARS.",
+            )
+        return question
+
+    def _template(self, name: str) -> PromptTemplate:
+        try:
+            return self.templates[name]
+        except KeyError:
+            names = sorted(self.templates)
+            raise InvalidChatRequest(
+                f"Unknown prompt template {name!r}.",
+                details={"template": name, "available": names},
+                hint=f"Use one of: {', '.join(names)}.",
+            ) from None
+
+    async def _answer(
+        self,
+        answer: _Answer,
+        question: str,
+        history: list[ChatMessage],
+        tpl: PromptTemplate,
+        top_k: int,
+        filters: SearchFilters | None,
+        max_tokens: int,
+    ) -> AsyncGenerator[ChatEvent, None]:
+        meta = answer.meta
+        meta.update(
+            template=tpl.name,
+            search_mode=answer.mode,
+            model=self.model.model_name,
+            provider=self.model.provider,
+            rewritten_query=None,
+        )
+        query = question
+        if history and self.settings.chat.rewrite_followups:
+            query = await self._rewrite(history, question)
+            meta["rewritten_query"] = query if query != question else None
+        t0 = time.perf_counter()
+        threshold = self.settings.chat.relevance_threshold
+        response = await self.search.search(query, mode=answer.mode, top_k=top_k, filters=filters)
+        relevant = [r for r in response.results if r.score >= threshold]
+        if not relevant and query != question:
+            # A small model's rewrite can miss; the user's own words get a second chance.
+            response = await self.search.search(
+                question, mode=answer.mode, top_k=top_k, filters=filters
+            )
+            relevant = [r for r in response.results if r.score >= threshold]
+            meta["rewrite_fallback"] = True
+        meta["retrieval_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        meta["candidates"] = len(response.results)
+        meta["best_score"] = max((r.score for r in response.results), default=None)
+
+        if not relevant:
+            text = await self._nothing_found(filters, meta)
+            yield SourcesEvent([])
+            for seq, piece in enumerate(_words(text), start=1):
+                answer.parts.append(piece)
+                yield TokenEvent(seq, piece)
+            return
+
+        tokens = self._generate(answer, question, history, tpl, relevant, max_tokens)
+        async with aclosing(tokens):
+            async for event in tokens:
+                yield event
+
+    async def _generate(
+        self,
+        answer: _Answer,
+        question: str,
+        history: list[ChatMessage],
+        tpl: PromptTemplate,
+        relevant: list[SearchResult],
+        max_tokens: int,
+    ) -> AsyncGenerator[ChatEvent, None]:
+        context = build_context(
+            relevant,
+            budget=self.settings.search.context_token_budget,
+            count_tokens=self.model.count_tokens,
+        )
+        fit = fit_prompt(
+            tpl,
+            question=question,
+            context_text=context.text,
+            history=history,
+            count_tokens=self.model.count_tokens,
+            context_window=self.model.context_window,
+            max_tokens=max_tokens,
+            sources=context.sources,
+        )
+        answer.sources = fit.sources
+        answer.prompt_tokens = fit.prompt_tokens
+        answer.meta.update(
+            history_used=fit.history_used,
+            history_dropped=fit.history_dropped,
+            sources_dropped=fit.sources_dropped,
+            context_tokens=context.tokens,
+        )
+        yield SourcesEvent([s.to_dict() for s in fit.sources])
+        answer.generated = True
+        stream = self.model.stream(
+            fit.messages, max_tokens=max_tokens, temperature=self.settings.llm.temperature
+        )
+        # When our consumer stops, closing the model's stream stops the generation too.
+        async with _closing(stream):
+            async for event in stream:
+                if isinstance(event, TokenDelta):
+                    if not event.text:
+                        continue
+                    if answer.first_token is None:
+                        answer.first_token = time.perf_counter() - answer.started
+                    answer.parts.append(event.text)
+                    yield TokenEvent(len(answer.parts), event.text)
+                else:
+                    answer.stats = event.stats
+        if answer.stats is not None and answer.stats.finish_reason == "error":
+            raise GenerationFailed("The model stopped with an error.")
+
+    async def _rewrite(self, history: list[ChatMessage], question: str) -> str:
+        """A standalone query for a follow-up; the raw question when the model fails."""
+        try:
+            done = await self.model.complete(
+                rewrite_prompt(history, question),
+                max_tokens=REWRITE_MAX_TOKENS,
+                temperature=0.0,
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed rewrite must not fail the answer
+            log.warning("Follow-up rewrite failed, searching the raw question: %s", exc)
+            return question
+        # Markers the model copied from the history are noise in a search query.
+        return parse_rewrite(strip_markers(done.text), question)
+
+    async def _nothing_found(self, filters: SearchFilters | None, meta: dict[str, Any]) -> str:
+        """Our own reply when no passage is relevant: say so and suggest what to ask."""
+        titles, terms = await self._suggestions(filters)
+        meta.update(no_results=True, cited=[], suggestions={"documents": titles, "terms": terms})
+        if not titles:
+            return (
+                "There are no indexed documents to answer from yet. Add your study "
+                "documents first, then ask again."
+            )
+        text = (
+            "I could not find anything relevant to this question in your documents, so I "
+            "will not guess. Try asking about " + ", ".join(f'"{t}"' for t in titles) + "."
+        )
+        if terms:
+            text += " Topics your documents cover include: " + ", ".join(terms) + "."
+        return text
+
+    async def _suggestions(self, filters: SearchFilters | None) -> tuple[list[str], list[str]]:
+        """A few document titles and frequent terms of the indexed chunks."""
+        where = [Document.status == "completed"]
+        if filters is not None and filters.document_ids:
+            where.append(Document.id.in_(filters.document_ids))
+        if filters is not None and filters.file_types:
+            where.append(Document.file_type.in_(filters.file_types))
+        async with self.conversations.db.session() as s:
+            docs = (
+                await s.execute(
+                    select(Document.filename, Document.meta)
+                    .where(*where)
+                    .order_by(Document.updated_at.desc())
+                    .limit(SUGGESTED_TITLES)
+                )
+            ).all()
+            texts = list(
+                (
+                    await s.scalars(
+                        select(Chunk.text)
+                        .join(Document, Document.id == Chunk.document_id)
+                        .where(*where)
+                        .order_by(Chunk.id.desc())
+                        .limit(_TERM_SAMPLE_CHUNKS)
+                    )
+                ).all()
+            )
+        titles = [str((meta or {}).get("title") or name) for name, meta in docs]
+        terms = await anyio.to_thread.run_sync(_frequent_terms, texts)
+        return titles, terms
+
+    async def _save(self, answer: _Answer) -> tuple[MessagePublic, dict[str, Any]]:
+        """Write the answer's final state to its pre-created message."""
+        raw = "".join(answer.parts)
+        meta = dict(answer.meta)
+        meta["template"] = answer.template
+        sources: list[dict[str, Any]] = []
+        content = raw
+        if answer.generated:
+            content, cited, removed = resolve_citations(raw, answer.sources)
+            sources = mark_cited(answer.sources, cited)
+            meta.update(cited=cited, removed_citations=removed)
+            stats = answer.stats or self._partial_stats(answer)
+            if answer.status == "incomplete":
+                stats.finish_reason = "cancelled"
+            elif answer.status == "error":
+                stats.finish_reason = "error"
+            meta["stats"] = stats.to_dict()
+        meta["response_ms"] = round((time.perf_counter() - answer.started) * 1000, 2)
+        if answer.error is not None:
+            meta["error_code"] = answer.error.error_code
+            meta["error"] = answer.error.message
+        try:
+            stored = await self.conversations.update_message(
+                answer.message.id,
+                content=content,
+                status=answer.status,
+                sources=sources,
+                metadata=meta,
+            )
+        except MessageNotFound:
+            # Removed meanwhile (cleanup with drop_incomplete); report what it would be.
+            log.warning("Answer %s was deleted before it was saved", answer.message.id)
+            stored = dataclasses.replace(
+                answer.message,
+                content=content,
+                status=answer.status,
+                sources=sources,
+                metadata=meta,
+            )
+        conv = await self.conversations.get(answer.message.conversation_id, include_deleted=True)
+        return stored, conv.to_dict()
+
+    def _partial_stats(self, answer: _Answer) -> GenerationStats:
+        total = time.perf_counter() - answer.started
+        produced = len(answer.parts)
+        return GenerationStats(
+            model=self.model.model_name,
+            provider=self.model.provider,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=produced,
+            time_to_first_token=answer.first_token,
+            total_time=total,
+            tokens_per_second=produced / total if total > 0 else 0.0,
+        )
+
+    async def _shielded(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` to the end even if the caller is cancelled meanwhile."""
+        task: asyncio.Task[T] = asyncio.ensure_future(coro)
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+        return await asyncio.shield(task)
+
+    def _write_done(self, task: asyncio.Task[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Saving an answer failed", exc_info=task.exception())
+
+
+@asynccontextmanager
+async def _closing(stream: AsyncIterator[Any]) -> AsyncIterator[None]:
+    """Close an async iterator on exit if it can be closed (every async generator can)."""
+    try:
+        yield
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _words(text: str) -> list[str]:
+    """Text as word pieces with their leading space, like a detokenizer streams them."""
+    words = text.split(" ")
+    return [w if i == 0 else f" {w}" for i, w in enumerate(words)]
+
+
+def _frequent_terms(texts: list[str]) -> list[str]:
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(w for w in _TERM.findall(text.lower()) if w not in STOPWORDS)
+    return [w for w, _ in counts.most_common(SUGGESTED_TERMS)]

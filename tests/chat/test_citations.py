@@ -1,0 +1,87 @@
+"""Citation markers: resolved, normalised, or removed when they match no source."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from studyrag.chat.citations import mark_cited, resolve_citations, strip_markers
+from studyrag.retrieval.context import Source
+
+
+def _source(index: int) -> Source:
+    return Source(
+        index=index,
+        document_id=f"d{index}",
+        filename=f"notes{index}.md",
+        page=None,
+        section="",
+        chunk_id=index,
+        score=1.0 / index,
+        text=f"passage {index}",
+        start=0,
+        end=9,
+    )
+
+
+SOURCES = [_source(1), _source(2), _source(3)]
+
+
+@pytest.mark.parametrize(
+    ("answer", "clean", "cited"),
+    [
+        ("Plants make sugar [1].", "Plants make sugar [1].", [1]),
+        ("Both agree [1, 2].", "Both agree [1, 2].", [1, 2]),
+        ("Both agree [1][3].", "Both agree [1][3].", [1, 3]),
+        ("All of them [1-3].", "All of them [1-3].", [1, 2, 3]),
+        ("See [Source 2] and [sources: 1, 3].", "See [Source 2] and [sources: 1, 3].", [1, 2, 3]),
+        ("No markers at all.", "No markers at all.", []),
+    ],
+)
+def test_valid_markers_are_kept(answer: str, clean: str, cited: list[int]) -> None:
+    out, got, removed = resolve_citations(answer, SOURCES)
+    assert (out, got, removed) == (clean, cited, [])
+
+
+def test_out_of_range_markers_are_removed_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="studyrag.chat.citations"):
+        out, cited, removed = resolve_citations("Light matters [7]. Water too [2] [0].", SOURCES)
+    assert out == "Light matters. Water too [2]."
+    assert cited == [2]
+    assert removed == ["[7]", "[0]"]
+    assert "[7]" in caplog.text
+
+
+def test_group_keeps_only_known_numbers() -> None:
+    out, cited, removed = resolve_citations("Mixed [1, 9] and [4-5] here.", SOURCES)
+    assert out == "Mixed [1] and here."
+    assert cited == [1]
+    assert removed == ["[9]", "[4]", "[5]"]
+
+
+def test_marker_at_start_and_every_marker_invalid() -> None:
+    out, cited, removed = resolve_citations("[5] Nothing matches [6].", SOURCES)
+    assert out == "Nothing matches."
+    assert cited == [] and removed == ["[5]", "[6]"]
+
+
+def test_no_sources_removes_every_marker() -> None:
+    out, cited, removed = resolve_citations("Claim [1].", [])
+    assert (out, cited, removed) == ("Claim.", [], ["[1]"])
+
+
+def test_source_dicts_and_mark_cited() -> None:
+    dicts = [s.to_dict() for s in SOURCES]
+    _, cited, _ = resolve_citations("Only the second [2].", dicts)
+    marked = mark_cited(dicts, cited)
+    assert [m["cited"] for m in marked] == [False, True, False]
+    from_objects = mark_cited(SOURCES, cited)
+    assert from_objects == marked
+    assert "cited" not in dicts[0]  # inputs are not modified
+
+
+def test_strip_markers() -> None:
+    assert strip_markers("Sugar [1], water [2, 3] and light [Source 1].") == (
+        "Sugar, water and light."
+    )
