@@ -30,18 +30,29 @@ async def run_pipeline(files: list[Path], work: Path, embedder: Any) -> dict[str
         t = time.perf_counter()
         results = await services.pipeline.ingest_paths(files)
         elapsed = time.perf_counter() - t
-        steps = {k: round(sum(r.timings.get(k, 0) for r in results), 3)
-                 for k in ("extract", "chunk", "embed", "store")}
+        steps = {
+            k: round(sum(r.timings.get(k, 0) for r in results), 3)
+            for k in ("extract", "chunk", "embed", "store")
+        }
         per_doc_inputs = []
         for r in results:
             chunks = await services.documents.chunks_for(r.document_id or "")
-            per_doc_inputs.append([
-                embedding_input(ChunkDraft(
-                    text=c.text, start=c.start_char, end=c.end_char, page=c.page,
-                    section=tuple(s for s in c.section.split(" > ") if s),
-                    token_count=c.token_count, index=c.index))
-                for c in chunks
-            ])
+            per_doc_inputs.append(
+                [
+                    embedding_input(
+                        ChunkDraft(
+                            text=c.text,
+                            start=c.start_char,
+                            end=c.end_char,
+                            page=c.page,
+                            section=tuple(s for s in c.section.split(" > ") if s),
+                            token_count=c.token_count,
+                            index=c.index,
+                        )
+                    )
+                    for c in chunks
+                ]
+            )
     return {
         "seconds": elapsed,
         "chunks": sum(r.chunks for r in results),

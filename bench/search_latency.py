@@ -66,16 +66,33 @@ async def build_index(size: int, rows: list[tuple[str, str, str]], vecs: np.ndar
         for i, (doc_id, _, _) in enumerate(rows[:size]):
             by_doc.setdefault(doc_id, []).append(i)
         for doc_id, idxs in by_doc.items():
-            doc = await repo.create(filename=f"{doc_id}.md", file_type="md", sha256=doc_id,
-                                    status=COMPLETED, meta={"title": rows[idxs[0]][1]})
-            ids = await repo.insert_chunks(doc.id, [
-                {"index": n, "text": rows[i][2], "start_char": 0, "end_char": len(rows[i][2]),
-                 "page": None, "section": rows[i][1], "token_count": 0}
-                for n, i in enumerate(idxs)
-            ])
+            doc = await repo.create(
+                filename=f"{doc_id}.md",
+                file_type="md",
+                sha256=doc_id,
+                status=COMPLETED,
+                meta={"title": rows[idxs[0]][1]},
+            )
+            ids = await repo.insert_chunks(
+                doc.id,
+                [
+                    {
+                        "index": n,
+                        "text": rows[i][2],
+                        "start_char": 0,
+                        "end_char": len(rows[i][2]),
+                        "page": None,
+                        "section": rows[i][1],
+                        "token_count": 0,
+                    }
+                    for n, i in enumerate(idxs)
+                ],
+            )
             await services.vectors.upsert(
-                [str(c) for c in ids], [vecs[i].tolist() for i in idxs],
-                [{"document_id": doc.id, "file_type": "md"} for _ in idxs])
+                [str(c) for c in ids],
+                [vecs[i].tolist() for i in idxs],
+                [{"document_id": doc.id, "file_type": "md"} for _ in idxs],
+            )
             await repo.set_status(doc.id, COMPLETED, chunk_count=len(ids))
     (work / "ready").write_text("ok")
     return work

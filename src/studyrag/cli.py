@@ -26,7 +26,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-documents_app = typer.Typer(help="List, show, delete or reindex ingested documents.", no_args_is_help=True)
+documents_app = typer.Typer(
+    help="List, show, delete or reindex ingested documents.", no_args_is_help=True
+)
 app.add_typer(documents_app, name="documents")
 
 console = Console()
@@ -232,8 +234,10 @@ def search(
         console.print("[yellow]No matching passages.[/] Try other words or `--mode semantic`.")
         return
     for r in response.results:
-        where = r.filename + (f", p. {r.page}" if r.page else "") + (
-            f" — {r.section}" if r.section else ""
+        where = (
+            r.filename
+            + (f", p. {r.page}" if r.page else "")
+            + (f" — {r.section}" if r.section else "")
         )
         console.print(f"[bold]{r.rank}.[/] [cyan]{where}[/]  [dim]score {r.score:.3f}[/]")
         snippet = r.snippet.replace("[", "\\[").replace("<mark>", "[bold yellow]")
@@ -264,8 +268,14 @@ def documents_list(
 
     table = Table("id", "filename", "type", "status", "chunks", "error")
     for d in docs:
-        table.add_row(d.id, d.filename, d.file_type, d.status, str(d.chunk_count),
-                      f"[{d.error_code}] {d.error}" if d.error_code else "")
+        table.add_row(
+            d.id,
+            d.filename,
+            d.file_type,
+            d.status,
+            str(d.chunk_count),
+            f"[{d.error_code}] {d.error}" if d.error_code else "",
+        )
     console.print(table)
     console.print(f"[dim]{total} documents[/]")
 
@@ -280,9 +290,7 @@ def _doc_json(d: Any) -> dict[str, Any]:
 
 
 @documents_app.command("show")
-def documents_show(
-    document_id: str, data_dir: DataDir = None, as_json: JsonOut = False
-) -> None:
+def documents_show(document_id: str, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Show one document and where its chunks are."""
     _setup_logging()
     settings = _settings(data_dir)
@@ -295,20 +303,38 @@ def documents_show(
     doc, chunks = _run(lambda: _with_services(settings, go), as_json=as_json)
     data = _doc_json(doc)
     data["chunk_locations"] = [
-        {"chunk_id": c.id, "index": c.index, "page": c.page, "section": c.section,
-         "tokens": c.token_count}
+        {
+            "chunk_id": c.id,
+            "index": c.index,
+            "page": c.page,
+            "section": c.section,
+            "tokens": c.token_count,
+        }
         for c in chunks
     ]
     if as_json:
         _emit(data)
         return
-    for key in ("document_id", "filename", "file_type", "status", "chunks", "embedding_model",
-                "size", "sha256", "error_code", "error", "created_at"):
+    for key in (
+        "document_id",
+        "filename",
+        "file_type",
+        "status",
+        "chunks",
+        "embedding_model",
+        "size",
+        "sha256",
+        "error_code",
+        "error",
+        "created_at",
+    ):
         console.print(f"[bold]{key}[/]: {data.get(key)}")
     console.print(f"[bold]metadata[/]: {data.get('metadata')}")
     for c in chunks[:50]:
-        console.print(f"  #{c.index} p.{c.page or '-'} {c.section or '(no section)'} "
-                      f"[dim]{c.token_count} tokens[/]")
+        console.print(
+            f"  #{c.index} p.{c.page or '-'} {c.section or '(no section)'} "
+            f"[dim]{c.token_count} tokens[/]"
+        )
 
 
 @documents_app.command("delete")
@@ -355,6 +381,352 @@ def documents_reindex(
     results = _run(lambda: _with_services(settings, go), as_json=as_json)
     if any(not r.ok for r in results):
         raise typer.Exit(1)
+
+
+# --- ask / chat --------------------------------------------------------------------------
+conversations_app = typer.Typer(help="List, show or delete conversations.", no_args_is_help=True)
+app.add_typer(conversations_app, name="conversations")
+models_app = typer.Typer(help="List, pull or choose chat models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+async def _answer(
+    services: Services,
+    question: str,
+    *,
+    conversation_id: str | None,
+    template: str | None,
+    mode: str | None,
+    top_k: int | None,
+    max_tokens: int | None,
+    stream_to: Console | None,
+) -> dict[str, Any]:
+    """Run one question through the engine; print tokens as they come when asked to."""
+    from contextlib import aclosing
+
+    from studyrag.chat.engine import DoneEvent, ErrorEvent, TokenEvent
+    from studyrag.errors import GenerationFailed
+
+    assert services.chat is not None
+    events = services.chat.stream_message(
+        question,
+        conversation_id=conversation_id,
+        template=template,
+        search_mode=mode,
+        top_k=top_k,
+        max_tokens=max_tokens,
+    )
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TokenEvent) and stream_to is not None:
+                stream_to.print(event.delta, end="", markup=False, highlight=False, soft_wrap=True)
+            elif isinstance(event, ErrorEvent):
+                raise event.exception or GenerationFailed(event.message)
+            elif isinstance(event, DoneEvent):
+                return event.to_dict()
+    raise GenerationFailed("The answer ended without a result.")
+
+
+def _ask_json(done: dict[str, Any]) -> dict[str, Any]:
+    message = done["message"]
+    keys = (
+        "index",
+        "document_id",
+        "filename",
+        "page",
+        "section",
+        "chunk_id",
+        "score",
+        "excerpt",
+        "cited",
+    )
+    return {
+        "answer": message["content"],
+        "conversation_id": done["conversation"]["id"],
+        "message_id": message["id"],
+        "status": message.get("status"),
+        "sources": [{k: s.get(k) for k in keys} for s in message.get("sources", [])],
+        "metadata": done["metadata"],
+    }
+
+
+def _print_sources(done: dict[str, Any]) -> None:
+    sources = done["message"].get("sources", [])
+    if not sources:
+        return
+    console.print("\n[bold]Sources[/]")
+    for s in sources:
+        where = s["filename"] + (f", p. {s['page']}" if s.get("page") else "")
+        if s.get("section"):
+            where += f" — {s['section']}"
+        tag = "" if s.get("cited", True) else " [dim](context only)[/]"
+        console.print(f"  [{s['index']}] [cyan]{where}[/]{tag}", highlight=False)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="Your question.")],
+    conversation: Annotated[
+        str | None, typer.Option("--conversation", "-c", help="Continue this conversation.")
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Prompt template, e.g. RAG_DETAILED.")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="hybrid, semantic or lexical.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Passages to retrieve.")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Answer length cap.")
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Ask a question; the answer streams with numbered citations, then its sources."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go(services: Services) -> dict[str, Any]:
+        return await _answer(
+            services,
+            question,
+            conversation_id=conversation,
+            template=template,
+            mode=mode,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            stream_to=None if as_json else console,
+        )
+
+    done = _run(lambda: _with_services(settings, go, with_chat=True), as_json=as_json)
+    if as_json:
+        _emit(_ask_json(done))
+        return
+    console.print()
+    _print_sources(done)
+    meta = done["metadata"]
+    stats = meta.get("generation") or meta.get("stats") or {}
+    console.print(
+        f"[dim]conversation {done['conversation']['id']} · {meta.get('model', '')} via "
+        f"{meta.get('provider', '')} · {stats.get('completion_tokens', 0)} tokens[/]"
+    )
+
+
+@app.command()
+def chat(
+    conversation: Annotated[
+        str | None, typer.Option("--conversation", "-c", help="Continue this conversation.")
+    ] = None,
+    template: Annotated[str | None, typer.Option(help="Prompt template.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Interactive chat that keeps the conversation (/new starts over, /quit leaves)."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go(services: Services) -> None:
+        from studyrag.errors import StudyRAGError
+
+        current = conversation
+        if current:
+            await services.conversations.get(current)
+        console.print("[bold]StudyRAG chat[/] — ask about your documents. /new, /quit")
+        while True:
+            try:
+                line = await asyncio.to_thread(console.input, "[bold green]you>[/] ")
+            except EOFError:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/quit", "/exit", "/q"):
+                break
+            if line == "/new":
+                current = None
+                console.print("[dim]new conversation[/]")
+                continue
+            console.print("[bold blue]studyrag>[/] ", end="")
+            try:
+                done = await _answer(
+                    services,
+                    line,
+                    conversation_id=current,
+                    template=template,
+                    mode=None,
+                    top_k=None,
+                    max_tokens=None,
+                    stream_to=console,
+                )
+            except StudyRAGError as exc:
+                err_console.print(f"\n[bold red]error[/] [{exc.error_code}] {exc.message}")
+                continue
+            current = done["conversation"]["id"]
+            console.print()
+            _print_sources(done)
+        if current:
+            console.print(f"[dim]conversation {current} saved[/]")
+
+    _run(lambda: _with_services(settings, go, with_chat=True))
+
+
+@conversations_app.command("list")
+def conversations_list(
+    status: Annotated[str | None, typer.Option(help="active, archived or deleted.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (≤ 100).")] = 50,
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """List conversations, most recently updated first."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go(services: Services) -> Any:
+        return await services.conversations.list(status=status, limit=limit)
+
+    page = _run(lambda: _with_services(settings, go), as_json=as_json)
+    items = [c.to_dict() for c in page.items]
+    if as_json:
+        for c in items:
+            _emit(c)
+        return
+    from rich.table import Table
+
+    table = Table("id", "title", "status", "messages", "updated")
+    for c in items:
+        table.add_row(
+            c["id"], c["title"], c["status"], str(c["message_count"]), str(c["updated_at"])
+        )
+    console.print(table)
+    console.print(f"[dim]{page.total} conversations[/]")
+
+
+@conversations_app.command("show")
+def conversations_show(
+    conversation_id: str,
+    limit: Annotated[int, typer.Option(help="Messages to show (latest).")] = 100,
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Show a conversation and its messages."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go(services: Services) -> Any:
+        conv = await services.conversations.get(conversation_id)
+        msgs = await services.conversations.list_messages(
+            conversation_id, limit=min(limit, 100), order="desc"
+        )
+        return conv, sorted(msgs.items, key=lambda m: m.seq)
+
+    conv, msgs = _run(lambda: _with_services(settings, go), as_json=as_json)
+    if as_json:
+        _emit(conv.to_dict() | {"messages": [m.to_dict() for m in msgs]})
+        return
+    c = conv.to_dict()
+    console.print(f"[bold]{c['title']}[/] [dim]{c['id']} · {c['status']}[/]")
+    for m in msgs:
+        who = "[green]you[/]" if m.role == "user" else "[blue]studyrag[/]"
+        flag = "" if m.status == "complete" else f" [yellow]({m.status})[/]"
+        console.print(f"{who}{flag}: ", end="")
+        console.print(m.content, markup=False, highlight=False)
+
+
+@conversations_app.command("delete")
+def conversations_delete(
+    conversation_ids: list[str], data_dir: DataDir = None, as_json: JsonOut = False
+) -> None:
+    """Soft-delete conversations (purged later by cleanup)."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go(services: Services) -> None:
+        for cid in conversation_ids:
+            await services.conversations.soft_delete(cid)
+            if as_json:
+                _emit({"conversation_id": cid, "status": "deleted", "error_code": None})
+            else:
+                console.print(f"[green]deleted[/] {cid}")
+
+    _run(lambda: _with_services(settings, go), as_json=as_json)
+
+
+@models_app.command("list")
+def models_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Models the configured chat provider can serve."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go() -> tuple[str, str, list[Any]]:
+        from studyrag.backends.registry import build_chat_model
+
+        model = await build_chat_model(settings)
+        async with model:
+            return model.provider, model.model_name, await model.list_models()
+
+    provider, current, models = _run(go, as_json=as_json)
+    for m in models:
+        if as_json:
+            _emit(
+                {"provider": provider, "name": m.name, "size": m.size, "current": m.name == current}
+            )
+        else:
+            mark = "[green]*[/]" if m.name == current else " "
+            size = f"{m.size / 1e6:.0f} MB" if m.size else ""
+            console.print(f"{mark} {m.name}  [dim]{provider} {size}[/]")
+
+
+@models_app.command("pull")
+def models_pull(name: str, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Download a model into the Ollama server (provider ollama)."""
+    _setup_logging()
+    settings = _settings(data_dir)
+
+    async def go() -> None:
+        from studyrag.backends.llm.ollama import OllamaChatModel
+
+        model = OllamaChatModel(settings.llm, model=name)
+        async with model:
+            last = ""
+            async for step in model.pull_model(name):
+                if as_json:
+                    _emit({"model": name} | dict(step))
+                elif step.get("status") != last or step.get("total"):
+                    total, done = step.get("total") or 0, step.get("completed") or 0
+                    pct = f" {100 * done / total:.0f}%" if total else ""
+                    err_console.print(f"{step.get('status', '')}{pct}", highlight=False)
+                    last = step.get("status", "")
+
+    _run(go, as_json=as_json)
+    if not as_json:
+        console.print(f"[green]pulled[/] {name}; use it with `studyrag models use {name}`")
+
+
+@models_app.command("use")
+def models_use(
+    name: Annotated[str, typer.Argument(help="A model name, or a path to a .gguf file.")],
+    provider: Annotated[str | None, typer.Option(help="llamacpp, ollama, openai or auto.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Choose the chat model; saved in <data dir>/config.toml and loaded at every start."""
+    from studyrag.config import save_settings
+    from studyrag.errors import ConfigError
+
+    settings = _settings(data_dir)
+    updates: dict[str, Any] = {}
+    if name.lower().endswith(".gguf"):
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            err_console.print(f"[bold red]error[/] [CONFIG_001] No GGUF file at {path}.")
+            raise typer.Exit(1)
+        updates = {"provider": provider or "llamacpp", "model_path": str(path)}
+    else:
+        updates = {
+            "model": name,
+            "provider": provider
+            or (settings.llm.provider if settings.llm.provider != "llamacpp" else "ollama"),
+        }
+    if updates["provider"] not in ("llamacpp", "ollama", "openai", "auto"):
+        raise ConfigError(f"Unknown provider {updates['provider']!r}.")
+    path_saved = save_settings(settings, {"llm": updates})
+    console.print(f"[green]saved[/] llm = {updates} in {path_saved}")
 
 
 # --- serve -------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ async def open_services(
             from studyrag.backends.registry import build_chat_model
             from studyrag.chat.engine import ChatEngine
 
-            model = chat_model or build_chat_model(settings)
+            model = chat_model or await build_chat_model(settings)
             await stack.enter_async_context(model)
             services.chat_model = model
             services.chat = ChatEngine(
@@ -96,4 +96,7 @@ async def open_services(
                 model=model,
                 settings=settings,
             )
+            # Cancelled answers finish their final write in the background: wait for it
+            # before the database closes (callbacks run last-in, first-out).
+            stack.push_async_callback(services.chat.drain)
         yield services

@@ -47,11 +47,11 @@ def build_vector_store(settings: Settings, *, model_name: str) -> VectorStore:
     )
 
 
-def build_chat_model(settings: Settings) -> ChatModel:
-    """llamacpp (default), ollama, openai or auto."""
-    from studyrag.backends.llm.auto import build_chat_model as build
+async def build_chat_model(settings: Settings) -> ChatModel:
+    """llamacpp (default), ollama, openai or auto (which probes Ollama without blocking)."""
+    from studyrag.backends.llm.auto import abuild_chat_model
 
-    return build(settings.llm)
+    return await abuild_chat_model(settings.llm)
 
 
 def build_broker(settings: Settings) -> Broker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -52,7 +53,7 @@ class DocumentRepo:
 
     async def list(
         self, *, status: str | None = None, limit: int = 100, offset: int = 0
-    ) -> tuple[list[Document], int]:
+    ) -> tuple[builtins.list[Document], int]:
         """Documents newest first, with the total count."""
         stmt = select(Document).where(Document.status != DELETING)
         count = select(func.count()).select_from(Document).where(Document.status != DELETING)
@@ -61,16 +62,16 @@ class DocumentRepo:
             count = count.where(Document.status == status)
         stmt = stmt.order_by(Document.created_at.desc(), Document.id).limit(limit).offset(offset)
         async with self.db.session() as s:
-            docs = list((await s.scalars(stmt)).all())
+            docs = builtins.list((await s.scalars(stmt)).all())
             total = int(await s.scalar(count) or 0)
         return docs, total
 
-    async def all_ids(self, *, status: str | None = None) -> list[str]:
+    async def all_ids(self, *, status: str | None = None) -> builtins.list[str]:
         stmt = select(Document.id)
         if status:
             stmt = stmt.where(Document.status == status)
         async with self.db.session() as s:
-            return list((await s.scalars(stmt)).all())
+            return builtins.list((await s.scalars(stmt)).all())
 
     async def find_completed_by_sha(self, sha256: str) -> Document | None:
         """The already-ingested document with these bytes, if any."""
@@ -99,14 +100,16 @@ class DocumentRepo:
                 .values(status=status, updated_at=datetime.now(UTC), **fields)
             )
 
-    async def by_status(self, statuses: Sequence[str]) -> list[Document]:
+    async def by_status(self, statuses: Sequence[str]) -> builtins.list[Document]:
         async with self.db.session() as s:
-            return list(
+            return builtins.list(
                 (await s.scalars(select(Document).where(Document.status.in_(statuses)))).all()
             )
 
     # --- chunks ------------------------------------------------------------------------
-    async def insert_chunks(self, document_id: str, rows: list[dict[str, Any]]) -> list[int]:
+    async def insert_chunks(
+        self, document_id: str, rows: builtins.list[dict[str, Any]]
+    ) -> builtins.list[int]:
         """Insert chunk rows and their full-text rows in one transaction; returns chunk ids."""
         if not rows:
             return []
@@ -151,19 +154,21 @@ class DocumentRepo:
             await self._delete_chunks(s, document_id)
             await s.execute(delete(Document).where(Document.id == document_id))
 
-    async def chunk_ids(self, document_id: str) -> list[int]:
+    async def chunk_ids(self, document_id: str) -> builtins.list[int]:
         async with self.db.session() as s:
-            return list(
+            return builtins.list(
                 (
                     await s.scalars(
-                        select(Chunk.id).where(Chunk.document_id == document_id).order_by(Chunk.index)
+                        select(Chunk.id)
+                        .where(Chunk.document_id == document_id)
+                        .order_by(Chunk.index)
                     )
                 ).all()
             )
 
-    async def chunks_for(self, document_id: str) -> list[Chunk]:
+    async def chunks_for(self, document_id: str) -> builtins.list[Chunk]:
         async with self.db.session() as s:
-            return list(
+            return builtins.list(
                 (
                     await s.scalars(
                         select(Chunk).where(Chunk.document_id == document_id).order_by(Chunk.index)
@@ -173,7 +178,7 @@ class DocumentRepo:
 
     async def searchable_chunks(self, ids: Iterable[int]) -> dict[int, tuple[Chunk, Document]]:
         """Chunks by id whose document is completed (others are not searchable yet)."""
-        id_list = list(ids)
+        id_list = builtins.list(ids)
         if not id_list:
             return {}
         stmt = (

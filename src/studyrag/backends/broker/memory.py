@@ -28,7 +28,7 @@ class MemoryBroker(Broker):
             if queue.qsize() < _QUEUE_LIMIT:
                 queue.put_nowait(message)
 
-    async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+    async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._subs[channel].add(queue)
         try:

@@ -45,7 +45,7 @@ class RedisBroker(Broker):
         except (redis.exceptions.RedisError, OSError) as exc:
             raise BackendUnavailable(f"Redis publish failed: {exc}") from exc
 
-    async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+    async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(channel)
         try:

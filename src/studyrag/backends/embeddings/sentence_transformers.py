@@ -122,7 +122,7 @@ class SentenceTransformersEmbedder(Embedder):
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        return vectors.tolist()  # type: ignore[no-any-return]
+        return vectors.tolist()  # type: ignore[no-any-return,unused-ignore]
 
     async def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
