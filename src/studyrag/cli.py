@@ -503,7 +503,7 @@ def ask(
     console.print()
     _print_sources(done)
     meta = done["metadata"]
-    stats = meta.get("generation") or meta.get("stats") or {}
+    stats = meta.get("stats") or {}
     console.print(
         f"[dim]conversation {done['conversation']['id']} · {meta.get('model', '')} via "
         f"{meta.get('provider', '')} · {stats.get('completion_tokens', 0)} tokens[/]"

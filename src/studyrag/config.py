@@ -100,8 +100,12 @@ class ChatSettings(BaseModel):
     rewrite_followups: bool = True
     history_messages: int = Field(default=6, ge=0)
     max_message_chars: int = Field(default=8000, ge=1)
-    # Below this retrieval score nothing counts as relevant (hybrid scores are RRF-normalised).
+    # A passage is relevant when its cosine similarity reaches min_similarity, or when it
+    # matched lexically and its fused hybrid score (RRF, normalised to [0, 1]) reaches
+    # relevance_threshold. RRF alone always ranks *something* first, so it cannot say
+    # "nothing relevant"; the cosine can.
     relevance_threshold: float = 0.25
+    min_similarity: float = 0.3
     top_k: int = Field(default=5, ge=1, le=50)
 
 

@@ -218,8 +218,10 @@ async def test_nothing_indexed_says_so(tmp_path: Path) -> None:
 
 async def test_relevance_threshold_filters_results(tmp_path: Path) -> None:
     model = FakeChatModel(ANSWER)
-    # Hybrid scores are normalised to at most 1, so nothing reaches 1.5.
-    async with chat_services(tmp_path, model, relevance_threshold=1.5) as services:
+    # Hybrid scores are normalised to at most 1 and cosines too, so nothing reaches 1.5.
+    async with chat_services(
+        tmp_path, model, relevance_threshold=1.5, min_similarity=1.5
+    ) as services:
         result = await engine(services).process_message("What absorbs light?")
         assert model.calls == [] and result.metadata["no_results"] is True
         assert result.metadata["candidates"] >= 1

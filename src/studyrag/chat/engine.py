@@ -381,15 +381,14 @@ class ChatEngine:
             query = await self._rewrite(history, question)
             meta["rewritten_query"] = query if query != question else None
         t0 = time.perf_counter()
-        threshold = self.settings.chat.relevance_threshold
         response = await self.search.search(query, mode=answer.mode, top_k=top_k, filters=filters)
-        relevant = [r for r in response.results if r.score >= threshold]
+        relevant = [r for r in response.results if self._relevant(r, answer.mode)]
         if not relevant and query != question:
             # A small model's rewrite can miss; the user's own words get a second chance.
             response = await self.search.search(
                 question, mode=answer.mode, top_k=top_k, filters=filters
             )
-            relevant = [r for r in response.results if r.score >= threshold]
+            relevant = [r for r in response.results if self._relevant(r, answer.mode)]
             meta["rewrite_fallback"] = True
         meta["retrieval_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         meta["candidates"] = len(response.results)
@@ -459,6 +458,18 @@ class ChatEngine:
                     answer.stats = event.stats
         if answer.stats is not None and answer.stats.finish_reason == "error":
             raise GenerationFailed("The model stopped with an error.")
+
+    def _relevant(self, result: SearchResult, mode: str) -> bool:
+        """Cosine similarity decides where there is one; a lexical match needs a fused score."""
+        chat = self.settings.chat
+        semantic = result.scores.get("semantic")
+        if semantic is not None and semantic >= chat.min_similarity:
+            return True
+        if "lexical" not in result.scores:
+            return False
+        if mode == "lexical":
+            return True  # BM25 has no fixed scale: a match is the only signal there is
+        return result.score >= chat.relevance_threshold
 
     async def _rewrite(self, history: list[ChatMessage], question: str) -> str:
         """A standalone query for a follow-up; the raw question when the model fails."""
