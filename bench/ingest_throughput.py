@@ -18,8 +18,7 @@ from typing import Any
 from bench.common import CACHE, DATA, write_result
 from studyrag.backends.embeddings.sentence_transformers import SentenceTransformersEmbedder
 from studyrag.config import EmbeddingsSettings, Settings
-from studyrag.ingest.chunking import ChunkDraft
-from studyrag.ingest.pipeline import EMBED_BATCH, embedding_input
+from studyrag.ingest.pipeline import EMBED_BATCH, embedding_text
 from studyrag.services import open_services
 
 
@@ -37,22 +36,7 @@ async def run_pipeline(files: list[Path], work: Path, embedder: Any) -> dict[str
         per_doc_inputs = []
         for r in results:
             chunks = await services.documents.chunks_for(r.document_id or "")
-            per_doc_inputs.append(
-                [
-                    embedding_input(
-                        ChunkDraft(
-                            text=c.text,
-                            start=c.start_char,
-                            end=c.end_char,
-                            page=c.page,
-                            section=tuple(s for s in c.section.split(" > ") if s),
-                            token_count=c.token_count,
-                            index=c.index,
-                        )
-                    )
-                    for c in chunks
-                ]
-            )
+            per_doc_inputs.append([embedding_text(c.section, c.text) for c in chunks])
     return {
         "seconds": elapsed,
         "chunks": sum(r.chunks for r in results),

@@ -346,14 +346,20 @@ def documents_delete(
     settings = _settings(data_dir)
 
     async def go(services: Services) -> None:
-        for d in document_ids:
-            await services.pipeline.delete_document(d)
-            if as_json:
-                _emit({"document_id": d, "status": "deleted", "error_code": None})
-            else:
-                console.print(f"[green]deleted[/] {d}")
+        await _delete_each(document_ids, services.pipeline.delete_document, "document_id", as_json)
 
     _run(lambda: _with_services(settings, go), as_json=as_json)
+
+
+async def _delete_each(
+    ids: list[str], delete: Callable[[str], Awaitable[None]], key: str, as_json: bool
+) -> None:
+    for item in ids:
+        await delete(item)
+        if as_json:
+            _emit({key: item, "status": "deleted", "error_code": None})
+        else:
+            console.print(f"[green]deleted[/] {item}")
 
 
 @documents_app.command("reindex")
@@ -638,12 +644,9 @@ def conversations_delete(
     settings = _settings(data_dir)
 
     async def go(services: Services) -> None:
-        for cid in conversation_ids:
-            await services.conversations.soft_delete(cid)
-            if as_json:
-                _emit({"conversation_id": cid, "status": "deleted", "error_code": None})
-            else:
-                console.print(f"[green]deleted[/] {cid}")
+        await _delete_each(
+            conversation_ids, services.conversations.soft_delete, "conversation_id", as_json
+        )
 
     _run(lambda: _with_services(settings, go), as_json=as_json)
 

@@ -353,20 +353,7 @@ class IngestionPipeline:
         chunks = await self.repo.chunks_for(document_id)
         await self.embedder.start()
         vectors = await self.embedder.embed_documents(
-            [
-                embedding_input(
-                    ChunkDraft(
-                        text=c.text,
-                        start=c.start_char,
-                        end=c.end_char,
-                        page=c.page,
-                        section=tuple(s for s in c.section.split(" > ") if s),
-                        token_count=c.token_count,
-                        index=c.index,
-                    )
-                )
-                for c in chunks
-            ]
+            [embedding_text(c.section, c.text) for c in chunks]
         )
         # The collection is per model, so the old model's vectors stay out of the new one.
         await self.vectors.delete(where={"document_id": document_id})
@@ -408,10 +395,13 @@ class IngestionPipeline:
 
 
 def embedding_input(draft: ChunkDraft) -> str:
-    """What the embedder reads: the section path gives a passage its topic."""
-    if draft.section:
-        return " > ".join(draft.section) + "\n" + draft.text
-    return draft.text
+    """What the embedder reads for a new chunk."""
+    return embedding_text(" > ".join(draft.section), draft.text)
+
+
+def embedding_text(section: str, text: str) -> str:
+    """The section path, then the passage: the heading gives a passage its topic."""
+    return f"{section}\n{text}" if section else text
 
 
 def _sha256(path: Path) -> str:
