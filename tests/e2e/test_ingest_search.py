@@ -214,3 +214,32 @@ async def test_empty_query_and_bad_mode(services: Services) -> None:
     assert info.value.error_code == "SEARCH_001"
     with pytest.raises(InvalidSearchRequest):
         await services.search.search("x", mode="fuzzy")
+
+
+async def test_many_small_files_share_embedding_batches(tmp_path: Path) -> None:
+    from studyrag.backends.embeddings.sentence_transformers import SentenceTransformersEmbedder
+    from studyrag.config import EmbeddingsSettings
+
+    class CountingEmbedder(SentenceTransformersEmbedder):
+        """The real MiniLM, counting how often it is called."""
+
+        calls = 0
+
+        async def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            self.calls += 1
+            return await super().embed_documents(texts)
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"note{i:02}.md").write_text(f"# Note {i}\n\nFact number {i} is {i * 7}.\n")
+    (folder / "zz-empty.txt").write_text("")
+    embedder = CountingEmbedder(EmbeddingsSettings())
+    async with open_services(Settings(data_dir=tmp_path / "data"), embedder=embedder) as services:
+        results = await services.pipeline.ingest_paths([folder])
+        assert [r.status for r in results] == ["completed"] * 40 + ["failed"]
+        assert embedder.calls == 1  # 40 notes, one model call
+        for r in results[:40]:
+            assert await counts(services, r.document_id or "") == (1, 1, 1)
+        top = (await services.search.search("fact number 17", mode="lexical")).results[0]
+        assert top.filename == "note17.md"

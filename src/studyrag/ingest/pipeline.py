@@ -7,6 +7,7 @@ are in SQL, in the full-text index and in the vector store. Anything left "pendi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -58,6 +59,17 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A document extracted and chunked, waiting for its embeddings."""
+
+    document_id: str
+    file_type: str
+    extracted: ExtractedDocument
+    drafts: list[ChunkDraft]
+    result: IngestResult
 
 
 @dataclass(slots=True)
@@ -126,8 +138,38 @@ class IngestionPipeline:
     async def ingest_paths(
         self, paths: Iterable[Path], *, progress: ProgressCallback | None = None
     ) -> list[IngestResult]:
-        """Ingest files and folders one file at a time; failures don't stop the rest."""
-        return [await self.ingest_file(p, progress=progress) for p in expand_paths(paths)]
+        """Ingest files and folders; failures are recorded per file and don't stop the rest.
+
+        Small files are embedded together in batches of EMBED_BATCH chunks (one model call for
+        many notes instead of one per note), and the next files are parsed while a batch
+        embeds. Each document still becomes searchable on its own, in one step.
+        """
+        report = progress or (lambda _p: None)
+        results: list[IngestResult] = []
+        batch: list[_Prepared] = []
+        flushing: asyncio.Task[None] | None = None
+        try:
+            for path in expand_paths(paths):
+                prepared = await self._prepare(Path(path), path.name, report)
+                if isinstance(prepared, IngestResult):
+                    results.append(prepared)
+                    continue
+                results.append(prepared.result)
+                batch.append(prepared)
+                if sum(len(p.drafts) for p in batch) >= EMBED_BATCH:
+                    if flushing is not None:
+                        await flushing
+                    flushing = asyncio.create_task(self._embed_and_store(batch, report))
+                    batch = []
+            if flushing is not None:
+                await flushing
+                flushing = None
+            if batch:
+                await self._embed_and_store(batch, report)
+        finally:
+            if flushing is not None and not flushing.done():
+                flushing.cancel()
+        return results
 
     async def ingest_file(
         self,
@@ -137,22 +179,30 @@ class IngestionPipeline:
         filename: str | None = None,
     ) -> IngestResult:
         """Ingest one file; every failure is recorded on the document, never raised."""
-        path = Path(path)
-        filename = filename or path.name
         report = progress or (lambda _p: None)
+        path = Path(path)
+        prepared = await self._prepare(path, filename or path.name, report)
+        if isinstance(prepared, IngestResult):
+            return prepared
+        await self._embed_and_store([prepared], report)
+        return prepared.result
+
+    async def _prepare(
+        self, path: Path, filename: str, report: ProgressCallback
+    ) -> _Prepared | IngestResult:
+        """Validate, dedupe, record, extract and chunk; a final IngestResult if it stops here."""
         result = IngestResult(filename=filename, path=str(path), status="failed")
         suffix = path.suffix.lower()
-        file_type = suffix.lstrip(".") or "unknown"
+        source, size = await anyio.to_thread.run_sync(_file_facts, path)
         record: dict[str, Any] = {
             "filename": filename,
-            "source_path": str(path.resolve()) if path.exists() else str(path),
-            "file_type": file_type,
+            "source_path": source,
+            "file_type": suffix.lstrip(".") or "unknown",
             "sha256": "",
         }
         try:
-            if not path.is_file():
+            if size is None:
                 raise ExtractionFailed(f"{path} does not exist or is not a file.")
-            size = path.stat().st_size
             record["size"] = size
             # Checked before reading a byte: an oversized file costs nothing.
             if size > self.settings.max_file_size_bytes:
@@ -184,110 +234,129 @@ class IngestionPipeline:
         doc = await self.repo.create(**record, status=PROCESSING)
         result.document_id = doc.id
         try:
-            await self._process(doc.id, path, loader, result, report)
-        except StudyRAGError as exc:
-            await self._rollback(doc.id)
-            return await self._mark_failed(result, doc.id, exc, report)
+            t = time.perf_counter()
+            report(Progress(filename, "extract", 0, 1))
+            extracted: ExtractedDocument = await anyio.to_thread.run_sync(
+                loader.load, path, limiter=_EXTRACT_LIMITER
+            )
+            result.timings["extract"] = time.perf_counter() - t
+            t = time.perf_counter()
+            report(Progress(filename, "chunk", 0, 1))
+            await self.embedder.start()
+            drafts: list[ChunkDraft] = await anyio.to_thread.run_sync(
+                lambda: chunk_document(
+                    extracted,
+                    self.embedder.tokenizer,
+                    chunk_size=self.chunk_size,
+                    chunk_overlap=self.chunk_overlap,
+                ),
+                limiter=_EXTRACT_LIMITER,
+            )
+            result.timings["chunk"] = time.perf_counter() - t
+            if not drafts:
+                raise ExtractionFailed(f"{filename} contains no text that could be extracted.")
         except Exception as exc:
-            log.exception("ingestion of %s failed", filename)
-            await self._rollback(doc.id)
-            err = IngestionFailed(f"Ingesting {filename} failed: {type(exc).__name__}: {exc}")
-            return await self._mark_failed(result, doc.id, err, report)
-        report(Progress(filename, "done", 1, 1))
-        return result
+            return await self._fail(result, doc.id, exc, report)
+        return _Prepared(doc.id, loader.file_type, extracted, drafts, result)
 
-    async def _process(
-        self,
-        document_id: str,
-        path: Path,
-        loader: Any,
-        result: IngestResult,
-        report: ProgressCallback,
-    ) -> None:
-        name = result.filename
-        timings = result.timings
-        t = time.perf_counter()
-        report(Progress(name, "extract", 0, 1))
-        extracted: ExtractedDocument = await anyio.to_thread.run_sync(
-            loader.load, path, limiter=_EXTRACT_LIMITER
-        )
-        timings["extract"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        report(Progress(name, "chunk", 0, 1))
-        await self.embedder.start()
-        drafts: list[ChunkDraft] = await anyio.to_thread.run_sync(
-            lambda: chunk_document(
-                extracted,
-                self.embedder.tokenizer,
-                chunk_size=self.chunk_size,
-                chunk_overlap=self.chunk_overlap,
-            ),
-            limiter=_EXTRACT_LIMITER,
-        )
-        timings["chunk"] = time.perf_counter() - t
-        if not drafts:
-            raise ExtractionFailed(f"{name} contains no text that could be extracted.")
-
+    async def _embed_and_store(self, batch: list[_Prepared], report: ProgressCallback) -> None:
+        """Embed a batch of documents' chunks together, then store each document."""
+        inputs = [embedding_input(d) for p in batch for d in p.drafts]
+        names = ", ".join(p.result.filename for p in batch[:3]) + ("…" if len(batch) > 3 else "")
         t = time.perf_counter()
         vectors: list[list[float]] = []
-        inputs = [embedding_input(d) for d in drafts]
-        for i in range(0, len(inputs), EMBED_BATCH):
-            report(Progress(name, "embed", i, len(inputs)))
-            vectors.extend(await self.embedder.embed_documents(inputs[i : i + EMBED_BATCH]))
-        report(Progress(name, "embed", len(inputs), len(inputs)))
-        timings["embed"] = time.perf_counter() - t
-
+        try:
+            for i in range(0, len(inputs), EMBED_BATCH):
+                report(Progress(names, "embed", i, len(inputs)))
+                vectors.extend(await self.embedder.embed_documents(inputs[i : i + EMBED_BATCH]))
+            report(Progress(names, "embed", len(inputs), len(inputs)))
+        except Exception as exc:
+            for p in batch:
+                await self._fail(p.result, p.document_id, exc, report)
+            return
+        spent = time.perf_counter() - t
+        # SQL + FTS rows per document, then one vector upsert for the batch, then each
+        # document flips to "completed": only then is it searchable.
+        stored: list[tuple[_Prepared, list[int], list[list[float]], float]] = []
+        offset = 0
+        for p in batch:
+            n = len(p.drafts)
+            # A shared batch's time is split by chunk count.
+            p.result.timings["embed"] = spent * n / max(1, len(inputs))
+            t = time.perf_counter()
+            report(Progress(p.result.filename, "store", 0, 1))
+            try:
+                ids = await self.repo.insert_chunks(p.document_id, _chunk_rows(p.drafts))
+            except Exception as exc:
+                await self._fail(p.result, p.document_id, exc, report)
+            else:
+                stored.append((p, ids, vectors[offset : offset + n], time.perf_counter() - t))
+            offset += n
+        if not stored:
+            return
         t = time.perf_counter()
-        report(Progress(name, "store", 0, 1))
-        file_type = loader.file_type
-        ids = await self.repo.insert_chunks(
-            document_id,
-            [
-                {
-                    "index": d.index,
-                    "text": d.text,
-                    "start_char": d.start,
-                    "end_char": d.end,
-                    "page": d.page,
-                    "section": " > ".join(d.section),
-                    "token_count": d.token_count,
-                }
-                for d in drafts
-            ],
-        )
-        await self.vectors.upsert(
-            [str(i) for i in ids],
-            vectors,
-            [
-                {"document_id": document_id, "file_type": file_type, "chunk_index": d.index}
-                for d in drafts
-            ],
-        )
-        meta = dict(extracted.metadata)
-        meta.setdefault("title", extracted.metadata.get("title") or Path(name).stem)
+        try:
+            await self.vectors.upsert(
+                [str(i) for _, ids, _, _ in stored for i in ids],
+                [v for _, _, vecs, _ in stored for v in vecs],
+                [
+                    {"document_id": p.document_id, "file_type": p.file_type, "chunk_index": d.index}
+                    for p, _, _, _ in stored
+                    for d in p.drafts
+                ],
+            )
+        except Exception as exc:
+            for p, _, _, _ in stored:
+                await self._fail(p.result, p.document_id, exc, report)
+            return
+        upsert_share = (time.perf_counter() - t) / len(stored)
+        for p, ids, _, sql_time in stored:
+            t = time.perf_counter()
+            try:
+                await self._complete(p, ids)
+            except Exception as exc:
+                await self._fail(p.result, p.document_id, exc, report)
+                continue
+            p.result.timings["store"] = sql_time + upsert_share + time.perf_counter() - t
+            report(Progress(p.result.filename, "done", 1, 1))
+            log.info(
+                "ingested %s: %d chunks; %s",
+                p.result.filename,
+                len(ids),
+                " ".join(f"{k} {v:.3f}s" for k, v in p.result.timings.items()),
+            )
+
+    async def _complete(self, p: _Prepared, ids: list[int]) -> None:
+        """Flip the document to completed with its metadata and extracted text."""
+        meta = dict(p.extracted.metadata)
+        meta.setdefault("title", Path(p.result.filename).stem)
         await self.repo.set_status(
-            document_id,
+            p.document_id,
             COMPLETED,
             chunk_count=len(ids),
             embedding_model=self.embedder.model_name,
             meta=meta,
-            content=extracted.text,
+            content=p.extracted.text,
             error=None,
             error_code=None,
         )
-        timings["store"] = time.perf_counter() - t
-        result.status = "completed"
-        result.chunks = len(ids)
-        log.info(
-            "ingested %s: %d chunks; extract %.3fs chunk %.3fs embed %.3fs store %.3fs",
-            name,
-            len(ids),
-            timings["extract"],
-            timings["chunk"],
-            timings["embed"],
-            timings["store"],
-        )
+        p.result.status = "completed"
+        p.result.chunks = len(ids)
+
+    async def _fail(
+        self, result: IngestResult, document_id: str, exc: BaseException, report: ProgressCallback
+    ) -> IngestResult:
+        """Roll a document's chunks back everywhere and record why it failed."""
+        if not isinstance(exc, Exception):
+            raise exc
+        if not isinstance(exc, StudyRAGError):
+            log.exception("ingestion of %s failed", result.filename, exc_info=exc)
+            exc = IngestionFailed(
+                f"Ingesting {result.filename} failed: {type(exc).__name__}: {exc}"
+            )
+        await self._rollback(document_id)
+        assert isinstance(exc, StudyRAGError)
+        return await self._mark_failed(result, document_id, exc, report)
 
     async def _record_failure(
         self,
@@ -402,6 +471,29 @@ def embedding_input(draft: ChunkDraft) -> str:
 def embedding_text(section: str, text: str) -> str:
     """The section path, then the passage: the heading gives a passage its topic."""
     return f"{section}\n{text}" if section else text
+
+
+def _chunk_rows(drafts: list[ChunkDraft]) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": d.index,
+            "text": d.text,
+            "start_char": d.start,
+            "end_char": d.end,
+            "page": d.page,
+            "section": " > ".join(d.section),
+            "token_count": d.token_count,
+        }
+        for d in drafts
+    ]
+
+
+def _file_facts(path: Path) -> tuple[str, int | None]:
+    """(absolute path, size), size None when it is not a readable regular file."""
+    try:
+        return str(path.resolve()), (path.stat().st_size if path.is_file() else None)
+    except OSError:
+        return str(path), None
 
 
 def _sha256(path: Path) -> str:
