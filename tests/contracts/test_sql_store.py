@@ -55,22 +55,38 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
 
 
 async def _doc(repo: DocumentRepo, name: str, ftype: str, texts: list[tuple[str, str]]) -> str:
-    doc = await repo.create(filename=name, file_type=ftype, sha256=uuid.uuid4().hex,
-                            status=PROCESSING)
-    await repo.insert_chunks(doc.id, [
-        {"index": i, "text": t, "start_char": 0, "end_char": len(t), "page": i + 1,
-         "section": sec, "token_count": len(t.split())}
-        for i, (t, sec) in enumerate(texts)
-    ])
+    doc = await repo.create(
+        filename=name, file_type=ftype, sha256=uuid.uuid4().hex, status=PROCESSING
+    )
+    await repo.insert_chunks(
+        doc.id,
+        [
+            {
+                "index": i,
+                "text": t,
+                "start_char": 0,
+                "end_char": len(t),
+                "page": i + 1,
+                "section": sec,
+                "token_count": len(t.split()),
+            }
+            for i, (t, sec) in enumerate(texts)
+        ],
+    )
     return doc.id
 
 
 async def test_lexical_ranks_and_hides_unfinished_documents(db: Database) -> None:
     repo, lex = DocumentRepo(db), LexicalIndex(db)
-    a = await _doc(repo, "a.md", "md", [
-        ("Chlorophyll absorbs red and blue light.", "Photosynthesis"),
-        ("Roots take up water from the soil.", "Roots"),
-    ])
+    a = await _doc(
+        repo,
+        "a.md",
+        "md",
+        [
+            ("Chlorophyll absorbs red and blue light.", "Photosynthesis"),
+            ("Roots take up water from the soil.", "Roots"),
+        ],
+    )
     b = await _doc(repo, "b.pdf", "pdf", [("Light travels fast; chlorophyll is green.", "")])
     assert await lex.search("chlorophyll light", top_k=5) == []  # nothing completed yet
     await repo.set_status(a, COMPLETED)

@@ -55,9 +55,7 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(params=["memory", "chroma-persistent", "chroma-server"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[VectorStore]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
     collection = f"contract-{uuid.uuid4().hex[:8]}"
     if request.param == "memory":
         s: VectorStore = InMemoryVectorStore()
@@ -79,8 +77,11 @@ async def test_upsert_query_orders_by_cosine(store: VectorStore) -> None:
     await store.upsert(
         ["1", "2", "3"],
         [_vec(1, 0, 0), _vec(0.9, 0.1, 0), _vec(0, 1, 0)],
-        [{"document_id": "a", "file_type": "pdf"}, {"document_id": "a", "file_type": "pdf"},
-         {"document_id": "b", "file_type": "md"}],
+        [
+            {"document_id": "a", "file_type": "pdf"},
+            {"document_id": "a", "file_type": "pdf"},
+            {"document_id": "b", "file_type": "md"},
+        ],
     )
     hits = await store.query(_vec(1, 0, 0), top_k=3)
     assert [h.id for h in hits] == ["1", "2", "3"]
@@ -93,8 +94,11 @@ async def test_filters(store: VectorStore) -> None:
     await store.upsert(
         ["1", "2", "3"],
         [_vec(1, 0), _vec(1, 0.1), _vec(1, 0.2)],
-        [{"document_id": "a", "file_type": "pdf"}, {"document_id": "b", "file_type": "md"},
-         {"document_id": "c", "file_type": "pdf"}],
+        [
+            {"document_id": "a", "file_type": "pdf"},
+            {"document_id": "b", "file_type": "md"},
+            {"document_id": "c", "file_type": "pdf"},
+        ],
     )
     only_b = await store.query(_vec(1, 0), top_k=5, where={"document_id": {"$in": ["b"]}})
     assert [h.id for h in only_b] == ["2"]
@@ -107,8 +111,9 @@ async def test_filters(store: VectorStore) -> None:
 
 
 async def test_upsert_replaces_and_delete_by_id_and_filter(store: VectorStore) -> None:
-    await store.upsert(["1", "2"], [_vec(1, 0), _vec(0, 1)],
-                       [{"document_id": "a"}, {"document_id": "b"}])
+    await store.upsert(
+        ["1", "2"], [_vec(1, 0), _vec(0, 1)], [{"document_id": "a"}, {"document_id": "b"}]
+    )
     await store.upsert(["1"], [_vec(0, 1)], [{"document_id": "a"}])
     assert await store.count() == 2
     hits = await store.query(_vec(0, 1), top_k=2)
@@ -122,8 +127,11 @@ async def test_upsert_replaces_and_delete_by_id_and_filter(store: VectorStore) -
 
 
 async def test_get_ids_with_filter(store: VectorStore) -> None:
-    await store.upsert(["1", "2", "3"], [_vec(1, 0)] * 3,
-                       [{"document_id": "a"}, {"document_id": "b"}, {"document_id": "a"}])
+    await store.upsert(
+        ["1", "2", "3"],
+        [_vec(1, 0)] * 3,
+        [{"document_id": "a"}, {"document_id": "b"}, {"document_id": "a"}],
+    )
     assert sorted(await store.get_ids(where={"document_id": "a"})) == ["1", "3"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -57,12 +58,27 @@ def test_ingest_search_documents_json(tmp_path: Path) -> None:
     again = run("ingest", str(folder / "history.md"), "--json", data_dir=data, check=True)
     assert lines(again.stdout)[0]["status"] == "duplicate"
 
-    found = run("search", "what does chlorophyll absorb", "--json", "--top-k", "3",
-                data_dir=data, check=True)
+    found = run(
+        "search",
+        "what does chlorophyll absorb",
+        "--json",
+        "--top-k",
+        "3",
+        data_dir=data,
+        check=True,
+    )
     hits = lines(found.stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3]
-    assert set(hits[0]) >= {"rank", "score", "document_id", "filename", "page", "section",
-                            "chunk_id", "text"}
+    assert set(hits[0]) >= {
+        "rank",
+        "score",
+        "document_id",
+        "filename",
+        "page",
+        "section",
+        "chunk_id",
+        "text",
+    }
     assert (hits[0]["filename"], hits[0]["page"]) == ("biology.pdf", 2)
 
     human = run("search", "Bastille", "--mode", "lexical", data_dir=data, check=True)
@@ -75,8 +91,9 @@ def test_ingest_search_documents_json(tmp_path: Path) -> None:
     assert shown[0]["metadata"]["title"] == "Plant Biology Notes"
     assert {c["page"] for c in shown[0]["chunk_locations"]} == {1, 2, 3}
 
-    reindexed = lines(run("documents", "reindex", pdf_id, "--json", data_dir=data,
-                          check=True).stdout)
+    reindexed = lines(
+        run("documents", "reindex", pdf_id, "--json", data_dir=data, check=True).stdout
+    )
     assert reindexed[0]["status"] == "completed"
     run("documents", "delete", pdf_id, "--json", data_dir=data, check=True)
     after = lines(run("search", "chlorophyll", "--json", data_dir=data, check=True).stdout)
@@ -102,7 +119,7 @@ def test_progress_bar_and_summary(tmp_path: Path) -> None:
     assert "✓ biology.pdf" in proc.stdout
 
 
-async def test_sigkill_mid_ingestion_leaves_nothing_half_indexed(tmp_path: Path) -> None:
+def test_sigkill_mid_ingestion_leaves_nothing_half_indexed(tmp_path: Path) -> None:
     folder = tmp_path / "big"
     folder.mkdir()
     para = "Cell biology paragraph {i} of part {n}: membranes, proteins, transport. "
@@ -141,17 +158,20 @@ async def test_sigkill_mid_ingestion_leaves_nothing_half_indexed(tmp_path: Path)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
 
-    async with open_services(Settings(data_dir=data)) as services:
-        docs, _ = await services.documents.list()
-        assert {d.status for d in docs} <= {"completed", "failed"}
-        assert any(d.status == "failed" and d.error_code == "DOC_005" for d in docs)
-        from tests.e2e.test_ingest_search import counts
+    async def check() -> None:
+        async with open_services(Settings(data_dir=data)) as services:
+            docs, _ = await services.documents.list()
+            assert {d.status for d in docs} <= {"completed", "failed"}
+            assert any(d.status == "failed" and d.error_code == "DOC_005" for d in docs)
+            from tests.e2e.test_ingest_search import counts
 
-        for d in docs:
-            expected = d.chunk_count if d.status == "completed" else 0
-            assert await counts(services, d.id) == (expected,) * 3, d.filename
-        total_vectors = await services.vectors.count()
-        assert total_vectors == sum(d.chunk_count for d in docs if d.status == "completed")
+            for d in docs:
+                expected = d.chunk_count if d.status == "completed" else 0
+                assert await counts(services, d.id) == (expected,) * 3, d.filename
+            total_vectors = await services.vectors.count()
+            assert total_vectors == sum(d.chunk_count for d in docs if d.status == "completed")
+
+    asyncio.run(check())
 
     # Ingesting again completes what was interrupted.
     again = run("ingest", str(folder), "--json", data_dir=data)

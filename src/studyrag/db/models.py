@@ -78,9 +78,7 @@ class Conversation(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     message_count: Mapped[int] = mapped_column(Integer, default=0)
-    last_message_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), nullable=True
-    )
+    last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -88,7 +86,9 @@ class Conversation(Base):
 
 class Message(Base):
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_conversation_created", "conversation_id", "seq", unique=True),)
+    __table_args__ = (
+        Index("ix_messages_conversation_created", "conversation_id", "seq", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     conversation_id: Mapped[str] = mapped_column(

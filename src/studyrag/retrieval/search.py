@@ -134,9 +134,7 @@ class SearchService:
             lex = await timed("lexical", self.lexical.search(query, top_k=want, filters=filters))
             return [(c.chunk_id, c.score, {"lexical": c.score}) for c in lex]
         if mode == "semantic":
-            sem = await timed(
-                "semantic", self.semantic.search(query, top_k=want, filters=filters)
-            )
+            sem = await timed("semantic", self.semantic.search(query, top_k=want, filters=filters))
             return [(c.chunk_id, c.score, {"semantic": c.score}) for c in sem]
         sem, lex = await asyncio.gather(
             timed("semantic", self.semantic.search(query, top_k=want, filters=filters)),

@@ -79,9 +79,7 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
     )
-    op.create_index(
-        "ix_conversations_status_updated", "conversations", ["status", "updated_at"]
-    )
+    op.create_index("ix_conversations_status_updated", "conversations", ["status", "updated_at"])
     op.create_table(
         "messages",
         sa.Column("id", sa.String(32), primary_key=True),
