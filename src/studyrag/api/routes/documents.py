@@ -11,9 +11,20 @@ from fastapi import APIRouter, Query, Request, UploadFile
 
 from studyrag.api.deps import ServicesDep
 from studyrag.db.models import Document
-from studyrag.errors import FileTooLarge, InvalidSearchRequest
+from studyrag.errors import (
+    DocumentError,
+    ExtractionFailed,
+    FileTooLarge,
+    IngestionFailed,
+    InvalidSearchRequest,
+    UnsupportedFileType,
+)
 
 router = APIRouter(prefix="/api/documents", tags=["documents"])
+
+_ERRORS: dict[str, type[DocumentError]] = {
+    c.error_code: c for c in (UnsupportedFileType, FileTooLarge, ExtractionFailed, IngestionFailed)
+}
 
 
 def document_public(doc: Document) -> dict[str, Any]:
@@ -62,6 +73,11 @@ async def upload(request: Request, file: UploadFile, services: ServicesDep) -> d
             f"{name} is over the {services.settings.ingest.max_file_size_mb:g} MB limit."
         )
     result = await services.pipeline.ingest_file(target, filename=name)
+    if result.status == "failed":
+        # Recorded as a failed document; the client gets the error with its id.
+        raise _ERRORS.get(result.error_code or "", IngestionFailed)(
+            result.error or "ingestion failed", details={"document_id": result.document_id}
+        )
     return result.to_dict() | {"path": None}
 
 
