@@ -88,7 +88,11 @@ async def test_lexical_ranks_and_hides_unfinished_documents(db: Database) -> Non
         ],
     )
     b = await _doc(repo, "b.pdf", "pdf", [("Light travels fast; chlorophyll is green.", "")])
-    assert await lex.search("chlorophyll light", top_k=5) == []  # nothing completed yet
+    # Nothing is completed yet: whatever the index returns, none of it is searchable.
+    early = await lex.search("chlorophyll light", top_k=5)
+    assert await repo.searchable_chunks(c.chunk_id for c in early) == {}
+    filtered = await lex.search("chlorophyll", top_k=5, filters=SearchFilters(file_types=["md"]))
+    assert filtered == []  # the filtered path joins documents and sees their status
     await repo.set_status(a, COMPLETED)
     await repo.set_status(b, COMPLETED)
     hits = await lex.search("what does chlorophyll absorb?", top_k=5)
