@@ -80,35 +80,43 @@ class SearchService:
         want = max(top_k * (5 if group_by_document else 1), self.settings.candidates)
         scored = await self._rank(query, mode, want, filters, timings)  # type: ignore[arg-type]
         t1 = time.perf_counter()
-        rows = await self.repo.searchable_chunks(cid for cid, _, _ in scored)
         terms = query_terms(query)
+        scored = [item for item in scored if item[1] >= min_score]
         results: list[SearchResult] = []
         seen_docs: dict[str, SearchResult] = {}
-        for cid, score, per_mode in scored:
-            if cid not in rows or score < min_score:
-                continue
-            chunk, doc = rows[cid]
-            if group_by_document and doc.id in seen_docs:
-                seen_docs[doc.id].matches += 1
-                continue
-            result = SearchResult(
-                rank=len(results) + 1,
-                score=round(score, 6),
-                chunk_id=chunk.id,
-                document_id=doc.id,
-                filename=doc.filename,
-                file_type=doc.file_type,
-                page=chunk.page,
-                section=chunk.section,
-                start=chunk.start_char,
-                end=chunk.end_char,
-                text=chunk.text,
-                snippet=highlight(chunk.text, terms),
-                scores={k: round(v, 6) for k, v in per_mode.items()},
-                document={"title": doc.meta.get("title"), **_doc_meta(doc.meta)},
-            )
-            results.append(result)
-            seen_docs[doc.id] = result
+        # Rows are fetched a slice at a time: usually the first slice already holds top_k
+        # searchable chunks, and fetching all candidates' texts costs more than ranking them.
+        step = len(scored) if group_by_document else max(2 * top_k, 20)
+        for begin in range(0, len(scored), step):
+            part = scored[begin : begin + step]
+            rows = await self.repo.searchable_chunks(cid for cid, _, _ in part)
+            for cid, score, per_mode in part:
+                if cid not in rows:
+                    continue
+                chunk, doc = rows[cid]
+                if group_by_document and doc.id in seen_docs:
+                    seen_docs[doc.id].matches += 1
+                    continue
+                result = SearchResult(
+                    rank=len(results) + 1,
+                    score=round(score, 6),
+                    chunk_id=chunk.id,
+                    document_id=doc.id,
+                    filename=doc.filename,
+                    file_type=doc.file_type,
+                    page=chunk.page,
+                    section=chunk.section,
+                    start=chunk.start_char,
+                    end=chunk.end_char,
+                    text=chunk.text,
+                    snippet=highlight(chunk.text, terms),
+                    scores={k: round(v, 6) for k, v in per_mode.items()},
+                    document={"title": doc.meta.get("title"), **_doc_meta(doc.meta)},
+                )
+                results.append(result)
+                seen_docs[doc.id] = result
+                if len(results) >= top_k and not group_by_document:
+                    break
             if len(results) >= top_k and not group_by_document:
                 break
         results = results[:top_k]
