@@ -740,15 +740,13 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Start the HTTP/WebSocket server."""
-    import uvicorn
-
     from studyrag.app import create_app
+    from studyrag.app import serve as run_server
 
     settings = _settings(data_dir)
     _setup_logging(settings.log_level)
-    app_ = create_app(settings)
-    uvicorn.run(
-        app_,
+    run_server(
+        create_app(settings),
         host=host or settings.api.host,
         port=port or settings.api.port,
         log_level=settings.log_level.lower(),

@@ -349,7 +349,8 @@ class LlamaCppChatModel(ChatModel):
             "status": "ok" if self._engine is not None else "unavailable",
             "provider": self.provider,
             "model": self.model_name,
-            "model_path": str(self.model_path),
+            # The file name only: responses never reveal server paths.
+            "model_file": Path(self.model_path).name,
             "context_window": self.context_window,
         }
 

@@ -1,0 +1,227 @@
+"""Chat overhead: time to first token and tokens/s through ChatEngine vs the ChatModel alone.
+
+Usage: python -m bench.chat_latency [--questions N] [--max-tokens T]
+Same prompt both ways: the engine's model is wrapped by a recorder that keeps the exact
+messages the engine sent, and the bare model is then given those messages. Order alternates
+per question. Also measures the resident memory of a real `studyrag serve` with both models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import CACHE, write_result
+from studyrag.backends.llm.base import ChatMessage, ChatModel, StreamEvent, TokenDelta
+from studyrag.backends.llm.llamacpp import LlamaCppChatModel
+from studyrag.chat.engine import DoneEvent, TokenEvent
+from studyrag.config import ChatSettings, LLMSettings, Settings
+from studyrag.services import open_services
+
+QUESTIONS = [
+    "What does chlorophyll absorb?",
+    "When did the French Revolution begin?",
+    "What do mitochondria make?",
+    "At what temperature does water boil?",
+    "What powered the textile mills of Manchester?",
+    "What is the chemical name of table salt?",
+]
+
+
+class Recorder(ChatModel):
+    """Delegates to the real model and keeps the last messages it was asked to answer."""
+
+    def __init__(self, inner: ChatModel) -> None:
+        self.inner = inner
+        self.provider = inner.provider
+        self.last: list[ChatMessage] = []
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def context_window(self) -> int:
+        return self.inner.context_window
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float = 0.2,
+        stop: list[str] | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        self.last = list(messages)
+        async for event in self.inner.stream(
+            messages, max_tokens=max_tokens, temperature=temperature, stop=stop
+        ):
+            yield event
+
+
+async def bare(model: ChatModel, messages: list[ChatMessage], max_tokens: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    first = last = None
+    n = 0
+    async for event in model.stream(messages, max_tokens=max_tokens, temperature=0.0):
+        if isinstance(event, TokenDelta):
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            n += 1
+    assert first is not None and last is not None
+    return {"ttft": first - t0, "tokens": n, "rate": (n - 1) / (last - first) if n > 1 else 0}
+
+
+async def engine_run(services: Any, question: str, max_tokens: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    first = last = None
+    n = 0
+    retrieval = 0.0
+    async for event in services.chat.stream_message(question, max_tokens=max_tokens):
+        if isinstance(event, TokenEvent):
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            n += 1
+        elif isinstance(event, DoneEvent):
+            retrieval = event.metadata["retrieval_ms"] / 1000
+    assert first is not None and last is not None
+    return {
+        "ttft": first - t0,
+        "tokens": n,
+        "rate": (n - 1) / (last - first) if n > 1 else 0,
+        "retrieval": retrieval,
+    }
+
+
+async def overhead(args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    llm = LLMSettings(max_tokens=args.max_tokens, temperature=0.0, n_threads=2)
+    settings = Settings(
+        data_dir=data, llm=llm, chat=ChatSettings(rewrite_followups=False, template="RAG_BASIC")
+    )
+    inner = LlamaCppChatModel(llm)
+    recorder = Recorder(inner)
+    rows = []
+    async with inner, open_services(settings, with_chat=True, chat_model=recorder) as services:
+        await services.embedder.start()
+        await engine_run(services, "warm up the caches", 4)
+        for i, question in enumerate(QUESTIONS * args.rounds):
+            if i % 2 == 0:
+                eng = await engine_run(services, question, args.max_tokens)
+                alone = await bare(inner, recorder.last, args.max_tokens)
+            else:
+                # The prompt is the same for a question: record it first, time second.
+                await engine_run(services, question, 2)
+                messages = list(recorder.last)
+                alone = await bare(inner, messages, args.max_tokens)
+                eng = await engine_run(services, question, args.max_tokens)
+            rows.append({"question": question, "engine": eng, "model": alone})
+    ttft_ratio = [
+        r["engine"]["ttft"] / (r["model"]["ttft"] + r["engine"]["retrieval"]) for r in rows
+    ]
+    rate_ratio = [r["engine"]["rate"] / r["model"]["rate"] for r in rows if r["model"]["rate"]]
+    return {
+        "samples": len(rows),
+        "max_tokens": args.max_tokens,
+        "ttft_engine_ms_median": round(
+            1000 * statistics.median(r["engine"]["ttft"] for r in rows), 1
+        ),
+        "ttft_model_ms_median": round(
+            1000 * statistics.median(r["model"]["ttft"] for r in rows), 1
+        ),
+        "retrieval_ms_median": round(
+            1000 * statistics.median(r["engine"]["retrieval"] for r in rows), 1
+        ),
+        "ttft_ratio_vs_model_plus_retrieval_median": round(statistics.median(ttft_ratio), 3),
+        "ttft_target": "<= 1.05",
+        "tokens_per_s_engine_median": round(
+            statistics.median(r["engine"]["rate"] for r in rows), 1
+        ),
+        "tokens_per_s_model_median": round(statistics.median(r["model"]["rate"] for r in rows), 1),
+        "tokens_per_s_ratio_median": round(statistics.median(rate_ratio), 3),
+        "tokens_per_s_target": ">= 0.95",
+    }
+
+
+def server_memory(data: Path) -> dict[str, Any]:
+    """RSS of a real `studyrag serve` with MiniLM and SmolLM2 loaded, idle and after a chat."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    exe = str(Path(sys.executable).with_name("studyrag"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYRAG_")}
+    env.update(STUDYRAG_LLM__MAX_TOKENS="32", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(
+        [exe, "serve", "--port", str(port), "--data-dir", str(data)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def rss_mb() -> float:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        idle = rss_mb()
+        httpx.post(f"{base}/api/chat/message", json={"message": QUESTIONS[0]}, timeout=120)
+        after = rss_mb()
+        peak = 0.0
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+        return {
+            "rss_idle_mb": round(idle, 1),
+            "rss_after_chat_mb": round(after, 1),
+            "rss_peak_mb": round(peak, 1),
+        }
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def main(args: argparse.Namespace) -> None:
+    from tests.e2e.test_ingest_search import write_corpus
+
+    work = CACHE / "chat-latency"
+    shutil.rmtree(work, ignore_errors=True)
+    data = work / "data"
+    async with open_services(Settings(data_dir=data)) as services:
+        await services.pipeline.ingest_paths([write_corpus(work / "notes")])
+    result = {"overhead": await overhead(args, data)}
+    print(result)
+    result["memory"] = await asyncio.to_thread(server_memory, data)
+    print(result["memory"])
+    write_result("chat_latency", result)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    asyncio.run(main(parser.parse_args()))
