@@ -350,7 +350,7 @@ class LlamaCppChatModel(ChatModel):
             "provider": self.provider,
             "model": self.model_name,
             # The file name only: responses never reveal server paths.
-            "model_file": Path(self.model_path).name,
+            "model_file": self.model_path.name if self.model_path else None,
             "context_window": self.context_window,
         }
 
