@@ -36,7 +36,7 @@ async def run_pipeline(files: list[Path], work: Path, embedder: Any) -> dict[str
         per_doc_inputs = []
         for r in results:
             chunks = await services.documents.chunks_for(r.document_id or "")
-            per_doc_inputs.append([embedding_text(c.section, c.text) for c in chunks])
+            per_doc_inputs.append([embedding_text(c.section, c.text, c.context) for c in chunks])
     return {
         "seconds": elapsed,
         "chunks": sum(r.chunks for r in results),

@@ -243,3 +243,19 @@ async def test_many_small_files_share_embedding_batches(tmp_path: Path) -> None:
             assert await counts(services, r.document_id or "") == (1, 1, 1)
         top = (await services.search.search("fact number 17", mode="lexical")).results[0]
         assert top.filename == "note17.md"
+
+
+async def test_the_document_name_routes_a_question_to_its_document(
+    services: Services, tmp_path: Path
+) -> None:
+    folder = tmp_path / "filings"
+    folder.mkdir()
+    body = "Capital expenditures were {n} million dollars, mostly for new factories.\n"
+    (folder / "ACME_2022_10K.md").write_text(body.format(n=410))
+    (folder / "GLOBEX_2022_10K.md").write_text(body.format(n=975))
+    await services.pipeline.ingest_paths([folder])
+    for mode in ("lexical", "semantic", "hybrid"):
+        top = (await services.search.search("Globex capital expenditures", mode=mode)).results[0]
+        assert top.filename == "GLOBEX_2022_10K.md", mode
+    # The header is indexed with the chunk, not part of its text or offsets.
+    assert top.text == body.format(n=975).strip()

@@ -63,6 +63,9 @@ class Chunk(Base):
     end_char: Mapped[int] = mapped_column(Integer)
     page: Mapped[int | None] = mapped_column(Integer, nullable=True)
     section: Mapped[str] = mapped_column(Text, default="")
+    # What the passage is part of (the document's name and title): indexed and embedded
+    # with the text, so "3M capital expenditure" finds 3M's filing, not another's.
+    context: Mapped[str] = mapped_column(Text, default="")
     token_count: Mapped[int] = mapped_column(Integer, default=0)
 
     document: Mapped[Document] = relationship(back_populates="chunks")

@@ -123,7 +123,11 @@ class DocumentRepo:
                 await s.execute(
                     text("INSERT INTO chunks_fts(rowid, text, section) VALUES (:id, :text, :sec)"),
                     [
-                        {"id": i, "text": r["text"], "sec": r.get("section", "")}
+                        {
+                            "id": i,
+                            "text": r["text"],
+                            "sec": f"{r.get('context', '')} {r.get('section', '')}".strip(),
+                        }
                         for i, r in zip(ids, rows, strict=True)
                     ],
                 )

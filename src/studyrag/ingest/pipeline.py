@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -70,6 +71,7 @@ class _Prepared:
     extracted: ExtractedDocument
     drafts: list[ChunkDraft]
     result: IngestResult
+    context: str = ""
 
 
 @dataclass(slots=True)
@@ -257,11 +259,12 @@ class IngestionPipeline:
                 raise ExtractionFailed(f"{filename} contains no text that could be extracted.")
         except Exception as exc:
             return await self._fail(result, doc.id, exc, report)
-        return _Prepared(doc.id, loader.file_type, extracted, drafts, result)
+        context = document_context(filename, extracted.metadata.get("title"), drafts)
+        return _Prepared(doc.id, loader.file_type, extracted, drafts, result, context)
 
     async def _embed_and_store(self, batch: list[_Prepared], report: ProgressCallback) -> None:
         """Embed a batch of documents' chunks together, then store each document."""
-        inputs = [embedding_input(d) for p in batch for d in p.drafts]
+        inputs = [embedding_input(d, p.context) for p in batch for d in p.drafts]
         names = ", ".join(p.result.filename for p in batch[:3]) + ("…" if len(batch) > 3 else "")
         t = time.perf_counter()
         vectors: list[list[float]] = []
@@ -286,7 +289,7 @@ class IngestionPipeline:
             t = time.perf_counter()
             report(Progress(p.result.filename, "store", 0, 1))
             try:
-                ids = await self.repo.insert_chunks(p.document_id, _chunk_rows(p.drafts))
+                ids = await self.repo.insert_chunks(p.document_id, _chunk_rows(p.drafts, p.context))
             except Exception as exc:
                 await self._fail(p.result, p.document_id, exc, report)
             else:
@@ -422,7 +425,7 @@ class IngestionPipeline:
         chunks = await self.repo.chunks_for(document_id)
         await self.embedder.start()
         vectors = await self.embedder.embed_documents(
-            [embedding_text(c.section, c.text) for c in chunks]
+            [embedding_text(c.section, c.text, c.context) for c in chunks]
         )
         # The collection is per model, so the old model's vectors stay out of the new one.
         await self.vectors.delete(where={"document_id": document_id})
@@ -463,19 +466,47 @@ class IngestionPipeline:
         return repaired
 
 
-def embedding_input(draft: ChunkDraft) -> str:
+def embedding_input(draft: ChunkDraft, context: str = "") -> str:
     """What the embedder reads for a new chunk."""
-    return embedding_text(" > ".join(draft.section), draft.text)
+    return embedding_text(" > ".join(draft.section), draft.text, context)
 
 
-def embedding_text(section: str, text: str) -> str:
-    """The section path, then the passage: the heading gives a passage its topic."""
-    return f"{section}\n{text}" if section else text
+def embedding_text(section: str, text: str, context: str = "") -> str:
+    """Context, section path, then the passage: the headers give a passage its topic."""
+    return "\n".join(part for part in (context, section, text) if part)
 
 
-def _chunk_rows(drafts: list[ChunkDraft]) -> list[dict[str, Any]]:
+_SEPARATORS = re.compile(r"[_\-.]+")
+
+
+def document_context(filename: str, title: Any, drafts: list[ChunkDraft]) -> str:
+    """A short header naming the document, indexed and embedded with each of its chunks.
+
+    Pages of a filing or slides of a lecture rarely repeat what they belong to, so a question
+    naming the company or course would otherwise match every document alike. The file name
+    counts when it has letters (not an id like "4983"); the title when it has a word and is
+    not the first heading (which every chunk carries in its section path anyway).
+    """
+    parts: list[str] = []
+    stem = _SEPARATORS.sub(" ", Path(filename).stem).strip()
+    if re.search(r"[^\W\d_]", stem):
+        parts.append(stem)
+    first_heading = next((d.section[0] for d in drafts if d.section), "")
+    if isinstance(title, str):
+        clean = " ".join(title.split())[:200]
+        if (
+            re.search(r"[^\W\d_]{3,}", clean)
+            and clean.casefold() != first_heading.casefold()
+            and clean.casefold() != stem.casefold()
+        ):
+            parts.append(clean)
+    return " — ".join(parts)
+
+
+def _chunk_rows(drafts: list[ChunkDraft], context: str) -> list[dict[str, Any]]:
     return [
         {
+            "context": context,
             "index": d.index,
             "text": d.text,
             "start_char": d.start,

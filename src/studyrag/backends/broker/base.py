@@ -22,7 +22,10 @@ class Broker(ABC):
 
     @abstractmethod
     async def hit(self, key: str, *, window: float) -> tuple[int, float]:
-        """Count one event in a sliding window: (events in window, seconds until the oldest expires)."""
+        """Count one event in a sliding window.
+
+        Returns (events in the window, seconds until the oldest of them expires).
+        """
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect."""

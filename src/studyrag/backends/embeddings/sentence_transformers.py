@@ -75,8 +75,10 @@ class SentenceTransformersEmbedder(Embedder):
     async def start(self) -> None:
         if self._model is None:
             self._model = await anyio.to_thread.run_sync(self._load)
-            get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
-                self._model, "get_sentence_embedding_dimension"
+            # Renamed in sentence-transformers 6; the old name warns there.
+            get_dim = (
+                getattr(self._model, "get_embedding_dimension", None)
+                or self._model.get_sentence_embedding_dimension
             )
             self.dimensions = int(get_dim())
             self.max_tokens = int(self._model.max_seq_length)

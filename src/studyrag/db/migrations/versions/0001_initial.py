@@ -50,11 +50,13 @@ def upgrade() -> None:
         sa.Column("end_char", sa.Integer, nullable=False),
         sa.Column("page", sa.Integer),
         sa.Column("section", sa.Text, nullable=False, server_default=""),
+        sa.Column("context", sa.Text, nullable=False, server_default=""),
         sa.Column("token_count", sa.Integer, nullable=False, server_default="0"),
     )
     op.create_index("ix_chunks_document_id", "chunks", ["document_id"])
     if op.get_bind().dialect.name == "sqlite":
-        # A standalone FTS5 table keyed by chunk id: simple deletes, BM25 built in.
+        # A standalone FTS5 table keyed by chunk id: simple deletes, BM25 built in. Its
+        # "section" column holds the chunk's context and section path.
         op.execute(
             "CREATE VIRTUAL TABLE chunks_fts USING fts5("
             "text, section, tokenize='porter unicode61 remove_diacritics 2')"
@@ -62,7 +64,7 @@ def upgrade() -> None:
     else:
         op.execute(
             "ALTER TABLE chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS ("
-            "setweight(to_tsvector('english', coalesce(section, '')), 'B') || "
+            "setweight(to_tsvector('english', context || ' ' || section), 'B') || "
             "setweight(to_tsvector('english', text), 'A')) STORED"
         )
         op.execute("CREATE INDEX ix_chunks_tsv ON chunks USING gin (tsv)")
