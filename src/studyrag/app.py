@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
+import uvicorn
 from fastapi import FastAPI
 
 from studyrag import __version__
@@ -17,16 +19,21 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> FastAPI:
     """The ASGI app; nothing is built until the lifespan starts."""
-    from studyrag.api.routes import documents, health, search
+    from studyrag.api import sse, ws
+    from studyrag.api.routes import chat, documents, health, search
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from studyrag.api.runtime import open_chat_runtime
         from studyrag.services import open_services
 
         cfg = settings or load_settings()
-        async with open_services(cfg, with_chat=with_chat) as services:
+        async with AsyncExitStack() as stack:
+            services = await stack.enter_async_context(open_services(cfg, with_chat=with_chat))
             app.state.services = services
             await services.embedder.start()
+            # Entered after the services, so it closes first: sockets (1001), then answers.
+            app.state.chat_runtime = await stack.enter_async_context(open_chat_runtime(services))
             log.info("StudyRAG %s ready; data in %s", __version__, cfg.data_dir)
             yield
 
@@ -36,4 +43,33 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
     app.include_router(health.router)
     app.include_router(documents.router)
     app.include_router(search.router)
+    app.include_router(chat.router)
+    app.include_router(sse.router)
+    app.include_router(ws.router)
     return app
+
+
+async def close_websockets(app: FastAPI) -> None:
+    """Close every chat WebSocket with 1001 (going away); a no-op before start-up."""
+    runtime = getattr(app.state, "chat_runtime", None)
+    if runtime is not None:
+        await runtime.ws.aclose()
+
+
+class StudyRAGServer(uvicorn.Server):
+    """uvicorn, but WebSockets are closed with 1001 before uvicorn closes them with 1012."""
+
+    def __init__(self, config: uvicorn.Config, *, app: FastAPI) -> None:
+        super().__init__(config)
+        self.studyrag_app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Say goodbye on every chat socket, then shut down as uvicorn does."""
+        await close_websockets(self.studyrag_app)
+        await super().shutdown(sockets)
+
+
+def serve(app: FastAPI, *, host: str, port: int, **options: object) -> None:
+    """Run `app` under uvicorn with the graceful WebSocket shutdown (blocks)."""
+    config = uvicorn.Config(app, host=host, port=port, **options)  # type: ignore[arg-type]
+    StudyRAGServer(config, app=app).run()

@@ -174,6 +174,18 @@ class PayloadTooLarge(ChatError):
     status_code = 413
 
 
+class BrokerUnavailable(ChatError):
+    """The pub/sub broker that fans answers out to WebSocket clients cannot be reached."""
+
+    error_code = "CHAT_011"
+    status_code = 503
+    default_hint = "Start Redis, or leave STUDYRAG_BROKER__URL empty for a single worker."
+
+
+# The chat API's error family, under the name its design uses; every chat error is one.
+ChatAPIError = ChatError
+
+
 # --- limits ------------------------------------------------------------------------------
 class RateLimited(StudyRAGError):
     error_code = "RATE_001"

@@ -30,7 +30,12 @@ def request_id_of(request: Request) -> str:
 def error_body(
     code: str, message: str, request_id: str, details: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    return {"error_code": code, "message": message, "details": details or {}, "request_id": request_id}
+    return {
+        "error_code": code,
+        "message": message,
+        "details": details or {},
+        "request_id": request_id,
+    }
 
 
 class RequestIdMiddleware:
@@ -75,7 +80,10 @@ def install_error_handlers(app: FastAPI) -> None:
             "REQUEST_001",
         )
         errors = [
-            {"field": ".".join(str(x) for x in e.get("loc", ()) if x != "body"), "problem": e["msg"]}
+            {
+                "field": ".".join(str(x) for x in e.get("loc", ()) if x != "body"),
+                "problem": e["msg"],
+            }
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"field": "", "problem": "invalid"}

@@ -1,0 +1,241 @@
+"""The chat REST API: ask, conversations CRUD, messages, cleanup, stop and statistics.
+
+Every change made here is pushed to the conversation's WebSocket clients: answers through
+the GenerationHub's broker channel, updates and deletions as frames.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from studyrag.api.deps import ServicesDep
+from studyrag.api.ratelimit import http_client_key
+from studyrag.api.runtime import ChatRuntimeDep, CountingRoute
+from studyrag.api.schemas import (
+    ChatRequest,
+    ChatResponse,
+    CleanupRequest,
+    ConversationCreateRequest,
+    ConversationOut,
+    ConversationPageOut,
+    ConversationUpdateRequest,
+    MessagePageOut,
+    check_message,
+    max_body_bytes,
+)
+from studyrag.errors import (
+    GenerationFailed,
+    GenerationInProgress,
+    InvalidChatRequest,
+    PayloadTooLarge,
+)
+
+router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=CountingRoute)
+
+MAX_PAGE = 100
+
+
+def limit_body(request: Request, services: ServicesDep) -> None:
+    """413 CHAT_010 for a body over the chat limit, judged by its declared length."""
+    declared = request.headers.get("content-length", "")
+    limit = max_body_bytes(services.settings)
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"The request body has {declared} bytes; the limit is {limit}.",
+            details={"size": int(declared), "limit": limit},
+            hint="Send a shorter message.",
+        )
+
+
+@router.post("/message", response_model=ChatResponse, dependencies=[Depends(limit_body)])
+async def post_message(
+    body: ChatRequest, request: Request, services: ServicesDep, runtime: ChatRuntimeDep
+) -> dict[str, Any]:
+    """Answer one question; without conversation_id a new conversation starts."""
+    question = check_message(body.message, services.settings)
+    await runtime.limiter.check(http_client_key(request))
+    gen = await runtime.hub.start_answer(
+        question,
+        conversation_id=body.conversation_id,
+        options=body.engine_kwargs(services.settings),
+    )
+    # The answer is owned by the hub: if this client goes away, it still completes.
+    await gen.wait()
+    final = gen.events[-1]
+    if final.type == "error":
+        raise gen.exception or GenerationFailed(str(final.data.get("message")))
+    message = final.data["message"]
+    return {
+        "message": message,
+        "conversation": final.data["conversation"],
+        "sources": message.get("sources") or [],
+        "metadata": final.data["metadata"],
+    }
+
+
+# --- conversations -----------------------------------------------------------------------
+@router.get("/conversations", response_model=ConversationPageOut)
+async def list_conversations(
+    services: ServicesDep,
+    status: Literal["active", "archived", "deleted"] | None = None,
+    q: str | None = Query(default=None, max_length=200, description="Title contains"),
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    updated_after: datetime | None = None,
+    updated_before: datetime | None = None,
+    limit: int = Query(default=20, ge=1, le=MAX_PAGE),
+    cursor: str | None = Query(default=None, max_length=512),
+    offset: int = Query(default=0, ge=0),
+) -> dict[str, Any]:
+    """Conversations by latest activity; follow next_cursor for the next page."""
+    page = await services.conversations.list(
+        status=status,
+        title_search=q,
+        created_after=created_after,
+        created_before=created_before,
+        updated_after=updated_after,
+        updated_before=updated_before,
+        limit=limit,
+        cursor=cursor,
+        offset=offset,
+    )
+    return page.to_dict()
+
+
+@router.post("/conversations", status_code=201, response_model=ConversationOut)
+async def create_conversation(
+    body: ConversationCreateRequest, services: ServicesDep
+) -> dict[str, Any]:
+    """Start an empty conversation; `template` becomes its answers' default."""
+    metadata = dict(body.metadata or {})
+    if body.template is not None:
+        if services.chat is not None and body.template not in services.chat.templates:
+            names = sorted(services.chat.templates)
+            raise InvalidChatRequest(
+                f"Unknown prompt template {body.template!r}.",
+                details={"template": body.template, "available": names},
+                hint=f"Use one of: {', '.join(names)}.",
+            )
+        metadata["template"] = body.template
+    conversation = await services.conversations.create(title=body.title, metadata=metadata)
+    return conversation.to_dict()
+
+
+@router.get("/conversations/{conversation_id}", response_model=ConversationOut)
+async def get_conversation(
+    conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
+) -> dict[str, Any]:
+    """One conversation, with the answer in progress if any."""
+    conversation = await services.conversations.get(conversation_id)
+    gen = runtime.hub.current(conversation_id)
+    return conversation.to_dict() | {"generation": gen.info() if gen is not None else None}
+
+
+@router.put("/conversations/{conversation_id}", response_model=ConversationOut)
+async def update_conversation(
+    conversation_id: str,
+    body: ConversationUpdateRequest,
+    services: ServicesDep,
+    runtime: ChatRuntimeDep,
+) -> dict[str, Any]:
+    """Rename, replace metadata, archive or unarchive; clients get conversation_updated."""
+    conversation = await services.conversations.update(
+        conversation_id, title=body.title, metadata=body.metadata, status=body.status
+    )
+    data = conversation.to_dict()
+    await runtime.ws.broadcast(
+        conversation_id, {"type": "conversation_updated", "conversation": data}
+    )
+    return data
+
+
+@router.delete("/conversations/{conversation_id}")
+async def delete_conversation(
+    conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
+) -> dict[str, Any]:
+    """Soft delete: hidden at once (404 afterwards), its answer stopped, clients told."""
+    await services.conversations.soft_delete(conversation_id)
+    await runtime.hub.stop(conversation_id)
+    await runtime.ws.broadcast(
+        conversation_id, {"type": "conversation_deleted", "conversation_id": conversation_id}
+    )
+    return {"deleted": conversation_id}
+
+
+@router.get("/conversations/{conversation_id}/messages", response_model=MessagePageOut)
+async def list_messages(
+    conversation_id: str,
+    services: ServicesDep,
+    limit: int = Query(default=50, ge=1, le=MAX_PAGE),
+    before_seq: int | None = Query(default=None, ge=0),
+    after_seq: int | None = Query(default=None, ge=0),
+    order: Literal["asc", "desc"] = "asc",
+) -> dict[str, Any]:
+    """A page of messages next to a seq cursor (before_seq: older, after_seq: newer)."""
+    page = await services.conversations.list_messages(
+        conversation_id, limit=limit, before_seq=before_seq, after_seq=after_seq, order=order
+    )
+    return page.to_dict()
+
+
+@router.post("/conversations/{conversation_id}/cleanup")
+async def cleanup_conversation(
+    conversation_id: str, body: CleanupRequest, services: ServicesDep, runtime: ChatRuntimeDep
+) -> dict[str, Any]:
+    """Keep the last N messages, drop incomplete or old ones, or purge a deleted conversation."""
+    conversations = services.conversations
+    if body.purge:
+        conversation = await conversations.get(conversation_id, include_deleted=True)
+        if conversation.status != "deleted":
+            raise InvalidChatRequest(
+                "Only a deleted conversation can be purged.",
+                hint=f"DELETE /api/chat/conversations/{conversation_id} first.",
+            )
+        report = await conversations.cleanup(conversation_id, purge_deleted_older_than=timedelta(0))
+        return report.to_dict() | {"conversation": None}
+    await conversations.get(conversation_id)
+    if body.drop_incomplete and runtime.hub.current(conversation_id) is not None:
+        # The answer being streamed is an incomplete message too.
+        raise GenerationInProgress("Cannot drop incomplete messages while an answer runs.")
+    report = await conversations.cleanup(
+        conversation_id,
+        keep_last=body.keep_last,
+        older_than=timedelta(seconds=body.older_than_seconds)
+        if body.older_than_seconds is not None
+        else None,
+        drop_incomplete=body.drop_incomplete,
+    )
+    data = (await conversations.get(conversation_id)).to_dict()
+    await runtime.ws.broadcast(
+        conversation_id, {"type": "conversation_updated", "conversation": data}
+    )
+    return report.to_dict() | {"conversation": data}
+
+
+@router.post("/conversations/{conversation_id}/stop")
+async def stop_generation(
+    conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
+) -> dict[str, Any]:
+    """Stop the answer in progress; it is stored as incomplete with the text so far."""
+    await services.conversations.get(conversation_id)
+    gen = await runtime.hub.stop(conversation_id)
+    if gen is None:
+        return {"stopped": False, "message": None}
+    final = gen.events[-1] if gen.events else None
+    message = final.data.get("message") if final is not None and final.type == "done" else None
+    return {"stopped": True, "message": message}
+
+
+@router.get("/stats")
+async def stats(
+    services: ServicesDep, runtime: ChatRuntimeDep, clients: bool = False
+) -> dict[str, Any]:
+    """Stored totals, live WebSocket connections, answers in flight and live metrics."""
+    stored = await services.conversations.statistics()
+    return stored | {
+        "websocket": runtime.ws.stats(with_clients=clients),
+        "generations": runtime.hub.stats(),
+    }

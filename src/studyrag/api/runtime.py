@@ -1,0 +1,84 @@
+"""The chat transport the lifespan builds: broker, generation hub, WebSocket manager, limiter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from studyrag.api.generations import GenerationHub
+from studyrag.api.ratelimit import RateLimiter
+from studyrag.api.ws import WebSocketManager
+from studyrag.backends.broker.base import Broker
+from studyrag.backends.registry import build_broker
+from studyrag.errors import StudyRAGError
+from studyrag.services import Services
+
+
+@dataclass(slots=True)
+class ChatRuntime:
+    broker: Broker
+    hub: GenerationHub
+    ws: WebSocketManager
+    limiter: RateLimiter
+
+
+@asynccontextmanager
+async def open_chat_runtime(services: Services) -> AsyncIterator[ChatRuntime]:
+    """Start the broker, the hub and the manager; on exit close sockets (1001), then answers."""
+    settings = services.settings
+    async with AsyncExitStack() as stack:
+        broker = await stack.enter_async_context(build_broker(settings))
+        hub = GenerationHub(chat=services.chat, conversations=services.conversations, broker=broker)
+        stack.push_async_callback(hub.aclose)
+        await hub.start()
+        manager = WebSocketManager(broker=broker, hub=hub, settings=settings)
+        # Last in, first out: sockets close with 1001 before the answers are cancelled.
+        stack.push_async_callback(manager.aclose)
+        await manager.start()
+        yield ChatRuntime(
+            broker=broker,
+            hub=hub,
+            ws=manager,
+            limiter=RateLimiter(broker, per_minute=settings.api.rate_limit_per_minute),
+        )
+
+
+def get_chat_runtime(conn: HTTPConnection) -> ChatRuntime:
+    runtime: ChatRuntime = conn.app.state.chat_runtime
+    return runtime
+
+
+ChatRuntimeDep = Annotated[ChatRuntime, Depends(get_chat_runtime)]
+
+
+class CountingRoute(APIRoute):
+    """Counts every error a chat route returns, by code, for /api/chat/stats."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def counted(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StudyRAGError as exc:
+                _metrics(request, exc.error_code)
+                raise
+            except RequestValidationError:
+                _metrics(request, "CHAT_006")
+                raise
+
+        return counted
+
+
+def _metrics(request: Request, code: str) -> None:
+    runtime = getattr(request.app.state, "chat_runtime", None)
+    if runtime is not None:
+        runtime.hub.metrics.error(code)

@@ -1,0 +1,705 @@
+"""WebSocketManager and /ws/chat/{conversation_id}: many clients per conversation, resumable.
+
+Fan-out goes through the broker: each worker subscribes once per conversation that has local
+clients and copies every message to those clients' send queues, so any worker serves any
+client. Each client has a bounded queue drained by its own writer task: a slow client never
+holds up the others, and one whose queue overflows is closed with 4408. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import AsyncGenerator
+from contextlib import aclosing, suppress
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from studyrag.api.generations import Generation, GenerationHub, channel
+from studyrag.api.ratelimit import RateLimiter
+from studyrag.api.schemas import WSMessageFrame, WSResumeFrame, WSTypingFrame, check_message
+from studyrag.backends.broker.base import Broker
+from studyrag.config import Settings
+from studyrag.errors import (
+    BrokerUnavailable,
+    ConversationNotFound,
+    InvalidChatRequest,
+    InvalidFrame,
+    MessageNotFound,
+    PayloadTooLarge,
+    RateLimited,
+    StudyRAGError,
+    TooManyConnections,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["chat"])
+
+# Close codes (docs/protocol.md).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # server shutdown
+CLOSE_INTERNAL = 1011  # the broker could not be reached
+CLOSE_TRY_AGAIN = 1013  # too many connections for the conversation or the address
+CLOSE_NOT_FOUND = 4404  # unknown or deleted conversation
+CLOSE_OVERFLOW = 4408  # send queue overflow, or a client that stopped reading
+
+# A client joining mid-answer may send `resume` first; live tokens wait this long for it.
+JOIN_GRACE = 0.2
+READY_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 2.0
+# A writer that has not sent anything for this many ping intervals while frames wait is dead.
+STALL_INTERVALS = 3
+_MAX_CURSORS = 8
+CLIENT_TYPES = ("message", "ping", "pong", "typing", "stop", "resume")
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    """One frame as compact JSON."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def error_frame(exc: StudyRAGError, **extra: Any) -> dict[str, Any]:
+    """The house error shape as a frame; RATE_001 also carries retry_after at the top."""
+    frame = {"type": "error", **exc.to_dict(None), **extra}
+    if isinstance(exc, RateLimited):
+        frame["retry_after"] = round(exc.retry_after, 1)
+    return frame
+
+
+def generation_frames(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The WebSocket frames for one buffered engine event (see docs/protocol.md)."""
+    data, type_, mid = message["data"], message["type"], message.get("message_id")
+    if type_ == "start":
+        return [
+            {"type": "user_message", "message": data["user_message"]},
+            {
+                "type": "stream_start",
+                "message_id": data["assistant_message_id"],
+                "conversation_id": data["conversation"]["id"],
+            },
+        ]
+    if type_ == "sources":
+        return [{"type": "sources", "message_id": mid, "sources": data["sources"]}]
+    if type_ == "token":
+        return [
+            {"type": "stream_chunk", "message_id": mid, "seq": data["seq"], "delta": data["delta"]}
+        ]
+    if type_ == "done":
+        return [
+            {
+                "type": "stream_end",
+                "message_id": mid,
+                "message": data["message"],
+                "metadata": data["metadata"],
+            },
+            {"type": "conversation_updated", "conversation": data["conversation"]},
+        ]
+    if type_ == "error":
+        return [{"type": "error", "request_id": None, **data}]
+    return []
+
+
+class _Close:
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class WSClient:
+    """One connected socket: its metadata, its send queue and where it is in each answer."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        *,
+        conversation_id: str,
+        address: str,
+        user_agent: str,
+        queue_size: int,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:16]
+        self.websocket = websocket
+        self.conversation_id = conversation_id
+        self.address = address
+        self.user_agent = user_agent[:200]
+        self.connected_at = datetime.now(UTC)
+        self.last_seen = time.time()
+        self.last_sent = time.monotonic()
+        self.limit = queue_size
+        # A deque and one wake-up future instead of asyncio.Queue: this is the fan-out's hot
+        # path. offer() enforces the limit, so a close can always be queued.
+        self.queue: deque[str | _Close] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.closing = False
+        self.writer: asyncio.Task[None] | None = None
+        # The endpoint's task, cancelled (with `kill` set) to drop a client that is stuck.
+        self.reader: asyncio.Task[Any] | None = None
+        self.kill: tuple[int, str] | None = None
+        # While False, live answer events wait in `pending` (a resume may replace them).
+        self.attached = True
+        self.pending: list[tuple[str, int, list[str]]] = []
+        self.join_timer: asyncio.TimerHandle | None = None
+        self.cursors: dict[str, int] = {}  # generation id -> last buffer id sent
+        self.first_live: dict[str, int] = {}  # generation id -> first buffer id sent
+
+    def offer(self, text: str) -> bool:
+        """Queue a frame; False when the queue is full (the caller closes the client)."""
+        if self.closing:
+            return True
+        if len(self.queue) >= self.limit:
+            return False
+        self._push(text)
+        return True
+
+    def _push(self, item: str | _Close) -> None:
+        self.queue.append(item)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_for_items(self) -> None:
+        """Until something is queued."""
+        while not self.queue:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+    def close_soon(self, code: int, reason: str, *, drop_pending: bool) -> None:
+        """Have the writer close the socket, after what is queued unless `drop_pending`."""
+        if self.closing:
+            return
+        self.closing = True
+        if drop_pending:
+            self.queue.clear()
+        self._push(_Close(code, reason))
+
+    def mark_sent(self, gen_id: str, event_id: int, *, first: int | None = None) -> None:
+        """Record that this answer's events up to `event_id` (from `first`) were queued."""
+        self.cursors[gen_id] = event_id
+        self.first_live.setdefault(gen_id, event_id if first is None else first)
+        if len(self.cursors) > _MAX_CURSORS:
+            oldest = next(iter(self.cursors))
+            self.cursors.pop(oldest)
+            self.first_live.pop(oldest, None)
+
+    def info(self) -> dict[str, Any]:
+        """Client metadata for stats."""
+        return {
+            "client_id": self.id,
+            "conversation_id": self.conversation_id,
+            "address": self.address,
+            "user_agent": self.user_agent,
+            "connected_at": self.connected_at.isoformat(),
+            "last_seen": datetime.fromtimestamp(self.last_seen, UTC).isoformat(),
+            "queued": len(self.queue),
+        }
+
+
+class WebSocketManager:
+    """Connections per conversation, broker fan-out, per-client queues, pings and shutdown."""
+
+    def __init__(self, *, broker: Broker, hub: GenerationHub, settings: Settings) -> None:
+        self.broker = broker
+        self.hub = hub
+        self.api = settings.api
+        self._conversations: dict[str, dict[str, WSClient]] = {}
+        self._addresses: Counter[str] = Counter()
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._ready: dict[str, asyncio.Event] = {}
+        self._pinger: asyncio.Task[None] | None = None
+        self._closing = False
+        self.slow_clients_dropped = 0
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the idle-ping loop."""
+        self._pinger = asyncio.create_task(self._ping_loop(), name="ws-pinger")
+
+    async def aclose(self, code: int = CLOSE_GOING_AWAY) -> None:
+        """Close every socket with `code` (1001: going away) and stop every task."""
+        if self._closing:
+            return
+        self._closing = True
+        clients = [c for group in self._conversations.values() for c in group.values()]
+        for client in clients:
+            client.close_soon(code, "server shutting down", drop_pending=True)
+        writers = [c.writer for c in clients if c.writer is not None]
+        if writers:
+            _, late = await asyncio.wait(writers, timeout=CLOSE_TIMEOUT + 0.5)
+            for task in late:
+                task.cancel()
+        tasks = [t for t in (self._pinger, *self._pumps.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+
+    # --- connections ---------------------------------------------------------------------
+    async def connect(self, websocket: WebSocket, conversation_id: str) -> WSClient:
+        """Admit and register a client, wait until fan-out reaches it, start its writer."""
+        if self._closing:
+            raise TooManyConnections("The server is shutting down.", hint="Reconnect shortly.")
+        address = websocket.client.host if websocket.client else "unknown"
+        group = self._conversations.get(conversation_id, {})
+        if len(group) >= self.api.ws_max_clients_per_conversation:
+            raise TooManyConnections(
+                f"This conversation already has {len(group)} connected clients.",
+                details={"limit": self.api.ws_max_clients_per_conversation},
+                hint="Close another tab or window on this conversation.",
+            )
+        if self._addresses[address] >= self.api.ws_max_clients_per_address:
+            raise TooManyConnections(
+                "Too many WebSocket connections from your address.",
+                details={"limit": self.api.ws_max_clients_per_address},
+                hint="Close some connections and try again.",
+            )
+        client = WSClient(
+            websocket,
+            conversation_id=conversation_id,
+            address=address,
+            user_agent=websocket.headers.get("user-agent", ""),
+            queue_size=self.api.ws_send_queue,
+        )
+        # Registered before any await, so the limits above cannot be raced past.
+        self._conversations.setdefault(conversation_id, {})[client.id] = client
+        self._addresses[address] += 1
+        gen = self.hub.current(conversation_id)
+        if gen is not None:
+            client.attached = False
+            loop = asyncio.get_running_loop()
+            client.join_timer = loop.call_later(JOIN_GRACE, self.attach, client)
+        client.queue.append(
+            dumps(
+                {
+                    "type": "connected",
+                    "client_id": client.id,
+                    "conversation_id": conversation_id,
+                    "clients": len(self._conversations[conversation_id]),
+                    "generation": gen.info() if gen is not None else None,
+                }
+            )
+        )
+        ready = self._ensure_pump(conversation_id)
+        try:
+            await asyncio.wait_for(ready.wait(), timeout=READY_TIMEOUT)
+        except TimeoutError:
+            self.disconnect(client)
+            raise BrokerUnavailable(
+                "The message broker did not answer; live updates are unavailable."
+            ) from None
+        client.writer = asyncio.create_task(self._write(client), name=f"ws-writer-{client.id}")
+        return client
+
+    def disconnect(self, client: WSClient) -> None:
+        """Forget a client; the conversation's subscription ends with its last client."""
+        if client.join_timer is not None:
+            client.join_timer.cancel()
+        if client.writer is not None and not client.writer.done():
+            client.writer.cancel()
+        group = self._conversations.get(client.conversation_id)
+        if group is None or group.pop(client.id, None) is None:
+            return
+        self._addresses[client.address] -= 1
+        if self._addresses[client.address] <= 0:
+            del self._addresses[client.address]
+        if not group:
+            del self._conversations[client.conversation_id]
+            pump = self._pumps.pop(client.conversation_id, None)
+            self._ready.pop(client.conversation_id, None)
+            if pump is not None:
+                pump.cancel()
+
+    def clients(self, conversation_id: str) -> list[WSClient]:
+        """The clients connected to this worker for one conversation."""
+        return list(self._conversations.get(conversation_id, {}).values())
+
+    def stats(self, *, with_clients: bool = False) -> dict[str, Any]:
+        """Connections here, per conversation (and per client when asked)."""
+        body: dict[str, Any] = {
+            "connections": sum(len(g) for g in self._conversations.values()),
+            "conversations": len(self._conversations),
+            "clients_per_conversation": {c: len(g) for c, g in self._conversations.items()},
+            "slow_clients_dropped": self.slow_clients_dropped,
+        }
+        if with_clients:
+            body["clients"] = [c.info() for g in self._conversations.values() for c in g.values()]
+        return body
+
+    # --- sending -------------------------------------------------------------------------
+    async def broadcast(
+        self, conversation_id: str, frame: dict[str, Any], *, exclude: str | None = None
+    ) -> None:
+        """Send `frame` to every client of the conversation on every worker but `exclude`."""
+        await self.broker.publish(
+            channel(conversation_id), {"kind": "frame", "frame": frame, "exclude": exclude}
+        )
+
+    def send(self, client: WSClient, frame: dict[str, Any]) -> None:
+        """Queue a frame for one client."""
+        self._offer(client, dumps(frame))
+
+    def _offer(self, client: WSClient, text: str) -> None:
+        if not client.offer(text):
+            self._kill(client, CLOSE_OVERFLOW, "send queue overflow")
+
+    def _kill(self, client: WSClient, code: int, reason: str) -> None:
+        """Drop a client that cannot keep up, at once, and close it with `code`."""
+        # Its writer may be stuck on a full socket: it leaves the fan-out now, and its
+        # endpoint is cancelled and then tries the close, which a client reading again sees.
+        if client.kill is not None:
+            return
+        self.slow_clients_dropped += 1
+        log.warning("Dropping WebSocket client %s: %s", client.id, reason)
+        client.kill = (code, reason)
+        client.closing = True
+        self.disconnect(client)
+        if client.reader is not None:
+            client.reader.cancel()
+
+    # --- attaching to answers ------------------------------------------------------------
+    def attach(self, client: WSClient) -> None:
+        """End the join hold: deliver the held live events in order."""
+        if client.attached:
+            return
+        client.attached = True
+        if client.join_timer is not None:
+            client.join_timer.cancel()
+            client.join_timer = None
+        held, client.pending = client.pending, []
+        for gen_id, event_id, texts in held:
+            self._deliver(client, gen_id, event_id, texts)
+
+    def resume(self, client: WSClient, message_id: str, last_seq: int) -> int:
+        """Replay an answer after token `last_seq` to this client; returns frames queued."""
+        # Synchronous on purpose: nothing can be fanned out between the replay and the cursor
+        # update, so the live stream continues exactly after the replayed part.
+        gen = self.hub.by_message(message_id)
+        if gen is None or gen.conversation_id != client.conversation_id:
+            raise MessageNotFound(
+                f"No answer {message_id!r} to resume in this conversation.",
+                hint="It finished too long ago: read it with GET "
+                "/api/chat/conversations/{id}/messages.",
+            )
+        after = gen.resume_point(last_seq)
+        if after is None:
+            raise MessageNotFound(
+                f"Cannot resume answer {message_id!r} after seq {last_seq}.",
+                details={"last_seq": last_seq, "available_seq": gen.last_seq},
+                hint="Send a last_seq you received, or 0 for the whole answer.",
+            )
+        events = gen.since(after)
+        sent = client.cursors.get(gen.id)
+        if sent is None:
+            # The replay covers this answer's held live events; other answers' go out first.
+            client.pending = [p for p in client.pending if p[0] != gen.id]
+        self.attach(client)
+        if sent is not None:
+            # Live events already went out: only fill the gap before the first of them.
+            first = client.first_live.get(gen.id, sent + 1)
+            events = [e for e in events if e.id < first]
+            if events:
+                client.first_live[gen.id] = events[0].id
+        elif events:
+            client.mark_sent(gen.id, events[-1].id, first=events[0].id)
+        frames = 0
+        for event in events:
+            for frame in generation_frames(_as_message(gen, event)):
+                self._offer(client, dumps(frame))
+                frames += 1
+        return frames
+
+    def _deliver(self, client: WSClient, gen_id: str, event_id: int, texts: list[str]) -> None:
+        if event_id <= client.cursors.get(gen_id, 0):
+            return  # already replayed by a resume
+        client.mark_sent(gen_id, event_id)
+        for text in texts:
+            self._offer(client, text)
+
+    # --- fan-out -------------------------------------------------------------------------
+    def _ensure_pump(self, conversation_id: str) -> asyncio.Event:
+        ready = self._ready.get(conversation_id)
+        if ready is None:
+            ready = self._ready[conversation_id] = asyncio.Event()
+            self._pumps[conversation_id] = asyncio.create_task(
+                self._pump(conversation_id, ready), name=f"ws-pump-{conversation_id}"
+            )
+        return ready
+
+    async def _pump(self, conversation_id: str, ready: asyncio.Event) -> None:
+        """Copy the conversation's broker messages to its local clients; resubscribe on failure."""
+        delay = 0.25
+        while True:
+            nonce = uuid.uuid4().hex
+            hello: asyncio.Task[None] | None = None
+            try:
+                messages = cast(
+                    AsyncGenerator[dict[str, Any], None],
+                    self.broker.subscribe(channel(conversation_id)),
+                )
+                async with aclosing(messages):
+                    hello = asyncio.create_task(self._hello(conversation_id, nonce, ready))
+                    async for message in messages:
+                        kind = message.get("kind")
+                        if kind == "hello":
+                            if message.get("nonce") == nonce:
+                                ready.set()
+                                delay = 0.25
+                        else:
+                            self._dispatch(conversation_id, message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - logged, told to clients, retried
+                log.warning("Broker subscription for %s failed: %s", conversation_id, exc)
+                error = BrokerUnavailable("Live updates were interrupted; reconnecting.")
+                for client in self.clients(conversation_id):
+                    self.send(client, error_frame(error))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if hello is not None:
+                    hello.cancel()
+
+    async def _hello(self, conversation_id: str, nonce: str, ready: asyncio.Event) -> None:
+        # Subscribing is asynchronous on every broker: publish to ourselves until it arrives,
+        # and only then let clients send, so no answer can start before we listen.
+        wait = 0.01
+        while not ready.is_set():
+            with suppress(StudyRAGError):
+                await self.broker.publish(
+                    channel(conversation_id), {"kind": "hello", "nonce": nonce}
+                )
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 0.5)
+
+    def _dispatch(self, conversation_id: str, message: dict[str, Any]) -> None:
+        clients = self.clients(conversation_id)
+        kind = message.get("kind")
+        if kind == "gen":
+            gen = self.hub.observe(message)
+            if gen is None:
+                return
+            texts = [dumps(f) for f in generation_frames(message)]
+            event_id = int(message["id"])
+            for client in clients:
+                if not client.attached:
+                    client.pending.append((gen.id, event_id, texts))
+                    if len(client.pending) > client.limit:
+                        self.attach(client)
+                else:
+                    self._deliver(client, gen.id, event_id, texts)
+        elif kind == "frame":
+            frame = message["frame"]
+            text = dumps(frame)
+            exclude = message.get("exclude")
+            for client in clients:
+                if client.id != exclude:
+                    self._offer(client, text)
+            if frame.get("type") == "conversation_deleted":
+                for client in clients:
+                    client.close_soon(CLOSE_NOT_FOUND, "conversation deleted", drop_pending=False)
+
+    # --- per-client tasks ----------------------------------------------------------------
+    async def _write(self, client: WSClient) -> None:
+        """Drain one client's queue into its socket; ends with the socket."""
+        websocket = client.websocket
+        queue = client.queue
+        try:
+            while True:
+                if not queue:
+                    await client.wait_for_items()
+                item = queue.popleft()
+                if isinstance(item, _Close):
+                    with suppress(Exception):
+                        await asyncio.wait_for(
+                            websocket.close(item.code, item.reason), timeout=CLOSE_TIMEOUT
+                        )
+                    return
+                await websocket.send_text(item)
+                client.last_sent = time.monotonic()
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            client.closing = True
+
+    async def _ping_loop(self) -> None:
+        """Ping idle clients; close those whose writer has been stuck for several intervals."""
+        interval = self.api.ws_ping_interval
+        while True:
+            await asyncio.sleep(interval / 2)
+            try:
+                self._ping_idle(interval)
+            except Exception:  # a bug here must not end the pings of every client
+                log.exception("WebSocket ping round failed")
+
+    def _ping_idle(self, interval: float) -> None:
+        now = time.monotonic()
+        for group in list(self._conversations.values()):
+            for client in list(group.values()):
+                idle = now - client.last_sent
+                if client.closing:
+                    continue
+                if client.queue and idle > STALL_INTERVALS * interval:
+                    self._kill(client, CLOSE_OVERFLOW, "client not reading")
+                elif not client.queue and idle >= interval:
+                    self._offer(client, dumps({"type": "ping", "ts": time.time()}))
+
+
+def _as_message(gen: Generation, event: Any) -> dict[str, Any]:
+    return {"message_id": gen.message_id, "type": event.type, "data": event.data, "id": event.id}
+
+
+# --- the endpoint ------------------------------------------------------------------------
+@router.websocket("/ws/chat/{conversation_id}")
+async def chat_socket(websocket: WebSocket, conversation_id: str) -> None:
+    """One client of one conversation: see docs/protocol.md for frames and close codes."""
+    services = websocket.app.state.services
+    runtime = websocket.app.state.chat_runtime
+    manager: WebSocketManager = runtime.ws
+    await websocket.accept()
+    try:
+        await services.conversations.get(conversation_id)
+        client = await manager.connect(websocket, conversation_id)
+    except StudyRAGError as exc:
+        runtime.hub.metrics.error(exc.error_code)
+        code = {
+            ConversationNotFound: CLOSE_NOT_FOUND,
+            TooManyConnections: CLOSE_TRY_AGAIN,
+        }.get(type(exc), CLOSE_INTERNAL)
+        with suppress(WebSocketDisconnect, OSError, RuntimeError):
+            await websocket.send_text(dumps(error_frame(exc)))
+            await websocket.close(code, exc.message[:120])
+        return
+    session = _Session(client, manager, runtime.hub, runtime.limiter, services.settings)
+    client.reader = asyncio.current_task()
+    try:
+        await session.read()
+    except asyncio.CancelledError:
+        if client.kill is None or client.reader is None:
+            raise  # not ours: the server is going down
+        client.reader.uncancel()
+        with suppress(Exception):
+            await asyncio.wait_for(websocket.close(*client.kill), timeout=CLOSE_TIMEOUT)
+    finally:
+        manager.disconnect(client)
+
+
+class _Session:
+    """The reading side of one connection: validates frames and acts on them."""
+
+    def __init__(
+        self,
+        client: WSClient,
+        manager: WebSocketManager,
+        hub: GenerationHub,
+        limiter: RateLimiter,
+        settings: Settings,
+    ) -> None:
+        self.client = client
+        self.manager = manager
+        self.hub = hub
+        self.limiter = limiter
+        self.settings = settings
+
+    async def read(self) -> None:
+        """Until the client goes away; a bad frame is answered, never fatal."""
+        websocket = self.client.websocket
+        max_bytes = self.settings.api.ws_max_frame_bytes
+        while True:
+            try:
+                message = await websocket.receive()
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            self.client.last_seen = time.time()
+            raw: str | bytes | None = message.get("text")
+            if raw is None:
+                raw = message.get("bytes") or b""
+            size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8"))
+            try:
+                if size > max_bytes:
+                    raise PayloadTooLarge(
+                        f"The frame has {size} bytes; the limit is {max_bytes}.",
+                        details={"size": size, "limit": max_bytes},
+                        hint="Send a shorter message.",
+                    )
+                await self.handle(_parse(raw))
+            except StudyRAGError as exc:
+                self.hub.metrics.error(exc.error_code)
+                self.manager.send(self.client, error_frame(exc))
+
+    async def handle(self, frame: dict[str, Any]) -> None:
+        """Act on one valid frame."""
+        type_ = frame["type"]
+        if type_ != "resume":
+            self.manager.attach(self.client)
+        try:
+            if type_ == "message":
+                await self._message(WSMessageFrame.model_validate(frame))
+            elif type_ == "ping":
+                self.manager.send(self.client, {"type": "pong", "ts": time.time()})
+            elif type_ == "pong":
+                pass
+            elif type_ == "typing":
+                typing = WSTypingFrame.model_validate(frame)
+                await self.manager.broadcast(
+                    self.client.conversation_id,
+                    {"type": "typing", "client_id": self.client.id, "is_typing": typing.is_typing},
+                    exclude=self.client.id,
+                )
+            elif type_ == "stop":
+                if await self.hub.stop(self.client.conversation_id) is None:
+                    raise MessageNotFound(
+                        "No answer is being generated in this conversation.",
+                        hint="Nothing to stop.",
+                    )
+            elif type_ == "resume":
+                resume = WSResumeFrame.model_validate(frame)
+                self.manager.resume(self.client, resume.message_id, resume.last_seq)
+        except ValidationError as exc:
+            errors = [
+                {"field": ".".join(str(x) for x in e["loc"]), "problem": e["msg"]}
+                for e in exc.errors()
+            ]
+            raise InvalidChatRequest(
+                f"Invalid {type_} frame: {errors[0]['field']}: {errors[0]['problem']}.",
+                details={"errors": errors},
+                hint="Fix the listed fields and send the frame again.",
+            ) from None
+
+    async def _message(self, frame: WSMessageFrame) -> None:
+        question = check_message(frame.content, self.settings)
+        await self.limiter.check(f"ws:{self.client.id}")
+        await self.hub.start_answer(
+            question,
+            conversation_id=self.client.conversation_id,
+            options=frame.engine_kwargs(self.settings),
+        )
+
+
+def _parse(raw: str | bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidFrame(
+            "The frame is not valid JSON.", hint='Send a JSON object such as {"type": "ping"}.'
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise InvalidFrame(
+            "A frame is a JSON object with a string `type`.",
+            hint=f"Known types: {', '.join(CLIENT_TYPES)}.",
+        )
+    if data["type"] not in CLIENT_TYPES:
+        raise InvalidFrame(
+            f"Unknown frame type {data['type'][:40]!r}.",
+            details={"type": data["type"][:40], "known": list(CLIENT_TYPES)},
+            hint=f"Known types: {', '.join(CLIENT_TYPES)}.",
+        )
+    return data

@@ -1,0 +1,129 @@
+"""GET /api/chat/stream over a real socket with httpx streaming and the real SmolLM2 model."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.conftest import QUESTION, SHORT, SSEEvent, new_conversation, sse_events
+
+pytestmark = pytest.mark.slow
+
+LONG_QUESTION = "Explain in detail how photosynthesis and cellular respiration work in plants."
+
+
+def stream_url(cid: str) -> str:
+    return f"/api/chat/stream/{cid}"
+
+
+async def read_all(
+    http: httpx.AsyncClient,
+    cid: str,
+    params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> list[SSEEvent]:
+    async with http.stream("GET", stream_url(cid), params=params, headers=headers) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return [e async for e in sse_events(response)]
+
+
+def tokens(events: list[SSEEvent]) -> list[tuple[int, str]]:
+    return [(e.data["seq"], e.data["delta"]) for e in events if e.event == "token"]
+
+
+def ids(events: list[SSEEvent]) -> list[int]:
+    return [int(e.id) for e in events if e.id is not None]
+
+
+async def test_events_in_order_with_ids(http: httpx.AsyncClient) -> None:
+    cid = await new_conversation(http)
+    events = await read_all(http, cid, {"message": QUESTION, "max_tokens": SHORT})
+    names = [e.event for e in events]
+    assert names[:2] == ["start", "sources"] and names[-1] == "done"
+    assert set(names[2:-1]) == {"token"}
+    assert ids(events) == list(range(1, len(events) + 1))
+    start, done = events[0].data, events[-1].data
+    assert start["conversation_id"] == cid and start["message_id"]
+    assert [seq for seq, _ in tokens(events)] == list(range(1, len(tokens(events)) + 1))
+    assert done["message"]["id"] == start["message_id"]
+    assert done["message"]["status"] == "complete"
+    assert done["metadata"]["stats"]["completion_tokens"] == len(tokens(events))
+    assert events[1].data["sources"], "the notes are relevant"
+
+
+async def test_last_event_id_replays_exactly_what_was_missed(http: httpx.AsyncClient) -> None:
+    cid = await new_conversation(http)
+    params = {"message": LONG_QUESTION, "max_tokens": 60}
+    first: list[SSEEvent] = []
+    async with http.stream("GET", stream_url(cid), params=params) as response:
+        async for event in sse_events(response, limit=6):
+            first.append(event)
+    # The browser's automatic reconnect: same URL, message included, plus Last-Event-ID.
+    rest = await read_all(http, cid, params, headers={"Last-Event-ID": first[-1].id or ""})
+    combined = first + rest
+    assert ids(combined) == list(range(1, len(combined) + 1)), "no loss, no duplicates"
+    assert combined[-1].event == "done"
+    assert [seq for seq, _ in tokens(combined)] == list(range(1, len(tokens(combined)) + 1))
+    conversation = (await http.get(f"/api/chat/conversations/{cid}")).json()
+    assert conversation["message_count"] == 2, "the reconnect did not ask again"
+
+
+async def test_attach_without_message_and_nothing_to_attach_to(http: httpx.AsyncClient) -> None:
+    cid = await new_conversation(http)
+    nothing = await read_all(http, cid)
+    assert [e.event for e in nothing] == ["error"]
+    assert nothing[0].data["error_code"] == "CHAT_008"
+
+    params = {"message": LONG_QUESTION, "max_tokens": 40}
+    async with http.stream("GET", stream_url(cid), params=params) as response:
+        events = sse_events(response)
+        opening = await anext(events)
+        assert opening.event == "start"
+        attached = await read_all(http, cid)
+        owner = [opening] + [e async for e in events]
+    assert [(e.id, e.event, e.data) for e in attached] == [(e.id, e.event, e.data) for e in owner]
+
+
+async def test_second_question_while_streaming_is_409(http: httpx.AsyncClient) -> None:
+    cid = await new_conversation(http)
+    params = {"message": LONG_QUESTION, "max_tokens": 40}
+    async with http.stream("GET", stream_url(cid), params=params) as response:
+        events = sse_events(response)
+        assert (await anext(events)).event == "start"
+        busy = await http.get(stream_url(cid), params={"message": QUESTION})
+        assert busy.status_code == 409
+        assert busy.json()["error_code"] == "CHAT_007"
+        assert [e async for e in events][-1].event == "done"
+
+
+async def test_disconnect_does_not_lose_the_answer(http: httpx.AsyncClient) -> None:
+    cid = await new_conversation(http)
+    params = {"message": LONG_QUESTION, "max_tokens": 40}
+    async with http.stream("GET", stream_url(cid), params=params) as response:
+        seen = [e async for e in sse_events(response, limit=3)]
+    assert seen[-1].event == "token"
+    message_id = seen[0].data["message_id"]
+    for _ in range(600):
+        items = (await http.get(f"/api/chat/conversations/{cid}/messages")).json()["items"]
+        if items[-1]["status"] != "incomplete":
+            break
+        await asyncio.sleep(0.05)
+    assert items[-1]["id"] == message_id
+    assert items[-1]["status"] == "complete"
+    assert items[-1]["content"].strip()
+
+
+async def test_stream_errors_before_streaming_use_the_error_shape(
+    http: httpx.AsyncClient,
+) -> None:
+    missing = await http.get(stream_url("nope"), params={"message": QUESTION})
+    assert missing.status_code == 404 and missing.json()["error_code"] == "CHAT_005"
+    cid = await new_conversation(http)
+    empty = await http.get(stream_url(cid), params={"message": "  "})
+    assert empty.status_code == 422 and empty.json()["error_code"] == "CHAT_006"
+    bad = await http.get(stream_url(cid), headers={"Last-Event-ID": "abc"})
+    assert bad.status_code == 422 and bad.json()["error_code"] == "CHAT_006"
