@@ -9,9 +9,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import Scope
 
 from studyrag import __version__
-from studyrag.api.errors import RequestIdMiddleware, install_error_handlers
+from studyrag.api.errors import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from studyrag.config import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
             yield
 
     app = FastAPI(title="StudyRAG", version=__version__, lifespan=lifespan)
+    app.add_middleware(BodyLimitMiddleware, limit=lambda scope: _body_limit(scope, settings))
+    # Added last, so it runs first: the request id is known when a body is refused.
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(health.router)
@@ -47,6 +50,16 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
     app.include_router(sse.router)
     app.include_router(ws.router)
     return app
+
+
+def _body_limit(scope: Scope, settings: Settings | None) -> int:
+    """The chat body limit of the running app's settings."""
+    from studyrag.api.schemas import max_body_bytes
+
+    app = scope.get("app")
+    services = getattr(getattr(app, "state", None), "services", None)
+    cfg = services.settings if services is not None else settings
+    return max_body_bytes(cfg) if cfg is not None else 1 << 20
 
 
 async def close_websockets(app: FastAPI) -> None:

@@ -98,3 +98,25 @@ def test_search_errors(client: httpx.Client) -> None:
     assert body["details"]["errors"][0]["field"] == "mode"
     assert_error(client.post("/api/search", content=b"{not json"), 422, "SEARCH_002")
     assert_error(client.get("/api/nothing-here"), 404, "NOT_FOUND")
+
+
+def test_oversized_chunked_body_is_refused_before_parsing(client: httpx.Client) -> None:
+    def chunks():  # no Content-Length: httpx sends it chunked
+        yield b'{"message": "'
+        for _ in range(50):
+            yield b"x" * 4096
+        yield b'"}'
+
+    refused = client.post(
+        "/api/chat/message", content=chunks(), headers={"content-type": "application/json"}
+    )
+    body = assert_error(refused, 413, "CHAT_010")
+    assert body["details"]["limit"] < 50 * 4096
+    declared = client.post(
+        "/api/search",
+        content=b"{" + b" " * 300_000 + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert_error(declared, 413, "REQUEST_002")
+    # The server is fine afterwards.
+    assert client.post("/api/search", json={"query": "anything"}).status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -59,6 +60,60 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI: a JSON API body over the limit is refused with 413 before anything parses it.
+
+    Counts what actually arrives, so a chunked body with no Content-Length is capped too.
+    Uploads (/api/documents) have their own, file-sized limit and are passed through.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: Callable[[Scope], int]) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in ("POST", "PUT", "PATCH")
+            or scope["path"].startswith("/api/documents")
+        ):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit(scope)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").decode("latin-1")
+        size = int(declared) if declared.isdigit() else 0
+        messages: list[Message] = []
+        while size <= limit:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            if not declared:
+                size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        if size > limit:
+            rid = str(scope.get("state", {}).get("request_id") or "")
+            response = JSONResponse(
+                error_body(
+                    "CHAT_010" if scope["path"].startswith("/api/chat") else "REQUEST_002",
+                    f"The request body is over the limit of {limit} bytes.",
+                    rid,
+                    {"limit": limit, "hint": "Send a shorter message."},
+                ),
+                status_code=413,
+            )
+            await response(scope, receive, send)
+            return
+        replay = iter(messages)
+
+        async def buffered() -> Message:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, buffered, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:
