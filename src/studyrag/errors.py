@@ -90,6 +90,12 @@ class IngestionFailed(DocumentError):
     default_hint = "Run the ingestion again; the document was rolled back."
 
 
+class DocumentBusy(DocumentError):
+    error_code = "DOC_007"
+    status_code = 409
+    default_hint = "Wait until its ingestion finishes (GET /api/documents/{id}), then try again."
+
+
 # --- search ------------------------------------------------------------------------------
 class SearchError(StudyRAGError):
     error_code = "SEARCH_000"

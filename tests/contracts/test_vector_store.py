@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,14 +21,13 @@ from studyrag.errors import BackendUnavailable
 from tests.conftest import free_port
 
 
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `chroma run` server on 127.0.0.1."""
+@contextmanager
+def running_chroma(path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real `chroma run` server on 127.0.0.1: (chroma+http URL, process)."""
     exe = Path(sys.executable).with_name("chroma")
     if not exe.exists():
         exe = Path(shutil.which("chroma") or "chroma")
     port = free_port()
-    path = tmp_path_factory.mktemp("chroma-server")
     proc = subprocess.Popen(
         [str(exe), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,
@@ -45,13 +45,20 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("chroma run did not start")
             time.sleep(0.3)
-        yield f"chroma+http://127.0.0.1:{port}"
+        yield f"chroma+http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One `chroma run` server for the session."""
+    with running_chroma(tmp_path_factory.mktemp("chroma-server")) as (url, _):
+        yield url
 
 
 @pytest.fixture(params=["memory", "chroma-persistent", "chroma-server"])

@@ -25,6 +25,7 @@ from studyrag.backends.llm.base import ChatMessage, ChatModel, GenerationStats, 
 from studyrag.chat.citations import mark_cited, resolve_citations, strip_markers
 from studyrag.chat.conversations import ConversationManager, MessagePublic
 from studyrag.chat.prompts import (
+    PromptFit,
     PromptTemplate,
     available_templates,
     fit_prompt,
@@ -39,7 +40,7 @@ from studyrag.errors import (
     MessageNotFound,
     StudyRAGError,
 )
-from studyrag.retrieval.context import build_context
+from studyrag.retrieval.context import Context, build_context
 from studyrag.retrieval.lexical import STOPWORDS
 from studyrag.retrieval.search import MODES, SearchService
 from studyrag.retrieval.types import SearchFilters, SearchResult
@@ -416,21 +417,27 @@ class ChatEngine:
         relevant: list[SearchResult],
         max_tokens: int,
     ) -> AsyncGenerator[ChatEvent, None]:
-        context = build_context(
-            relevant,
-            budget=self.settings.search.context_token_budget,
-            count_tokens=self.model.count_tokens,
-        )
-        fit = fit_prompt(
-            tpl,
-            question=question,
-            context_text=context.text,
-            history=history,
-            count_tokens=self.model.count_tokens,
-            context_window=self.model.context_window,
-            max_tokens=max_tokens,
-            sources=context.sources,
-        )
+        def assemble() -> tuple[Context, PromptFit]:
+            context = build_context(
+                relevant,
+                budget=self.settings.search.context_token_budget,
+                count_tokens=self.model.count_tokens,
+            )
+            fit = fit_prompt(
+                tpl,
+                question=question,
+                context_text=context.text,
+                history=history,
+                count_tokens=self.model.count_tokens,
+                context_window=self.model.context_window,
+                max_tokens=max_tokens,
+                sources=context.sources,
+            )
+            return context, fit
+
+        # Tokenizing every source and trimming by binary search is CPU work: off the loop,
+        # so other conversations' streams don't stall meanwhile.
+        context, fit = await anyio.to_thread.run_sync(assemble)
         answer.sources = fit.sources
         answer.prompt_tokens = fit.prompt_tokens
         answer.meta.update(

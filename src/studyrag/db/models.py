@@ -37,6 +37,9 @@ class Document(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     embedding_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # Which process is ingesting or deleting it ("host:pid:start"): start-up repair only
+    # touches rows whose owner is gone, never another live process's work.
+    owner: Mapped[str | None] = mapped_column(String(160), nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     # The extracted text the chunk offsets point into, so citations can be highlighted.
     content: Mapped[str | None] = deferred(mapped_column(Text, nullable=True))
@@ -52,6 +55,8 @@ class Document(Base):
 
 class Chunk(Base):
     __tablename__ = "chunks"
+    # Never reuse a deleted chunk's id: a stray vector keyed by it must not name a new chunk.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     document_id: Mapped[str] = mapped_column(

@@ -73,12 +73,13 @@ class DocumentRepo:
         async with self.db.session() as s:
             return builtins.list((await s.scalars(stmt)).all())
 
-    async def find_completed_by_sha(self, sha256: str) -> Document | None:
-        """The already-ingested document with these bytes, if any."""
+    async def find_by_sha(self, sha256: str) -> Document | None:
+        """A document with these bytes that is ingested or being ingested, if any."""
         async with self.db.session() as s:
             return await s.scalar(
                 select(Document)
-                .where(Document.sha256 == sha256, Document.status == COMPLETED)
+                .where(Document.sha256 == sha256, Document.status.in_((COMPLETED, PROCESSING)))
+                .order_by(Document.status)  # "completed" first
                 .limit(1)
             )
 
@@ -92,13 +93,18 @@ class DocumentRepo:
                 )
             )
 
-    async def set_status(self, document_id: str, status: str, **fields: Any) -> None:
+    async def set_status(
+        self, document_id: str, status: str, *, expect: str | None = None, **fields: Any
+    ) -> bool:
+        """Change a document's status; with `expect`, only from that status. True if changed."""
+        stmt = update(Document).where(Document.id == document_id)
+        if expect is not None:
+            stmt = stmt.where(Document.status == expect)
         async with self.db.session() as s:
-            await s.execute(
-                update(Document)
-                .where(Document.id == document_id)
-                .values(status=status, updated_at=datetime.now(UTC), **fields)
+            result = await s.execute(
+                stmt.values(status=status, updated_at=datetime.now(UTC), **fields)
             )
+        return bool(getattr(result, "rowcount", 0))
 
     async def by_status(self, statuses: Sequence[str]) -> builtins.list[Document]:
         async with self.db.session() as s:

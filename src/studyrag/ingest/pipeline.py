@@ -31,6 +31,7 @@ from studyrag.db.repo import (
     DocumentRepo,
 )
 from studyrag.errors import (
+    DocumentBusy,
     DocumentError,
     ExtractionFailed,
     FileTooLarge,
@@ -41,6 +42,7 @@ from studyrag.errors import (
 from studyrag.ingest.chunking import ChunkDraft, chunk_document
 from studyrag.ingest.loaders import SUPPORTED_SUFFIXES, get_loader
 from studyrag.ingest.loaders.base import ExtractedDocument
+from studyrag.ingest.ownership import owner_gone, process_owner
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ class IngestionPipeline:
         }
         try:
             if size is None:
-                raise ExtractionFailed(f"{path} does not exist or is not a file.")
+                raise ExtractionFailed(f"{filename} does not exist or is not a file.")
             record["size"] = size
             # Checked before reading a byte: an oversized file costs nothing.
             if size > self.settings.max_file_size_bytes:
@@ -223,17 +225,18 @@ class IngestionPipeline:
         except DocumentError as exc:
             return await self._record_failure(result, record, exc, report)
 
-        existing = await self.repo.find_completed_by_sha(sha)
+        existing = await self.repo.find_by_sha(sha)
         if existing is not None:
             result.status = "duplicate"
             result.document_id = existing.id
             result.chunks = existing.chunk_count
-            result.error = f"already ingested as {existing.filename} ({existing.id})"
+            verb = "already ingested" if existing.status == COMPLETED else "being ingested"
+            result.error = f"{verb} as {existing.filename} ({existing.id})"
             report(Progress(filename, "duplicate", 1, 1))
             return result
 
         await self.repo.drop_failed(source_path=record["source_path"], sha256=sha)
-        doc = await self.repo.create(**record, status=PROCESSING)
+        doc = await self.repo.create(**record, status=PROCESSING, owner=process_owner())
         result.document_id = doc.id
         try:
             t = time.perf_counter()
@@ -333,9 +336,11 @@ class IngestionPipeline:
         """Flip the document to completed with its metadata and extracted text."""
         meta = dict(p.extracted.metadata)
         meta.setdefault("title", Path(p.result.filename).stem)
-        await self.repo.set_status(
+        done = await self.repo.set_status(
             p.document_id,
             COMPLETED,
+            expect=PROCESSING,
+            owner=None,
             chunk_count=len(ids),
             embedding_model=self.embedder.model_name,
             meta=meta,
@@ -343,23 +348,37 @@ class IngestionPipeline:
             error=None,
             error_code=None,
         )
+        if not done:
+            # Deleted or reset while being ingested: its rows must not come back to life.
+            raise IngestionFailed(
+                f"{p.result.filename} was deleted or reset while it was being ingested."
+            )
         p.result.status = "completed"
         p.result.chunks = len(ids)
 
     async def _fail(
         self, result: IngestResult, document_id: str, exc: BaseException, report: ProgressCallback
     ) -> IngestResult:
-        """Roll a document's chunks back everywhere and record why it failed."""
+        """Roll a document's chunks back everywhere and record why it failed; never raises."""
         if not isinstance(exc, Exception):
             raise exc
         if not isinstance(exc, StudyRAGError):
-            log.exception("ingestion of %s failed", result.filename, exc_info=exc)
+            # The details go to the log; the stored, user-visible message names no internals.
+            log.error("ingestion of %s failed", result.filename, exc_info=exc)
             exc = IngestionFailed(
-                f"Ingesting {result.filename} failed: {type(exc).__name__}: {exc}"
+                f"Ingesting {result.filename} failed ({type(exc).__name__}); see the server log."
             )
-        await self._rollback(document_id)
         assert isinstance(exc, StudyRAGError)
-        return await self._mark_failed(result, document_id, exc, report)
+        try:
+            await self._rollback(document_id)
+            return await self._mark_failed(result, document_id, exc, report)
+        except Exception:
+            # The stores themselves are failing; the row stays "processing" for reconcile().
+            log.exception("could not roll back %s", result.filename)
+            result.status, result.chunks = "failed", 0
+            result.error_code, result.error = exc.error_code, exc.message
+            report(Progress(result.filename, "failed", 1, 1))
+            return result
 
     async def _record_failure(
         self,
@@ -394,15 +413,30 @@ class IngestionPipeline:
         return result
 
     async def _rollback(self, document_id: str) -> None:
-        """Remove every trace of a document's chunks (vectors first, then SQL and FTS)."""
-        await self.vectors.delete(where={"document_id": document_id})
+        """Remove every trace of a document's chunks: SQL and FTS, then vectors.
+
+        A vector left behind (the store is down) names a chunk id that no longer exists and
+        is never reused, so search drops it.
+        """
         await self.repo.delete_chunks(document_id)
+        try:
+            await self.vectors.delete(where={"document_id": document_id})
+        except StudyRAGError:
+            log.warning("vectors of %s stay behind: the vector store failed", document_id)
 
     async def delete_document(self, document_id: str) -> None:
-        """Remove a document and every chunk everywhere."""
-        await self.repo.get(document_id)
-        # Marked first, so a crash halfway is finished by reconcile() and never half-visible.
-        await self.repo.set_status(document_id, DELETING)
+        """Remove a document and every chunk everywhere (not while it is being ingested)."""
+        doc = await self.repo.get(document_id)
+        busy = DocumentBusy(f"{doc.filename} is being ingested; delete it after that.")
+        abandoned = doc.status in (PENDING, PROCESSING) and owner_gone(doc.owner, doc.updated_at)
+        if doc.status not in (COMPLETED, FAILED) and not abandoned:
+            raise busy
+        # Marked first, so a crash halfway is finished by reconcile() and never half-visible;
+        # conditional, so an ingestion that started meanwhile is not pulled from under it.
+        if not await self.repo.set_status(
+            document_id, DELETING, expect=doc.status, owner=process_owner()
+        ):
+            raise busy
         await self.vectors.delete(where={"document_id": document_id})
         await self.repo.delete_document(document_id)
 
@@ -413,13 +447,9 @@ class IngestionPipeline:
             filename=doc.filename, path=doc.source_path, status="failed", document_id=doc.id
         )
         if doc.status != COMPLETED:
-            return await self._mark_failed(
-                result,
-                doc.id,
-                IngestionFailed(
-                    f"{doc.filename} is {doc.status}, not completed; ingest the file again."
-                ),
-                lambda _p: None,
+            raise DocumentBusy(
+                f"{doc.filename} is {doc.status}; only completed documents can be reindexed.",
+                hint="Ingest the file again if it failed, or wait for it to finish.",
             )
         t = time.perf_counter()
         chunks = await self.repo.chunks_for(document_id)
@@ -427,8 +457,8 @@ class IngestionPipeline:
         vectors = await self.embedder.embed_documents(
             [embedding_text(c.section, c.text, c.context) for c in chunks]
         )
-        # The collection is per model, so the old model's vectors stay out of the new one.
-        await self.vectors.delete(where={"document_id": document_id})
+        # Chunk ids are stable, so the upsert replaces the vectors in place: the document is
+        # never without them. The collection is per model: another model's stay apart.
         await self.vectors.upsert(
             [str(c.id) for c in chunks],
             vectors,
@@ -447,6 +477,8 @@ class IngestionPipeline:
         """Finish or undo whatever a crash left half-done; returns what was repaired."""
         repaired = {"interrupted": 0, "deleted": 0}
         for doc in await self.repo.by_status([PENDING, PROCESSING, DELETING]):
+            if not owner_gone(doc.owner, doc.updated_at):
+                continue  # another live process is working on it
             await self.vectors.delete(where={"document_id": doc.id})
             if doc.status == DELETING:
                 await self.repo.delete_document(doc.id)

@@ -86,7 +86,7 @@ class SearchService:
         seen_docs: dict[str, SearchResult] = {}
         # Rows are fetched a slice at a time: usually the first slice already holds top_k
         # searchable chunks, and fetching all candidates' texts costs more than ranking them.
-        step = len(scored) if group_by_document else max(2 * top_k, 20)
+        step = max(1, len(scored)) if group_by_document else max(2 * top_k, 20)
         for begin in range(0, len(scored), step):
             part = scored[begin : begin + step]
             rows = await self.repo.searchable_chunks(cid for cid, _, _ in part)

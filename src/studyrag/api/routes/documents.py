@@ -16,7 +16,6 @@ from studyrag.errors import (
     ExtractionFailed,
     FileTooLarge,
     IngestionFailed,
-    InvalidSearchRequest,
     UnsupportedFileType,
 )
 
@@ -56,7 +55,9 @@ async def upload(request: Request, file: UploadFile, services: ServicesDep) -> d
             f"The upload is {int(declared) / 1e6:.1f} MB; the limit is "
             f"{services.settings.ingest.max_file_size_mb:g} MB."
         )
-    name = re.sub(r"[^\w.\- ]+", "_", file.filename or "upload")[:200] or "upload"
+    # Only the last path component, in safe characters, short enough in bytes for any disk.
+    base = re.split(r"[\\/]", file.filename or "")[-1]
+    name = re.sub(r"[^\w.\- ]+", "_", base).encode()[:150].decode(errors="ignore") or "upload"
     folder = services.settings.data_dir / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{uuid.uuid4().hex[:12]}_{name}"
@@ -72,7 +73,11 @@ async def upload(request: Request, file: UploadFile, services: ServicesDep) -> d
         raise FileTooLarge(
             f"{name} is over the {services.settings.ingest.max_file_size_mb:g} MB limit."
         )
-    result = await services.pipeline.ingest_file(target, filename=name)
+    try:
+        result = await services.pipeline.ingest_file(target, filename=name)
+    finally:
+        # Everything needed later (text, chunks) is in the database; keep no copies around.
+        await anyio.to_thread.run_sync(lambda: target.unlink(missing_ok=True))
     if result.status == "failed":
         # Recorded as a failed document; the client gets the error with its id.
         raise _ERRORS.get(result.error_code or "", IngestionFailed)(
@@ -125,6 +130,4 @@ async def delete_document(document_id: str, services: ServicesDep) -> dict[str, 
 async def reindex_document(document_id: str, services: ServicesDep) -> dict[str, Any]:
     """Recompute embeddings with the current model."""
     result = await services.pipeline.reindex(document_id)
-    if not result.ok:
-        raise InvalidSearchRequest(result.error or "reindex failed")
     return result.to_dict() | {"path": None}

@@ -40,7 +40,8 @@ class ChromaVectorStore(VectorStore):
 
     @property
     def location(self) -> str:
-        return self._url or str(self._path)
+        """Where the store is, as users may see it: a URL, never a server path."""
+        return self._url or "the embedded store (chroma/ in the data directory)"
 
     async def start(self) -> None:
         if self._collection is None:

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("error", sa.Text),
         sa.Column("chunk_count", sa.Integer, nullable=False, server_default="0"),
         sa.Column("embedding_model", sa.String(256)),
+        sa.Column("owner", sa.String(160)),
         sa.Column("metadata", sa.JSON, nullable=False),
         sa.Column("content", sa.Text),
         sa.Column("created_at", TS, nullable=False),
@@ -52,6 +53,8 @@ def upgrade() -> None:
         sa.Column("section", sa.Text, nullable=False, server_default=""),
         sa.Column("context", sa.Text, nullable=False, server_default=""),
         sa.Column("token_count", sa.Integer, nullable=False, server_default="0"),
+        # Ids are never reused, so a stray vector can't name a newer chunk.
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_chunks_document_id", "chunks", ["document_id"])
     if op.get_bind().dialect.name == "sqlite":
