@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.api.conftest import QUESTION, SHORT, LiveServer, new_conversation
+from studyrag.chat.conversations import ConversationManager
+from studyrag.db.session import Database
+from tests.api.conftest import QUESTION, SHORT, LiveServer, new_conversation, ws_client
 
 pytestmark = pytest.mark.slow
 
@@ -254,7 +257,44 @@ async def test_message_pagination_both_ways_and_cleanup(http: httpx.AsyncClient)
     )
 
 
-async def test_stats_count_conversations_answers_and_errors(http: httpx.AsyncClient) -> None:
+async def test_conversation_template_is_checked_where_it_is_set(
+    live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    # metadata.template is the default of every later answer: a bad one must be refused when
+    # it is set, not break each message afterwards (422 for an unknown name, 500 for a list).
+    cid = await new_conversation(http)
+    url = f"/api/chat/conversations/{cid}"
+    unknown = assert_error(
+        await http.put(url, json={"metadata": {"template": "x"}}), 422, "CHAT_006"
+    )
+    assert "RAG_BASIC" in unknown["details"]["available"]
+    assert "RAG_BASIC" in unknown["details"]["hint"]
+    assert_error(await http.put(url, json={"metadata": {"template": ["x"]}}), 422, "CHAT_006")
+    assert_error(
+        await http.post("/api/chat/conversations", json={"metadata": {"template": ["x"]}}),
+        422,
+        "CHAT_006",
+    )
+    assert (await ask(http, conversation_id=cid, max_tokens=2)).status_code == 200
+    kept = await http.put(url, json={"metadata": {"template": "RAG_BASIC", "note": "n"}})
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["metadata"] == {"template": "RAG_BASIC", "note": "n"}
+
+    # Stored before templates were checked: written straight to the database. A template
+    # that is not a name is ignored, and the server's default template answers.
+    db = Database(live.settings.database_url)
+    try:
+        await ConversationManager(db).update(cid, metadata={"template": ["x"]})
+    finally:
+        await db.aclose()
+    legacy = await ask(http, conversation_id=cid, max_tokens=2)
+    assert legacy.status_code == 200, legacy.text
+    assert legacy.json()["metadata"]["template"] == live.settings.chat.template
+
+
+async def test_stats_count_conversations_answers_and_errors(
+    live: LiveServer, http: httpx.AsyncClient
+) -> None:
     assert_error(await http.get("/api/chat/conversations/missing"), 404, "CHAT_005")
     response = await ask(http, max_tokens=4)
     assert response.status_code == 200
@@ -264,9 +304,25 @@ async def test_stats_count_conversations_answers_and_errors(http: httpx.AsyncCli
     assert stats["tokens_generated"] >= 1
     assert stats["response_time"]["count"] >= 1
     assert stats["response_time"]["p95_seconds"] > 0
-    live = stats["generations"]
-    assert live["in_flight"] == 0
-    assert live["errors_by_code"]["CHAT_005"] >= 1
-    assert live["response_time"]["count"] >= 1 and live["tokens_generated"] >= 1
-    assert stats["websocket"]["connections"] >= 0
-    assert isinstance(stats["websocket"]["clients"], list)
+    generations = stats["generations"]
+    assert generations["in_flight"] == 0
+    assert generations["errors_by_code"]["CHAT_005"] >= 1
+    assert generations["response_time"]["count"] >= 1 and generations["tokens_generated"] >= 1
+
+    cid = await new_conversation(http)
+    async with ws_client(live, cid, user_agent_header="stats-test") as socket:
+        during = (await http.get("/api/chat/stats", params={"clients": True})).json()["websocket"]
+        assert during["connections"] >= 1
+        assert during["clients_per_conversation"][cid] == 1
+        [client] = [c for c in during["clients"] if c["conversation_id"] == cid]
+        assert client["client_id"] == socket.client_id
+        assert client["address"] == "127.0.0.1" and client["user_agent"] == "stats-test"
+        assert {"connected_at", "last_seen", "queued"} <= set(client)
+    # The server notices the close asynchronously.
+    for _ in range(100):
+        after = (await http.get("/api/chat/stats", params={"clients": True})).json()["websocket"]
+        if cid not in after["clients_per_conversation"]:
+            break
+        await asyncio.sleep(0.05)
+    assert cid not in after["clients_per_conversation"]
+    assert not [c for c in after["clients"] if c["conversation_id"] == cid]

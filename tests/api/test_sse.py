@@ -36,7 +36,11 @@ def tokens(events: list[SSEEvent]) -> list[tuple[int, str]]:
 
 
 def ids(events: list[SSEEvent]) -> list[int]:
-    return [int(e.id) for e in events if e.id is not None]
+    """The event numbers, after checking every id is `<generation id>:<n>` of one answer."""
+    split = [(e.id or "").rpartition(":") for e in events]
+    assert len({prefix for prefix, _, _ in split}) == 1, [e.id for e in events]
+    assert all(len(prefix) == 32 and sep == ":" for prefix, sep, _ in split), split
+    return [int(n) for _, _, n in split]
 
 
 async def test_events_in_order_with_ids(http: httpx.AsyncClient) -> None:
@@ -88,6 +92,36 @@ async def test_attach_without_message_and_nothing_to_attach_to(http: httpx.Async
     assert [(e.id, e.event, e.data) for e in attached] == [(e.id, e.event, e.data) for e in owner]
 
 
+async def test_last_event_id_of_an_earlier_answer_replays_the_current_one_whole(
+    http: httpx.AsyncClient,
+) -> None:
+    # Event numbers restart at 1 in every answer: a browser that reconnects with the id of
+    # answer A while answer B runs must get B from its start, not B minus its first events.
+    cid = await new_conversation(http)
+    answer_a = await read_all(http, cid, {"message": QUESTION, "max_tokens": SHORT})
+    assert answer_a[-1].event == "done"
+    params = {"message": LONG_QUESTION, "max_tokens": 40}
+    async with http.stream("GET", stream_url(cid), params=params) as response:
+        events = sse_events(response)
+        opening = await anext(events)
+        assert opening.event == "start"
+        reconnected = await read_all(
+            http, cid, params, headers={"Last-Event-ID": answer_a[-1].id or ""}
+        )
+        answer_b = [opening] + [e async for e in events]
+    assert reconnected[0].event == "start"
+    assert [(e.id, e.event, e.data) for e in reconnected] == [
+        (e.id, e.event, e.data) for e in answer_b
+    ]
+    assert ids(answer_b) == list(range(1, len(answer_b) + 1))
+    assert answer_a[0].id != answer_b[0].id, "ids differ between answers"
+    # A bare number (the former id format) names no answer: the current one comes whole.
+    legacy = await read_all(http, cid, params={"last_event_id": "3"})
+    assert [(e.id, e.event) for e in legacy] == [(e.id, e.event) for e in answer_b]
+    conversation = (await http.get(f"/api/chat/conversations/{cid}")).json()
+    assert conversation["message_count"] == 4, "no reconnect asked again"
+
+
 async def test_second_question_while_streaming_is_409(http: httpx.AsyncClient) -> None:
     cid = await new_conversation(http)
     params = {"message": LONG_QUESTION, "max_tokens": 40}
@@ -125,5 +159,6 @@ async def test_stream_errors_before_streaming_use_the_error_shape(
     cid = await new_conversation(http)
     empty = await http.get(stream_url(cid), params={"message": "  "})
     assert empty.status_code == 422 and empty.json()["error_code"] == "CHAT_006"
-    bad = await http.get(stream_url(cid), headers={"Last-Event-ID": "abc"})
-    assert bad.status_code == 422 and bad.json()["error_code"] == "CHAT_006"
+    for bad_id in ("abc", "-1", ":3", "ab:cd"):
+        bad = await http.get(stream_url(cid), headers={"Last-Event-ID": bad_id})
+        assert bad.status_code == 422 and bad.json()["error_code"] == "CHAT_006", bad_id

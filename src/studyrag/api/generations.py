@@ -291,7 +291,8 @@ class GenerationHub:
     ) -> Generation:
         """Store the question and start the answer in an owned task; raises when invalid."""
         # The first engine event (`start`) is awaited here, so an unknown conversation or an
-        # invalid request is the caller's error; the rest of the answer runs in the task.
+        # invalid request is the caller's error; recording it and the rest of the answer run
+        # in the task.
         if self._closing:
             raise LLMUnavailable(
                 "The server is shutting down.", hint="Send the message again in a moment."
@@ -319,7 +320,10 @@ class GenerationHub:
             if conversation_id is not None and not options.get("template"):
                 # Raises ConversationNotFound early; supplies the conversation's own template.
                 conversation = await self.conversations.get(conversation_id)
-                options["template"] = conversation.metadata.get("template")
+                template = conversation.metadata.get("template")
+                # Metadata stored before templates were validated may hold anything; a
+                # non-string would crash the engine's lookup (500) on every later message.
+                options["template"] = template if isinstance(template, str) else None
             stream = self.chat.stream_message(message, conversation_id=conversation_id, **options)
             first = await anext(stream)
         except BaseException:
@@ -332,8 +336,13 @@ class GenerationHub:
             del self._running[key]
             gen.conversation_id = first.to_dict()["conversation"]["id"]
             self._running[gen.conversation_id] = gen
-        await self._record(gen, first)
-        task = asyncio.create_task(self._run(gen, stream), name=f"answer-{conversation_id}")
+        # No await between the reservation's try and the task: from here on the task owns the
+        # answer, and its `finally` releases the conversation. Recording `start` here instead
+        # (a broker publish) could be cancelled with the caller, e.g. a WebSocket reader of a
+        # client dropped as too slow, and leave the conversation reserved with no task.
+        task = asyncio.create_task(
+            self._run(gen, stream, first), name=f"answer-{gen.conversation_id}"
+        )
         gen.task = task
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -366,11 +375,12 @@ class GenerationHub:
         gen.task.cancel()
 
     # --- the answer task -----------------------------------------------------------------
-    async def _run(self, gen: Generation, stream: AsyncGenerator[Any, None]) -> None:
+    async def _run(self, gen: Generation, stream: AsyncGenerator[Any, None], first: Any) -> None:
         gen.task_started.set()
         state = "complete"
         try:
             async with aclosing(stream):
+                await self._record(gen, first)
                 async for event in stream:
                     await self._record(gen, event)
             if gen.exception is not None or (gen.events and gen.events[-1].type == "error"):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from starlette.requests import HTTPConnection
 
 from studyrag.backends.broker.base import Broker
 from studyrag.errors import RateLimited
 
 WINDOW_SECONDS = 60.0
-_CLIENT_ID = re.compile(r"[^A-Za-z0-9._:-]")
 
 
 class RateLimiter:
@@ -30,8 +27,9 @@ class RateLimiter:
             raise RateLimited(max(retry_after, 0.1), limit=self.per_minute)
 
 
-def http_client_key(conn: HTTPConnection) -> str:
-    """The caller's address, refined by an optional X-Client-ID header (several tabs, one IP)."""
-    host = conn.client.host if conn.client else "unknown"
-    client_id = _CLIENT_ID.sub("", conn.headers.get("x-client-id", ""))[:64]
-    return f"http:{host}:{client_id}" if client_id else f"http:{host}"
+def client_key(conn: HTTPConnection) -> str:
+    """The rate-limit key of an HTTP request or a WebSocket: the caller's address alone."""
+    # Nothing the client chooses (a header, a new socket, a new client id) is part of the
+    # key: any of those would hand a client a fresh budget whenever it asked for one. HTTP,
+    # SSE and WebSocket messages from one address therefore share one budget.
+    return f"addr:{conn.client.host if conn.client else 'unknown'}"

@@ -1,13 +1,16 @@
 """GET /api/chat/stream/{conversation_id}: an answer as Server-Sent Events, resumable by id.
 
-Every event's `id:` is its buffer id in the answer, so a client that reconnects with
-`Last-Event-ID` gets exactly the events it missed. The answer itself belongs to the
-GenerationHub: a client that disconnects does not stop or lose it.
+Every event's `id:` is `<generation id>:<buffer id>`, so a client that reconnects with
+`Last-Event-ID` gets exactly the events it missed of that answer. Buffer ids restart at 1 in
+every answer: the prefix is what tells a reconnect during a later answer to replay that one
+whole instead of skipping its beginning. The answer itself belongs to the GenerationHub: a
+client that disconnects does not stop or lose it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +19,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from studyrag.api.deps import ServicesDep
 from studyrag.api.generations import BufferedEvent, Generation
-from studyrag.api.ratelimit import http_client_key
+from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep, CountingRoute
 from studyrag.api.schemas import (
     ABSOLUTE_MAX_MESSAGE_CHARS,
@@ -28,6 +31,9 @@ from studyrag.api.schemas import (
 from studyrag.errors import InvalidChatRequest, MessageNotFound
 
 router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=CountingRoute)
+
+# `<generation id>:<n>`, or a bare `<n>` from a client of the former protocol.
+_EVENT_ID = re.compile(r"(?:(?P<gen>[0-9A-Za-z]{1,64}):)?(?P<n>[0-9]{1,18})")
 
 
 def sse_payload(event: BufferedEvent, message_id: str | None) -> dict[str, Any]:
@@ -49,12 +55,17 @@ def sse_payload(event: BufferedEvent, message_id: str | None) -> dict[str, Any]:
     return data
 
 
+def event_id(gen: Generation, event: BufferedEvent) -> str:
+    """The SSE `id:` of one event: unique across answers, not only within one."""
+    return f"{gen.id}:{event.id}"
+
+
 async def _events(gen: Generation, after: int) -> AsyncIterator[ServerSentEvent]:
     async for event in gen.follow(after):
         yield ServerSentEvent(
             data=json.dumps(sse_payload(event, gen.message_id), ensure_ascii=False, default=str),
             event=event.type,
-            id=str(event.id),
+            id=event_id(gen, event),
         )
 
 
@@ -66,20 +77,24 @@ async def _nothing() -> AsyncIterator[ServerSentEvent]:
     yield ServerSentEvent(data=json.dumps(error.to_dict(None)), event="error")
 
 
-def _last_event_id(request: Request, query: int | None) -> int | None:
+def _last_event_id(request: Request, query: str | None) -> tuple[str | None, int] | None:
+    """(generation id, buffer id) from Last-Event-ID (header, else query), or None if absent.
+
+    A bare number, as sent by clients of the former protocol, names no answer: it comes back
+    with no generation id, so the current answer is replayed whole rather than guessed at.
+    """
     header = request.headers.get("last-event-id")
-    if header is None or not header.strip():
-        return query
-    try:
-        value = int(header.strip())
-    except ValueError:
+    raw = header if header is not None and header.strip() else query
+    if raw is None or not raw.strip():
+        return None
+    match = _EVENT_ID.fullmatch(raw.strip())
+    if match is None:
         raise InvalidChatRequest(
             "Last-Event-ID must be the id of an event this stream sent.",
-            details={"last_event_id": header[:40]},
-        ) from None
-    if value < 0:
-        raise InvalidChatRequest("Last-Event-ID cannot be negative.")
-    return value
+            details={"last_event_id": raw[:80]},
+            hint="Send the `id:` of the last event received, or omit it to attach from the start.",
+        )
+    return match["gen"], int(match["n"])
 
 
 @router.get("/stream/{conversation_id}", response_class=EventSourceResponse)
@@ -95,7 +110,7 @@ async def stream(
     search_mode: SearchModeName | None = None,
     document_ids: list[str] | None = Query(default=None),
     file_types: list[str] | None = Query(default=None),
-    last_event_id: int | None = Query(default=None, ge=0),
+    last_event_id: str | None = Query(default=None, max_length=100),
 ) -> EventSourceResponse:
     """Ask (`message`) or attach to the answer in progress; `Last-Event-ID` replays the rest."""
     # A reconnect carrying Last-Event-ID never starts a new answer, even with `message`:
@@ -114,7 +129,7 @@ async def stream(
             if document_ids or file_types
             else None,
         )
-        await runtime.limiter.check(http_client_key(request))
+        await runtime.limiter.check(client_key(request))
         gen = await runtime.hub.start_answer(
             question,
             conversation_id=conversation_id,
@@ -124,4 +139,7 @@ async def stream(
     latest = runtime.hub.latest(conversation_id)
     if latest is None:
         return EventSourceResponse(_nothing(), ping=ping)
-    return EventSourceResponse(_events(latest, resume_from or 0), ping=ping)
+    # An id from another answer (one that ended before this one began) says nothing about
+    # this answer: it is replayed from its `start`.
+    after = resume_from[1] if resume_from is not None and resume_from[0] == latest.id else 0
+    return EventSourceResponse(_events(latest, after), ping=ping)

@@ -23,7 +23,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from studyrag.api.generations import Generation, GenerationHub, channel
-from studyrag.api.ratelimit import RateLimiter
+from studyrag.api.ratelimit import RateLimiter, client_key
 from studyrag.api.schemas import WSMessageFrame, WSResumeFrame, WSTypingFrame, check_message
 from studyrag.backends.broker.base import Broker
 from studyrag.config import Settings
@@ -676,7 +676,8 @@ class _Session:
 
     async def _message(self, frame: WSMessageFrame) -> None:
         question = check_message(frame.content, self.settings)
-        await self.limiter.check(f"ws:{self.client.id}")
+        # The address, not this socket's id: reconnecting must not reset the budget.
+        await self.limiter.check(client_key(self.client.websocket))
         await self.hub.start_answer(
             question,
             conversation_id=self.client.conversation_id,

@@ -7,12 +7,12 @@ the GenerationHub's broker channel, updates and deletions as frames.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from studyrag.api.deps import ServicesDep
-from studyrag.api.ratelimit import http_client_key
+from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep, CountingRoute
 from studyrag.api.schemas import (
     ChatRequest,
@@ -32,6 +32,9 @@ from studyrag.errors import (
     InvalidChatRequest,
     PayloadTooLarge,
 )
+
+if TYPE_CHECKING:
+    from studyrag.chat.engine import ChatEngine
 
 router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=CountingRoute)
 
@@ -56,7 +59,7 @@ async def post_message(
 ) -> dict[str, Any]:
     """Answer one question; without conversation_id a new conversation starts."""
     question = check_message(body.message, services.settings)
-    await runtime.limiter.check(http_client_key(request))
+    await runtime.limiter.check(client_key(request))
     gen = await runtime.hub.start_answer(
         question,
         conversation_id=body.conversation_id,
@@ -105,6 +108,27 @@ async def list_conversations(
     return page.to_dict()
 
 
+def check_template(template: object, chat: ChatEngine | None) -> None:
+    """CHAT_006 (422) unless `template` is None or a known template name."""
+    # metadata["template"] is every later answer's default: a bad one would fail them all.
+    if template is None:
+        return
+    names = sorted(chat.templates) if chat is not None else []
+    if not isinstance(template, str):
+        raise InvalidChatRequest(
+            "The template must be a template's name.",
+            details={"field": "metadata.template", "available": names},
+            hint=f"Use one of: {', '.join(names)}." if names else "Send a string.",
+        )
+    # Without a chat model the names are unknown; the engine checks them when one answers.
+    if chat is not None and template not in chat.templates:
+        raise InvalidChatRequest(
+            f"Unknown prompt template {template[:100]!r}.",
+            details={"template": template[:100], "available": names},
+            hint=f"Use one of: {', '.join(names)}.",
+        )
+
+
 @router.post("/conversations", status_code=201, response_model=ConversationOut)
 async def create_conversation(
     body: ConversationCreateRequest, services: ServicesDep
@@ -112,14 +136,8 @@ async def create_conversation(
     """Start an empty conversation; `template` becomes its answers' default."""
     metadata = dict(body.metadata or {})
     if body.template is not None:
-        if services.chat is not None and body.template not in services.chat.templates:
-            names = sorted(services.chat.templates)
-            raise InvalidChatRequest(
-                f"Unknown prompt template {body.template!r}.",
-                details={"template": body.template, "available": names},
-                hint=f"Use one of: {', '.join(names)}.",
-            )
         metadata["template"] = body.template
+    check_template(metadata.get("template"), services.chat)
     conversation = await services.conversations.create(title=body.title, metadata=metadata)
     return conversation.to_dict()
 
@@ -142,6 +160,8 @@ async def update_conversation(
     runtime: ChatRuntimeDep,
 ) -> dict[str, Any]:
     """Rename, replace metadata, archive or unarchive; clients get conversation_updated."""
+    if body.metadata is not None:
+        check_template(body.metadata.get("template"), services.chat)
     conversation = await services.conversations.update(
         conversation_id, title=body.title, metadata=body.metadata, status=body.status
     )

@@ -12,6 +12,9 @@ from studyrag.backends.broker.base import Broker
 
 # A subscriber that falls this far behind is a bug upstream; drop rather than grow forever.
 _QUEUE_LIMIT = 10_000
+# Counters are swept after at least this many hits (more when many keys are live, so a
+# sweep's cost stays proportional to the hits between sweeps).
+_SWEEP_EVERY = 1_000
 
 
 class MemoryBroker(Broker):
@@ -21,7 +24,11 @@ class MemoryBroker(Broker):
 
     def __init__(self) -> None:
         self._subs: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
-        self._hits: dict[str, deque[float]] = defaultdict(deque)
+        # key -> (its window, its hit times). Keys are client addresses: a key whose hits
+        # have all left their window is dropped, or every address ever seen stays in memory.
+        self._hits: dict[str, tuple[float, deque[float]]] = {}
+        self._since_sweep = 0
+        self._sweep_after = _SWEEP_EVERY
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         for queue in list(self._subs.get(channel, ())):
@@ -42,10 +49,29 @@ class MemoryBroker(Broker):
     def subscribers(self, channel: str) -> int:
         return len(self._subs.get(channel, ()))
 
+    def counters(self) -> int:
+        """How many keys hit() currently keeps counts for."""
+        return len(self._hits)
+
     async def hit(self, key: str, *, window: float) -> tuple[int, float]:
         now = time.monotonic()
-        hits = self._hits[key]
+        self._since_sweep += 1
+        if self._since_sweep >= self._sweep_after:
+            self._sweep(now)
+        entry = self._hits.get(key)
+        hits = entry[1] if entry is not None else deque()
+        self._hits[key] = (window, hits)
         while hits and hits[0] <= now - window:
             hits.popleft()
         hits.append(now)
         return len(hits), max(0.0, hits[0] + window - now)
+
+    def _sweep(self, now: float) -> None:
+        """Forget every key whose newest hit has left its window (its deque would be empty)."""
+        stale = [key for key, (window, hits) in self._hits.items() if hits[-1] <= now - window]
+        for key in stale:
+            del self._hits[key]
+        self._since_sweep = 0
+        # Amortised: the next sweep waits for as many hits as there are live keys, so the
+        # keys kept stay under twice the live ones plus _SWEEP_EVERY.
+        self._sweep_after = max(_SWEEP_EVERY, len(self._hits))
