@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -162,3 +163,30 @@ class ChatModel(ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class RemoteChatModel(ChatModel):
+    """A model behind a server's HTTP API: the window is the configured one and tokens are
+    estimated (no tokenizer is local). Subclasses set `_settings`, `_model` and `_client`."""
+
+    _settings: Any
+    _model: str
+    _client: Any
+
+    @property
+    def model_name(self) -> str:
+        return self._model
+
+    @property
+    def context_window(self) -> int:
+        # The wire protocol does not report it (Ollama gets it as num_ctx on every request):
+        # the operator states it in the settings.
+        return int(self._settings.n_ctx)
+
+    def count_tokens(self, text: str) -> int:
+        """An estimate of ~4 characters per token."""
+        return math.ceil(len(text) / 4) if text else 0
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._client.close()

@@ -356,7 +356,10 @@ class LlamaCppChatModel(ChatModel):
 
     async def list_models(self) -> list[ModelInfo]:
         """The one GGUF this instance serves."""
-        details = {"path": str(self.model_path), "n_ctx": self.context_window}
+        details = {
+            "file": self.model_path.name if self.model_path else None,
+            "n_ctx": self.context_window,
+        }
         return [ModelInfo(name=self.model_name, size=self._size, details=details)]
 
     async def stream(

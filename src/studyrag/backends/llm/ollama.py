@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,10 +13,10 @@ from pydantic import ValidationError
 
 from studyrag.backends.llm.base import (
     ChatMessage,
-    ChatModel,
     Completion,
     GenerationStats,
     ModelInfo,
+    RemoteChatModel,
     StreamEnd,
     StreamEvent,
     TokenDelta,
@@ -48,7 +47,7 @@ _VENDOR_ERRORS: tuple[type[Exception], ...] = (
 _CONNECT_TIMEOUT = 5.0
 
 
-class OllamaChatModel(ChatModel):
+class OllamaChatModel(RemoteChatModel):
     """Chat with a model served by Ollama; one HTTP client per instance."""
 
     provider = "ollama"
@@ -60,23 +59,6 @@ class OllamaChatModel(ChatModel):
         timeout = httpx.Timeout(settings.timeout, connect=min(settings.timeout, _CONNECT_TIMEOUT))
         self._client = ollama.AsyncClient(host=self.url, timeout=timeout)
         self._models_cache: tuple[float, list[ModelInfo]] | None = None
-
-    @property
-    def model_name(self) -> str:
-        return self._model
-
-    @property
-    def context_window(self) -> int:
-        # Every request sends num_ctx, so the window is ours to state rather than Ollama's default.
-        return self._settings.n_ctx
-
-    def count_tokens(self, text: str) -> int:
-        """An estimate of ~4 characters per token: Ollama exposes no tokenizer endpoint."""
-        return math.ceil(len(text) / 4) if text else 0
-
-    async def aclose(self) -> None:
-        """Close the HTTP client."""
-        await self._client.close()
 
     # --- server and models -------------------------------------------------------------------
     async def health_check(self) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,9 +15,9 @@ from openai.types.chat import (
 
 from studyrag.backends.llm.base import (
     ChatMessage,
-    ChatModel,
     GenerationStats,
     ModelInfo,
+    RemoteChatModel,
     StreamEnd,
     StreamEvent,
     TokenDelta,
@@ -33,7 +32,7 @@ from studyrag.errors import (
 )
 
 
-class OpenAIChatModel(ChatModel):
+class OpenAIChatModel(RemoteChatModel):
     """Chat through the OpenAI wire protocol; one `AsyncOpenAI` client per instance."""
 
     provider = "openai"
@@ -53,23 +52,6 @@ class OpenAIChatModel(ChatModel):
         )
         # Servers that reject stream_options are remembered and asked without it.
         self._send_stream_options = True
-
-    @property
-    def model_name(self) -> str:
-        return self._model
-
-    @property
-    def context_window(self) -> int:
-        # The wire protocol does not report it; the operator states it in the settings.
-        return self._settings.n_ctx
-
-    def count_tokens(self, text: str) -> int:
-        """An estimate of ~4 characters per token: the server's tokenizer is not local."""
-        return math.ceil(len(text) / 4) if text else 0
-
-    async def aclose(self) -> None:
-        """Close the HTTP client."""
-        await self._client.close()
 
     async def health_check(self) -> dict[str, Any]:
         """Whether the server answers GET /models; never raises."""
