@@ -95,6 +95,8 @@ async def test_upsert_query_orders_by_cosine(store: VectorStore) -> None:
     assert hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert hits[2].score == pytest.approx(0.0, abs=1e-4)
     assert hits[0].metadata["document_id"] == "a"
+    bare = await store.query(_vec(1, 0, 0), top_k=3, include_metadata=False)
+    assert [(h.id, h.metadata) for h in bare] == [("1", {}), ("2", {}), ("3", {})]
 
 
 async def test_filters(store: VectorStore) -> None:

@@ -191,14 +191,17 @@ class DocumentRepo:
         id_list = builtins.list(ids)
         if not id_list:
             return {}
+        # The status is checked here, not in SQL: with it in the WHERE clause SQLite starts
+        # from ix_documents_status and walks every completed document's chunks (28 ms at
+        # 100k chunks instead of 0.05 ms by primary key).
         stmt = (
             select(Chunk, Document)
             .join(Document, Document.id == Chunk.document_id)
-            .where(Chunk.id.in_(id_list), Document.status == COMPLETED)
+            .where(Chunk.id.in_(id_list))
         )
         async with self.db.session() as s:
             rows = (await s.execute(stmt)).all()
-        return {c.id: (c, d) for c, d in rows}
+        return {c.id: (c, d) for c, d in rows if d.status == COMPLETED}
 
     async def stats(self) -> dict[str, Any]:
         async with self.db.session() as s:

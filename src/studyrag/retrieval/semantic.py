@@ -38,5 +38,7 @@ class SemanticIndex:
     ) -> list[Candidate]:
         """Best chunks by cosine similarity, best first."""
         vector = query_vector or await self.embedder.embed_query(query)
-        hits = await self.vectors.query(vector, top_k=top_k, where=vector_filter(filters))
+        hits = await self.vectors.query(
+            vector, top_k=top_k, where=vector_filter(filters), include_metadata=False
+        )
         return [Candidate(int(h.id), h.score) for h in hits]

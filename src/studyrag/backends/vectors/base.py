@@ -31,9 +31,14 @@ class VectorStore(ABC):
 
     @abstractmethod
     async def query(
-        self, embedding: list[float], *, top_k: int, where: dict[str, Any] | None = None
+        self,
+        embedding: list[float],
+        *,
+        top_k: int,
+        where: dict[str, Any] | None = None,
+        include_metadata: bool = True,
     ) -> list[VectorHit]:
-        """Nearest neighbours, best first."""
+        """Nearest neighbours, best first (metadata empty when not asked for: it costs)."""
 
     @abstractmethod
     async def delete(

@@ -103,14 +103,21 @@ class ChromaVectorStore(VectorStore):
             )
 
     async def query(
-        self, embedding: list[float], *, top_k: int, where: dict[str, Any] | None = None
+        self,
+        embedding: list[float],
+        *,
+        top_k: int,
+        where: dict[str, Any] | None = None,
+        include_metadata: bool = True,
     ) -> list[VectorHit]:
+        # Fetching metadata reads Chroma's SQLite per hit; search only needs ids and scores.
+        include = ["metadatas", "distances"] if include_metadata else ["distances"]
         result = await self._run(
             self._collection.query,
             query_embeddings=[embedding],
             n_results=top_k,
             where=where or None,
-            include=["metadatas", "distances"],
+            include=include,
         )
         ids = result["ids"][0]
         distances = result["distances"][0]

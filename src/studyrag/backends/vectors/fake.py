@@ -51,7 +51,12 @@ class InMemoryVectorStore(VectorStore):
             self._rows[i] = (list(e), dict(m))
 
     async def query(
-        self, embedding: list[float], *, top_k: int, where: dict[str, Any] | None = None
+        self,
+        embedding: list[float],
+        *,
+        top_k: int,
+        where: dict[str, Any] | None = None,
+        include_metadata: bool = True,
     ) -> list[VectorHit]:
         qn = math.sqrt(sum(x * x for x in embedding)) or 1.0
         hits = []
@@ -60,7 +65,7 @@ class InMemoryVectorStore(VectorStore):
                 continue
             vn = math.sqrt(sum(x * x for x in vec)) or 1.0
             score = sum(a * b for a, b in zip(embedding, vec, strict=True)) / (qn * vn)
-            hits.append(VectorHit(i, score, dict(meta)))
+            hits.append(VectorHit(i, score, dict(meta) if include_metadata else {}))
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits[:top_k]
 
