@@ -63,7 +63,8 @@ async def main(args: argparse.Namespace) -> None:
     rounds = []
     inputs: list[list[str]] | None = None
     for r in range(args.rounds):
-        work = CACHE / "ingest-throughput"
+        # A fresh folder per round: chromadb caches clients per path within a process.
+        work = CACHE / f"ingest-throughput-{r}"
         if r % 2 == 0 or inputs is None:
             pipe = await run_pipeline(files, work, embedder)
             inputs = pipe.pop("inputs")
