@@ -90,6 +90,19 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]], *, as_json: bool = False
         raise typer.Exit(130) from None
 
 
+def _run_command(
+    data_dir: Path | None,
+    fn: Callable[[Services], Awaitable[T]],
+    *,
+    as_json: bool = False,
+    with_chat: bool = False,
+) -> T:
+    """The body of most commands: logging, settings, services open for `fn`, errors shown."""
+    _setup_logging()
+    settings = _settings(data_dir)
+    return _run(lambda: _with_services(settings, fn, with_chat=with_chat), as_json=as_json)
+
+
 async def _with_services(
     settings: Settings, fn: Callable[[Services], Awaitable[T]], *, with_chat: bool = False
 ) -> T:
@@ -107,8 +120,6 @@ def ingest(
     as_json: JsonOut = False,
 ) -> None:
     """Ingest files and folders (PDF, DOCX, HTML, TXT, Markdown)."""
-    _setup_logging()
-    settings = _settings(data_dir)
 
     async def go(services: Services) -> list[Any]:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -149,7 +160,7 @@ def ingest(
                 _print_ingest(r)
         return results
 
-    results = _run(lambda: _with_services(settings, go), as_json=as_json)
+    results = _run_command(data_dir, go, as_json=as_json)
     if not results:
         err_console.print("[yellow]No files found.[/]")
         raise typer.Exit(1)
@@ -200,8 +211,6 @@ def search(
     as_json: JsonOut = False,
 ) -> None:
     """Search ingested documents: ranked passages with page, section and score."""
-    _setup_logging()
-    settings = _settings(data_dir)
 
     async def go(services: Services) -> Any:
         from studyrag.retrieval.types import SearchFilters
@@ -211,7 +220,7 @@ def search(
             query, mode=mode, top_k=top_k, filters=filters, group_by_document=group
         )
 
-    response = _run(lambda: _with_services(settings, go), as_json=as_json)
+    response = _run_command(data_dir, go, as_json=as_json)
     if as_json:
         for r in response.results:
             _emit(
@@ -253,13 +262,11 @@ def documents_list(
     as_json: JsonOut = False,
 ) -> None:
     """List documents."""
-    _setup_logging()
-    settings = _settings(data_dir)
 
     async def go(services: Services) -> Any:
         return await services.documents.list(status=status, limit=10_000)
 
-    docs, total = _run(lambda: _with_services(settings, go), as_json=as_json)
+    docs, total = _run_command(data_dir, go, as_json=as_json)
     if as_json:
         for d in docs:
             _emit(_doc_json(d))
@@ -292,15 +299,13 @@ def _doc_json(d: Any) -> dict[str, Any]:
 @documents_app.command("show")
 def documents_show(document_id: str, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Show one document and where its chunks are."""
-    _setup_logging()
-    settings = _settings(data_dir)
 
     async def go(services: Services) -> Any:
         return await services.documents.get(document_id), await services.documents.chunks_for(
             document_id
         )
 
-    doc, chunks = _run(lambda: _with_services(settings, go), as_json=as_json)
+    doc, chunks = _run_command(data_dir, go, as_json=as_json)
     data = _doc_json(doc)
     data["chunk_locations"] = [
         {
@@ -342,13 +347,11 @@ def documents_delete(
     document_ids: list[str], data_dir: DataDir = None, as_json: JsonOut = False
 ) -> None:
     """Delete documents and every chunk of them."""
-    _setup_logging()
-    settings = _settings(data_dir)
 
     async def go(services: Services) -> None:
         await _delete_each(document_ids, services.pipeline.delete_document, "document_id", as_json)
 
-    _run(lambda: _with_services(settings, go), as_json=as_json)
+    _run_command(data_dir, go, as_json=as_json)
 
 
 async def _delete_each(
@@ -369,8 +372,6 @@ def documents_reindex(
     as_json: JsonOut = False,
 ) -> None:
     """Recompute embeddings with the current embedding model."""
-    _setup_logging()
-    settings = _settings(data_dir)
 
     async def go(services: Services) -> list[Any]:
         ids = document_ids or await services.documents.all_ids(status="completed")
@@ -384,7 +385,7 @@ def documents_reindex(
                 _print_ingest(r)
         return out
 
-    results = _run(lambda: _with_services(settings, go), as_json=as_json)
+    results = _run_command(data_dir, go, as_json=as_json)
     if any(not r.ok for r in results):
         raise typer.Exit(1)
 
@@ -487,8 +488,6 @@ def ask(
     as_json: JsonOut = False,
 ) -> None:
     """Ask a question; the answer streams with numbered citations, then its sources."""
-    _setup_logging()
-    settings = _settings(data_dir)
 
     async def go(services: Services) -> dict[str, Any]:
         return await _answer(
@@ -502,7 +501,7 @@ def ask(
             stream_to=None if as_json else console,
         )
 
-    done = _run(lambda: _with_services(settings, go, with_chat=True), as_json=as_json)
+    done = _run_command(data_dir, go, with_chat=True, as_json=as_json)
     if as_json:
         _emit(_ask_json(done))
         return
@@ -525,8 +524,6 @@ def chat(
     data_dir: DataDir = None,
 ) -> None:
     """Interactive chat that keeps the conversation (/new starts over, /quit leaves)."""
-    _setup_logging()
-    settings = _settings(data_dir)
 
     async def go(services: Services) -> None:
         from studyrag.errors import StudyRAGError
@@ -570,7 +567,7 @@ def chat(
         if current:
             console.print(f"[dim]conversation {current} saved[/]")
 
-    _run(lambda: _with_services(settings, go, with_chat=True))
+    _run_command(data_dir, go, with_chat=True)
 
 
 @conversations_app.command("list")
@@ -581,13 +578,11 @@ def conversations_list(
     as_json: JsonOut = False,
 ) -> None:
     """List conversations, most recently updated first."""
-    _setup_logging()
-    settings = _settings(data_dir)
 
     async def go(services: Services) -> Any:
         return await services.conversations.list(status=status, limit=limit)
 
-    page = _run(lambda: _with_services(settings, go), as_json=as_json)
+    page = _run_command(data_dir, go, as_json=as_json)
     items = [c.to_dict() for c in page.items]
     if as_json:
         for c in items:
@@ -612,8 +607,6 @@ def conversations_show(
     as_json: JsonOut = False,
 ) -> None:
     """Show a conversation and its messages."""
-    _setup_logging()
-    settings = _settings(data_dir)
 
     async def go(services: Services) -> Any:
         conv = await services.conversations.get(conversation_id)
@@ -622,7 +615,7 @@ def conversations_show(
         )
         return conv, sorted(msgs.items, key=lambda m: m.seq)
 
-    conv, msgs = _run(lambda: _with_services(settings, go), as_json=as_json)
+    conv, msgs = _run_command(data_dir, go, as_json=as_json)
     if as_json:
         _emit(conv.to_dict() | {"messages": [m.to_dict() for m in msgs]})
         return
@@ -640,15 +633,13 @@ def conversations_delete(
     conversation_ids: list[str], data_dir: DataDir = None, as_json: JsonOut = False
 ) -> None:
     """Soft-delete conversations (purged later by cleanup)."""
-    _setup_logging()
-    settings = _settings(data_dir)
 
     async def go(services: Services) -> None:
         await _delete_each(
             conversation_ids, services.conversations.soft_delete, "conversation_id", as_json
         )
 
-    _run(lambda: _with_services(settings, go), as_json=as_json)
+    _run_command(data_dir, go, as_json=as_json)
 
 
 @models_app.command("list")
