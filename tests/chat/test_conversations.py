@@ -450,3 +450,66 @@ async def test_statistics_empty(cm: ConversationManager) -> None:
     assert stats["messages"]["total"] == 0
     assert stats["response_time"] == {"count": 0, "mean_seconds": None, "p95_seconds": None}
     assert stats["tokens_generated"] == 0 and stats["errors_by_code"] == {}
+
+
+# --- turns -------------------------------------------------------------------------------
+async def test_start_turn_creates_conversation_question_and_placeholder(
+    cm: ConversationManager,
+) -> None:
+    turn = await cm.start_turn(None, "  What does chlorophyll absorb?  ", history_limit=10)
+    assert turn.history == []
+    assert turn.conversation.title == "What does chlorophyll absorb?"
+    assert turn.conversation.message_count == 2
+    assert (turn.user.seq, turn.user.role, turn.user.status) == (1, "user", "complete")
+    assert turn.user.content == "What does chlorophyll absorb?"
+    assert (turn.assistant.seq, turn.assistant.role) == (2, "assistant")
+    assert (turn.assistant.content, turn.assistant.status) == ("", "incomplete")
+    stored = await cm.get(turn.conversation.id)
+    assert stored.message_count == 2 and stored.last_message_at is not None
+    page = await cm.list_messages(turn.conversation.id)
+    assert [m.id for m in page.items] == [turn.user.id, turn.assistant.id]
+
+
+async def test_start_turn_continues_with_history_before_the_question(
+    cm: ConversationManager,
+) -> None:
+    conv = await cm.create()
+    await _fill(cm, conv.id, 4)
+    turn = await cm.start_turn(
+        conv.id, "And then?", history_limit=3, answer_metadata={"template": "RAG_BASIC"}
+    )
+    assert [m.content for m in turn.history] == ["message 2", "message 3", "message 4"]
+    assert (turn.user.seq, turn.assistant.seq) == (5, 6)
+    assert turn.assistant.metadata == {"template": "RAG_BASIC"}
+    assert turn.conversation.message_count == 6
+    # The first question named it; a later one does not rename it.
+    assert turn.conversation.title == "message 1"
+    fresh = await cm.create()
+    named = await cm.start_turn(fresh.id, "Why is the sky blue?", history_limit=3)
+    assert named.conversation.title == "Why is the sky blue?"
+
+
+async def test_start_turn_on_missing_or_deleted_conversation_stores_nothing(
+    cm: ConversationManager,
+) -> None:
+    with pytest.raises(ConversationNotFound):
+        await cm.start_turn("missing", "Hello?", history_limit=5)
+    conv = await cm.create()
+    await cm.soft_delete(conv.id)
+    with pytest.raises(ConversationNotFound):
+        await cm.start_turn(conv.id, "Hello?", history_limit=5)
+    deleted = await cm.get(conv.id, include_deleted=True)
+    assert deleted.message_count == 0
+    with pytest.raises(InvalidChatRequest):
+        await cm.start_turn(None, "   ", history_limit=5)
+    assert (await cm.list()).total == 0
+
+
+async def test_concurrent_turns_get_distinct_pairs_of_seqs(cm: ConversationManager) -> None:
+    conv = await cm.create()
+    turns = await asyncio.gather(
+        *(cm.start_turn(conv.id, f"q{n}", history_limit=2) for n in range(8))
+    )
+    pairs = sorted((t.user.seq, t.assistant.seq) for t in turns)
+    assert pairs == [(2 * i + 1, 2 * i + 2) for i in range(8)]
+    assert (await cm.get(conv.id)).message_count == 16

@@ -396,3 +396,73 @@ async def test_user_template_is_used(tmp_path: Path) -> None:
         assert result.metadata["template"] == "QUIZ"
         assert model.calls[-1][0].content == "Write one quiz question."
         assert model.calls[-1][-1].content.endswith("Topic: Light")
+
+
+async def test_search_runs_while_the_question_is_stored(tmp_path: Path) -> None:
+    """A new conversation's search starts before its question is committed (TTFT)."""
+    model = FakeChatModel(ANSWER)
+    async with chat_services(tmp_path, model) as services:
+        chat = engine(services)
+        order: list[str] = []
+        search, start_turn = chat.search.search, chat.conversations.start_turn
+
+        async def traced_search(*args: Any, **kwargs: Any) -> Any:
+            order.append("search started")
+            return await search(*args, **kwargs)
+
+        async def traced_turn(*args: Any, **kwargs: Any) -> Any:
+            order.append("turn started")
+            await asyncio.sleep(0.05)  # a slow disk: the search must not wait for it
+            turn = await start_turn(*args, **kwargs)
+            order.append("turn stored")
+            return turn
+
+        chat.search.search = traced_search  # type: ignore[method-assign]
+        chat.conversations.start_turn = traced_turn  # type: ignore[method-assign]
+        events = await collect(chat.stream_message("What absorbs light?"))
+        assert events[-1].type == "done"
+        assert order.index("search started") < order.index("turn stored")
+
+
+async def test_failed_turn_cancels_the_search_and_stores_nothing(tmp_path: Path) -> None:
+    model = FakeChatModel(ANSWER)
+    async with chat_services(tmp_path, model, rewrite_followups=False) as services:
+        chat = engine(services)
+        finished: list[str] = []
+        search = chat.search.search
+
+        async def slow_search(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.2)
+            finished.append("search")
+            return await search(*args, **kwargs)
+
+        chat.search.search = slow_search  # type: ignore[method-assign]
+        with pytest.raises(ConversationNotFound):
+            await collect(chat.stream_message("What absorbs light?", conversation_id="nope"))
+        await asyncio.sleep(0.3)
+        assert finished == [] and model.calls == []
+        assert (await services.conversations.list()).total == 0
+
+
+async def test_failed_search_is_stored_as_an_error_answer(tmp_path: Path) -> None:
+    model = FakeChatModel(ANSWER)
+    async with chat_services(tmp_path, model) as services:
+        chat = engine(services)
+
+        async def broken_search(*args: Any, **kwargs: Any) -> Any:
+            raise LLMUnavailable("the embedding server is down")
+
+        chat.search.search = broken_search  # type: ignore[method-assign]
+        events = await collect(chat.stream_message("What absorbs light?"))
+        assert [e.type for e in events] == ["start", "error"]
+        error = events[-1]
+        assert isinstance(error, ErrorEvent) and error.error_code == "CHAT_001"
+        stored = await services.conversations.get_message(error.message_id or "")
+        assert stored.status == "error" and model.calls == []
+        start = events[0]
+        assert isinstance(start, StartEvent)
+        page = await services.conversations.list_messages(start.conversation["id"])
+        assert [(m.role, m.status) for m in page.items] == [
+            ("user", "complete"),
+            ("assistant", "error"),
+        ]

@@ -9,10 +9,10 @@ import builtins
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import ColumnElement, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -23,6 +23,8 @@ from studyrag.db.session import Database
 from studyrag.errors import ConversationNotFound, InvalidChatRequest, MessageNotFound
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_TITLE = "New conversation"
 TITLE_MAX_CHARS = 200
@@ -157,6 +159,16 @@ class MessagePublic:
             "status": self.status,
             "created_at": _iso(self.created_at),
         }
+
+
+@dataclass(slots=True)
+class Turn:
+    """A stored question, its answer's placeholder and the history that came before them."""
+
+    conversation: ConversationPublic
+    history: list[MessagePublic]
+    user: MessagePublic
+    assistant: MessagePublic
 
 
 @dataclass(slots=True)
@@ -438,21 +450,12 @@ class ConversationManager:
             raise InvalidChatRequest(f"Unknown message role {role!r}.")
         if status not in MESSAGE_STATUSES:
             raise InvalidChatRequest(f"Unknown message status {status!r}.")
-        for attempt in range(1, _WRITE_ATTEMPTS + 1):
-            try:
-                return await self._append(
-                    conversation_id, role, content, sources or [], metadata or {}, status
-                )
-            except (IntegrityError, OperationalError) as exc:
-                # IntegrityError: another writer took this seq. OperationalError: SQLite's
-                # "database is locked" outlasting busy_timeout. Anything else is re-raised.
-                if isinstance(exc, OperationalError) and "locked" not in str(exc).lower():
-                    raise
-                if attempt == _WRITE_ATTEMPTS:
-                    raise
-                log.debug("add_message retry %d for %s: %s", attempt, conversation_id, exc)
-                await asyncio.sleep(0.005 * attempt)
-        raise AssertionError("unreachable")
+        return await _retrying(
+            conversation_id,
+            lambda: self._append(
+                conversation_id, role, content, sources or [], metadata or {}, status
+            ),
+        )
 
     async def _append(
         self,
@@ -465,29 +468,12 @@ class ConversationManager:
     ) -> MessagePublic:
         now = utcnow()
         async with self.db.session() as s:
-            # Writing the conversation row first takes the write lock (SQLite) or the row
-            # lock (PostgreSQL) before seq is read, which serialises writers of one
-            # conversation; the unique index remains the backstop.
-            bumped = await s.execute(
-                update(Conversation)
-                .where(Conversation.id == conversation_id, Conversation.status != "deleted")
-                .values(
-                    message_count=Conversation.message_count + 1,
-                    last_message_at=now,
-                    updated_at=now,
-                )
-                .returning(Conversation.title)
-            )
-            title = bumped.scalar_one_or_none()
-            if title is None:
-                raise ConversationNotFound(f"No conversation with id {conversation_id!r}.")
-            last = await s.scalar(
-                select(func.max(Message.seq)).where(Message.conversation_id == conversation_id)
-            )
+            title = await _bump(s, conversation_id, 1, now)
+            seq = await _last_seq(s, conversation_id)
             row = Message(
                 id=new_id(),
                 conversation_id=conversation_id,
-                seq=int(last or 0) + 1,
+                seq=seq + 1,
                 role=role,
                 content=content,
                 sources=list(sources),
@@ -498,12 +484,93 @@ class ConversationManager:
             s.add(row)
             await s.flush()
             if role == "user" and title == DEFAULT_TITLE and content.strip():
-                await s.execute(
-                    update(Conversation)
-                    .where(Conversation.id == conversation_id)
-                    .values(title=derive_title(content))
-                )
+                await _set_title(s, conversation_id, derive_title(content))
             return MessagePublic.from_row(row)
+
+    async def start_turn(
+        self,
+        conversation_id: str | None,
+        question: str,
+        *,
+        history_limit: int,
+        answer_metadata: dict[str, Any] | None = None,
+    ) -> Turn:
+        """Store a question and its answer's (incomplete) placeholder in one transaction.
+
+        Creates the conversation when `conversation_id` is None. The history returned is
+        what came before this question. One commit instead of four round trips keeps the
+        time to the first answer token low.
+        """
+        question = question.strip()
+        if not question:
+            raise InvalidChatRequest("The message is empty.", hint="Type a question.")
+        meta = dict(answer_metadata or {})
+        if conversation_id is None:
+            return await self._turn(None, question, history_limit, meta)
+        cid = conversation_id
+        return await _retrying(cid, lambda: self._turn(cid, question, history_limit, meta))
+
+    async def _turn(
+        self,
+        conversation_id: str | None,
+        question: str,
+        history_limit: int,
+        answer_metadata: dict[str, Any],
+    ) -> Turn:
+        now = utcnow()
+        history: builtins.list[Message] = []
+        seq = 0
+        async with self.db.session() as s:
+            if conversation_id is None:
+                conv = Conversation(
+                    id=new_id(),
+                    title=derive_title(question),
+                    status="active",
+                    meta={},
+                    message_count=2,
+                    created_at=now,
+                    updated_at=now,
+                    last_message_at=now,
+                )
+                s.add(conv)
+            else:
+                title = await _bump(s, conversation_id, 2, now)
+                if title == DEFAULT_TITLE:
+                    await _set_title(s, conversation_id, derive_title(question))
+                if history_limit > 0:
+                    stmt = _history_stmt(conversation_id, history_limit)
+                    history = builtins.list((await s.scalars(stmt)).all())
+                seq = await _last_seq(s, conversation_id)
+            cid = conv.id if conversation_id is None else conversation_id
+            user, answer = (
+                Message(
+                    id=new_id(),
+                    conversation_id=cid,
+                    seq=seq + n,
+                    role=role,
+                    content=content,
+                    sources=[],
+                    meta=meta,
+                    status=status,
+                    created_at=now,
+                )
+                for n, role, content, meta, status in (
+                    (1, "user", question, {}, "complete"),
+                    (2, "assistant", "", answer_metadata, "incomplete"),
+                )
+            )
+            s.add_all([user, answer])
+            await s.flush()
+            if conversation_id is not None:
+                found = await s.get(Conversation, cid, populate_existing=True)
+                assert found is not None
+                conv = found
+            return Turn(
+                conversation=ConversationPublic.from_row(conv),
+                history=[MessagePublic.from_row(m) for m in reversed(history)],
+                user=MessagePublic.from_row(user),
+                assistant=MessagePublic.from_row(answer),
+            )
 
     async def update_message(
         self,
@@ -607,14 +674,7 @@ class ConversationManager:
         """The last `limit` complete user/assistant messages, oldest first."""
         if limit <= 0:
             return []
-        stmt = select(Message).where(
-            Message.conversation_id == conversation_id,
-            Message.role.in_(("user", "assistant")),
-            Message.status == "complete",
-        )
-        if before_seq is not None:
-            stmt = stmt.where(Message.seq < before_seq)
-        stmt = stmt.order_by(Message.seq.desc()).limit(limit)
+        stmt = _history_stmt(conversation_id, limit, before_seq=before_seq)
         async with self.db.session() as s:
             rows = builtins.list((await s.scalars(stmt)).all())
         return [MessagePublic.from_row(r) for r in reversed(rows)]
@@ -790,3 +850,69 @@ def _batches(items: Iterable[str], size: int = _DELETE_BATCH) -> Iterable[builti
             batch = []
     if batch:
         yield batch
+
+
+# --- shared write steps ------------------------------------------------------------------
+async def _retrying(conversation_id: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
+    """Run a write transaction again when a concurrent writer took the same seq."""
+    for attempt in range(1, _WRITE_ATTEMPTS + 1):
+        try:
+            return await attempt_once()
+        except (IntegrityError, OperationalError) as exc:
+            # IntegrityError: another writer took this seq. OperationalError: SQLite's
+            # "database is locked" outlasting busy_timeout. Anything else is re-raised.
+            if isinstance(exc, OperationalError) and "locked" not in str(exc).lower():
+                raise
+            if attempt == _WRITE_ATTEMPTS:
+                raise
+            log.debug("write retry %d for %s: %s", attempt, conversation_id, exc)
+            await asyncio.sleep(0.005 * attempt)
+    raise AssertionError("unreachable")
+
+
+async def _bump(s: AsyncSession, conversation_id: str, added: int, now: datetime) -> str:
+    """Count `added` messages on a live conversation; its title, or ConversationNotFound.
+
+    Writing the conversation row first takes the write lock (SQLite) or the row lock
+    (PostgreSQL) before seq is read, which serialises writers of one conversation; the
+    unique index on (conversation_id, seq) remains the backstop.
+    """
+    bumped = await s.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id, Conversation.status != "deleted")
+        .values(
+            message_count=Conversation.message_count + added,
+            last_message_at=now,
+            updated_at=now,
+        )
+        .returning(Conversation.title)
+    )
+    title = bumped.scalar_one_or_none()
+    if title is None:
+        raise ConversationNotFound(f"No conversation with id {conversation_id!r}.")
+    return str(title)
+
+
+async def _last_seq(s: AsyncSession, conversation_id: str) -> int:
+    last = await s.scalar(
+        select(func.max(Message.seq)).where(Message.conversation_id == conversation_id)
+    )
+    return int(last or 0)
+
+
+async def _set_title(s: AsyncSession, conversation_id: str, title: str) -> None:
+    await s.execute(
+        update(Conversation).where(Conversation.id == conversation_id).values(title=title)
+    )
+
+
+def _history_stmt(conversation_id: str, limit: int, *, before_seq: int | None = None) -> Any:
+    """The last `limit` complete user/assistant messages, newest first."""
+    stmt = select(Message).where(
+        Message.conversation_id == conversation_id,
+        Message.role.in_(("user", "assistant")),
+        Message.status == "complete",
+    )
+    if before_seq is not None:
+        stmt = stmt.where(Message.seq < before_seq)
+    return stmt.order_by(Message.seq.desc()).limit(limit)

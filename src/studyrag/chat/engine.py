@@ -185,6 +185,14 @@ class _Answer:
     error: StudyRAGError | None = None
 
 
+@dataclass(slots=True)
+class _Retrieved:
+    """What retrieval found for one answer, and how (merged into the answer's metadata)."""
+
+    relevant: list[SearchResult] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
 class ChatEngine:
     """Answers questions from the indexed documents and keeps the conversation."""
 
@@ -269,34 +277,45 @@ class ChatEngine:
         # Half the window for the answer at most, or no source could ever fit.
         budget = min(budget, max(16, self.model.context_window // 2))
 
-        if conversation_id is None:
-            conversation = await self.conversations.create()
-        else:
-            conversation = await self.conversations.get(conversation_id)
-        # Read before storing the question, so the question is not its own history.
-        past = await self.conversations.history(conversation.id, chat.history_messages)
-        user_msg = await self.conversations.add_message(conversation.id, "user", question)
-        placeholder = await self.conversations.add_message(
-            conversation.id, "assistant", "", status="incomplete", metadata={"template": tpl.name}
-        )
-        answer = _Answer(message=placeholder, template=tpl.name, mode=mode)
+        answer_meta = {"template": tpl.name}
+        retrieval: asyncio.Task[_Retrieved] | None = None
+        if conversation_id is None or not chat.rewrite_followups:
+            # The search query is the question itself, so search while the question is
+            # stored: the two overlap instead of adding up before the first token.
+            retrieval = asyncio.ensure_future(self._retrieve(question, [], mode, k, filters))
+        try:
+            turn = await self.conversations.start_turn(
+                conversation_id,
+                question,
+                history_limit=chat.history_messages,
+                answer_metadata=answer_meta,
+            )
+        except BaseException:
+            if retrieval is not None:
+                await _discard(retrieval)
+            raise
+        answer = _Answer(message=turn.assistant, template=tpl.name, mode=mode)
         try:
             # Inside the try: from here on, any exit leaves the placeholder finalised.
-            conversation = await self.conversations.get(conversation.id)
             yield StartEvent(
-                conversation=conversation.to_dict(),
-                user_message=user_msg.to_dict(),
-                assistant_message_id=placeholder.id,
+                conversation=turn.conversation.to_dict(),
+                user_message=turn.user.to_dict(),
+                assistant_message_id=turn.assistant.id,
             )
             history = [
                 ChatMessage(
                     "user" if m.role == "user" else "assistant",
                     m.content if m.role == "user" else strip_markers(m.content),
                 )
-                for m in past
+                for m in turn.history
             ]
+            if retrieval is None:
+                # A follow-up is rewritten from the history first, so it waits for it.
+                retrieval = asyncio.ensure_future(
+                    self._retrieve(question, history, mode, k, filters)
+                )
             # aclosing: a consumer that stops closes every inner stream down to the model's.
-            steps = self._answer(answer, question, history, tpl, k, filters, budget)
+            steps = self._answer(answer, question, history, tpl, retrieval, filters, budget)
             async with aclosing(steps):
                 async for event in steps:
                     yield event
@@ -307,13 +326,15 @@ class ChatEngine:
         except StudyRAGError as exc:
             answer.status, answer.error = "error", exc
         except Exception as exc:
-            log.exception("Answer %s failed", placeholder.id)
+            log.exception("Answer %s failed", turn.assistant.id)
             answer.status = "error"
             answer.error = StudyRAGError(
                 f"The answer failed unexpectedly: {type(exc).__name__}.",
                 hint="See the server log; send the message again.",
             )
         finally:
+            if retrieval is not None and not retrieval.done():
+                await _discard(retrieval)
             stored, conv = await self._shielded(self._save(answer))
         if answer.error is not None:
             err = answer.error.to_dict()
@@ -359,13 +380,41 @@ class ChatEngine:
                 hint=f"Use one of: {', '.join(names)}.",
             ) from None
 
+    async def _retrieve(
+        self,
+        question: str,
+        history: list[ChatMessage],
+        mode: str,
+        top_k: int,
+        filters: SearchFilters | None,
+    ) -> _Retrieved:
+        """The relevant passages for a question, rewritten from the history if a follow-up."""
+        found = _Retrieved()
+        query = question
+        if history and self.settings.chat.rewrite_followups:
+            query = await self._rewrite(history, question)
+            found.meta["rewritten_query"] = query if query != question else None
+        t0 = time.perf_counter()
+        response = await self.search.search(query, mode=mode, top_k=top_k, filters=filters)
+        relevant = [r for r in response.results if self._relevant(r, mode)]
+        if not relevant and query != question:
+            # A small model's rewrite can miss; the user's own words get a second chance.
+            response = await self.search.search(question, mode=mode, top_k=top_k, filters=filters)
+            relevant = [r for r in response.results if self._relevant(r, mode)]
+            found.meta["rewrite_fallback"] = True
+        found.meta["retrieval_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        found.meta["candidates"] = len(response.results)
+        found.meta["best_score"] = max((r.score for r in response.results), default=None)
+        found.relevant = relevant
+        return found
+
     async def _answer(
         self,
         answer: _Answer,
         question: str,
         history: list[ChatMessage],
         tpl: PromptTemplate,
-        top_k: int,
+        retrieval: asyncio.Task[_Retrieved],
         filters: SearchFilters | None,
         max_tokens: int,
     ) -> AsyncGenerator[ChatEvent, None]:
@@ -377,23 +426,9 @@ class ChatEngine:
             provider=self.model.provider,
             rewritten_query=None,
         )
-        query = question
-        if history and self.settings.chat.rewrite_followups:
-            query = await self._rewrite(history, question)
-            meta["rewritten_query"] = query if query != question else None
-        t0 = time.perf_counter()
-        response = await self.search.search(query, mode=answer.mode, top_k=top_k, filters=filters)
-        relevant = [r for r in response.results if self._relevant(r, answer.mode)]
-        if not relevant and query != question:
-            # A small model's rewrite can miss; the user's own words get a second chance.
-            response = await self.search.search(
-                question, mode=answer.mode, top_k=top_k, filters=filters
-            )
-            relevant = [r for r in response.results if self._relevant(r, answer.mode)]
-            meta["rewrite_fallback"] = True
-        meta["retrieval_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-        meta["candidates"] = len(response.results)
-        meta["best_score"] = max((r.score for r in response.results), default=None)
+        found = await retrieval
+        meta.update(found.meta)
+        relevant = found.relevant
 
         if not relevant:
             text = await self._nothing_found(filters, meta)
@@ -617,6 +652,22 @@ async def _closing(stream: AsyncIterator[Any]) -> AsyncIterator[None]:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def _discard(task: asyncio.Task[Any]) -> None:
+    """Cancel a task whose result nobody wants any more, and wait until it has stopped."""
+    task.cancel()
+    try:
+        await task
+    except BaseException as exc:  # noqa: BLE001 - its outcome is unwanted, whatever it is
+        if isinstance(exc, asyncio.CancelledError) and _cancelling():
+            raise  # our own caller is being cancelled too: keep that going
+        log.debug("Discarded task ended with %r", exc)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _words(text: str) -> list[str]:
