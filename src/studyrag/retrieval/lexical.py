@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from studyrag.db.session import Database
 from studyrag.retrieval.types import Candidate, SearchFilters
@@ -36,6 +41,10 @@ class LexicalIndex:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # SQLite: term document frequencies, valid while the FTS5 structure record is.
+        self._version: object = None
+        self._rows: int | None = None
+        self._df: dict[str, int] = {}
 
     async def search(
         self, query: str, *, top_k: int, filters: SearchFilters | None = None
@@ -51,30 +60,90 @@ class LexicalIndex:
     async def _sqlite(
         self, terms: list[str], top_k: int, filters: SearchFilters | None
     ) -> list[Candidate]:
-        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-        params: dict[str, object] = {"q": match, "k": top_k}
-        if filters is None or filters.empty:
-            # No join: ranking the FTS table alone is 2-3x faster, and the caller drops chunks
-            # of documents that are not completed yet (SearchService joins them afterwards).
-            sql = (
-                "SELECT rowid AS id, bm25(chunks_fts, 1.0, 0.5) AS s FROM chunks_fts "
-                "WHERE chunks_fts MATCH :q ORDER BY s LIMIT :k"
-            )
-            async with self.db.session() as s:
-                rows = (await s.execute(text(sql), params)).all()
-            return [Candidate(int(r.id), -float(r.s)) for r in rows]
-        where = ["chunks_fts MATCH :q", "d.status = 'completed'"]
-        where += _filter_sql(filters, params)
-        sql = (
-            "SELECT c.id AS id, bm25(chunks_fts, 1.0, 0.5) AS s FROM chunks_fts "
-            "JOIN chunks c ON c.id = chunks_fts.rowid "
-            "JOIN documents d ON d.id = c.document_id "
-            f"WHERE {' AND '.join(where)} ORDER BY s LIMIT :k"
-        )
+        """BM25 top-k, skipping rows that can only match very frequent terms (MaxScore).
+
+        FTS5 scores every row that matches any term of an OR query (about 1 µs a row, 20k+
+        rows at 100k chunks). A row that contains only "non-essential" terms N scores at
+        most UB(N) = Σ idf·(k1+1); once the k-th best row containing an essential term
+        scores above UB(N), no such row can enter the top k, so only rows with an essential
+        term need scoring. The result is exactly the plain OR query's top k.
+        """
         async with self.db.session() as s:
-            rows = (await s.execute(text(sql), params)).all()
+            plan = await self._plan(s, terms)
+            budget = plan.first_budget if plan is not None else 0.0
+            for _ in range(2):
+                if plan is None:
+                    break
+                frequent = plan.non_essential(budget)
+                if not frequent:
+                    break
+                rare = [t for t in terms if t not in frequent]
+                rows = await self._split_query(s, rare, frequent, top_k, filters)
+                if len(rows) < top_k:
+                    break  # too few rows with a rare term: the frequent ones must be searched
+                kth = -float(rows[-1].s)
+                if kth > plan.bound(frequent) * _BOUND_MARGIN:
+                    return [Candidate(int(r.id), -float(r.s)) for r in rows]
+                # The k-th score found is a lower bound of the true one: a second split under
+                # it is exact (its rows include the first split's, so its k-th is no lower).
+                budget = kth / _BOUND_MARGIN
+            rows = await self._query(s, _any(terms), top_k, filters)
         # FTS5's bm25() is negative (more negative = better); flip it.
         return [Candidate(int(r.id), -float(r.s)) for r in rows]
+
+    async def _query(
+        self, s: AsyncSession, match: str, top_k: int, filters: SearchFilters | None
+    ) -> Sequence[Row[Any]]:
+        sql, params = _scored_select(match, filters, "")
+        sql += " ORDER BY s LIMIT :k"
+        params["k"] = top_k
+        return (await s.execute(text(sql), params)).all()
+
+    async def _split_query(
+        self,
+        s: AsyncSession,
+        rare: list[str],
+        frequent: list[str],
+        top_k: int,
+        filters: SearchFilters | None,
+    ) -> Sequence[Row[Any]]:
+        # Rows with a rare term, in two disjoint parts, so every query term is a phrase of
+        # the MATCH exactly once and bm25() is the full query's score: with a frequent term
+        # too (AND), and without any (NOT: the frequent phrases count zero there).
+        both, both_params = _scored_select(f"({_any(rare)}) AND ({_any(frequent)})", filters, "a")
+        only, only_params = _scored_select(f"({_any(rare)}) NOT ({_any(frequent)})", filters, "b")
+        sql = f"SELECT id, s FROM ({both} UNION ALL {only}) ORDER BY s LIMIT :k"
+        return (await s.execute(text(sql), {**both_params, **only_params, "k": top_k})).all()
+
+    async def _plan(self, s: AsyncSession, terms: list[str]) -> _Plan | None:
+        """Document frequencies of the terms, cached until the FTS index changes."""
+        if len(terms) < 2:
+            return None
+        # FTS5's averages record (id 1) starts with the row count; its structure record
+        # (id 10) changes with every committed write, so it versions the cached counts.
+        records = dict(
+            (await s.execute(text("SELECT id, block FROM chunks_fts_data WHERE id IN (1, 10)")))
+            .tuples()
+            .all()
+        )
+        rows = _varint(records.get(1))
+        if rows is None or rows < _SPLIT_MIN_ROWS:
+            return None  # small index: scoring every match is cheaper than planning
+        if records.get(10) != self._version or rows != self._rows:
+            self._version, self._rows, self._df = records.get(10), rows, {}
+        missing = [t for t in terms if t not in self._df]
+        if missing:
+            sql = " UNION ALL ".join(
+                f"SELECT {i} AS i, count(*) AS n FROM chunks_fts WHERE chunks_fts MATCH :t{i}"
+                for i in range(len(missing))
+            )
+            params = {f"t{i}": _phrase(t) for i, t in enumerate(missing)}
+            for i, n in (await s.execute(text(sql), params)).all():
+                self._df[missing[int(i)]] = int(n)
+            if len(self._df) > _DF_CACHE_TERMS:
+                self._df = {t: self._df[t] for t in terms}
+        bounds = {t: _upper_bound(rows, self._df[t]) for t in terms}
+        return _Plan(bounds)
 
     async def _postgres(
         self, terms: list[str], top_k: int, filters: SearchFilters | None
@@ -94,16 +163,103 @@ class LexicalIndex:
         return [Candidate(int(r.id), float(r.s)) for r in rows]
 
 
-def _filter_sql(filters: SearchFilters | None, params: dict[str, object]) -> list[str]:
+def _filter_sql(
+    filters: SearchFilters | None, params: dict[str, object], prefix: str = ""
+) -> list[str]:
     clauses: list[str] = []
     if filters is None:
         return clauses
     if filters.document_ids:
-        names = [f"did{i}" for i in range(len(filters.document_ids))]
+        names = [f"{prefix}did{i}" for i in range(len(filters.document_ids))]
         params.update(zip(names, filters.document_ids, strict=True))
         clauses.append(f"d.id IN ({', '.join(':' + n for n in names)})")
     if filters.file_types:
-        names = [f"ft{i}" for i in range(len(filters.file_types))]
+        names = [f"{prefix}ft{i}" for i in range(len(filters.file_types))]
         params.update(zip(names, filters.file_types, strict=True))
         clauses.append(f"d.file_type IN ({', '.join(':' + n for n in names)})")
     return clauses
+
+
+# --- SQLite FTS5 helpers -----------------------------------------------------------------
+# FTS5's bm25(): k1 = 1.2, b = 0.75; a term's share of a row's score is below idf·(k1 + 1).
+_K1 = 1.2
+_BOUND_MARGIN = 1.000001  # float rounding must never turn "below the bound" into "above"
+_DF_CACHE_TERMS = 50_000
+_FIRST_BUDGET = 0.5  # first guess of the k-th score, as a share of the rarest term's bound
+# Below this many rows a plain OR query takes a few ms, less than planning would save.
+_SPLIT_MIN_ROWS = 20_000
+
+
+def _varint(record: bytes | None) -> int | None:
+    """The SQLite varint at the start of an FTS5 record (None if there is none)."""
+    if not record:
+        return None
+    value = 0
+    for i, byte in enumerate(record[:9]):
+        if i == 8:
+            return (value << 8) | byte
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            return value
+    return None
+
+
+def _upper_bound(rows: int, df: int) -> float:
+    """The most a term can add to a row's bm25() score (FTS5's own idf formula)."""
+    idf = math.log((rows - df + 0.5) / (df + 0.5)) if rows else 0.0
+    return max(idf, 1e-6) * (_K1 + 1)
+
+
+@dataclass(slots=True)
+class _Plan:
+    bounds: dict[str, float]
+
+    @property
+    def first_budget(self) -> float:
+        return _FIRST_BUDGET * max(self.bounds.values())
+
+    def non_essential(self, budget: float) -> list[str]:
+        """The most frequent terms whose bounds add up to less than `budget` (one stays)."""
+        chosen: list[str] = []
+        total = 0.0
+        for term in sorted(self.bounds, key=self.bounds.__getitem__)[:-1]:
+            if total + self.bounds[term] >= budget:
+                break
+            chosen.append(term)
+            total += self.bounds[term]
+        return chosen
+
+    def bound(self, terms: list[str]) -> float:
+        return sum(self.bounds[t] for t in terms)
+
+
+def _phrase(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+def _any(terms: list[str]) -> str:
+    return " OR ".join(_phrase(t) for t in terms)
+
+
+def _scored_select(
+    match: str, filters: SearchFilters | None, prefix: str
+) -> tuple[str, dict[str, object]]:
+    """SELECT id, s (bm25, lower is better) of the rows matching `match`, filters applied."""
+    params: dict[str, object] = {f"q{prefix}": match}
+    if filters is None or filters.empty:
+        # No join: ranking the FTS table alone is 2-3x faster, and the caller drops chunks
+        # of documents that are not completed yet (SearchService joins them afterwards).
+        return (
+            "SELECT rowid AS id, bm25(chunks_fts, 1.0, 0.5) AS s FROM chunks_fts "
+            f"WHERE chunks_fts MATCH :q{prefix}",
+            params,
+        )
+    where = [f"chunks_fts MATCH :q{prefix}", "d.status = 'completed'"]
+    where += _filter_sql(filters, params, prefix)
+    return (
+        "SELECT c.id AS id, bm25(chunks_fts, 1.0, 0.5) AS s FROM chunks_fts "
+        "JOIN chunks c ON c.id = chunks_fts.rowid "
+        "JOIN documents d ON d.id = c.document_id "
+        f"WHERE {' AND '.join(where)}",
+        params,
+    )
