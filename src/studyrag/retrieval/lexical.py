@@ -121,7 +121,7 @@ class LexicalIndex:
             return None
         # FTS5's averages record (id 1) starts with the row count; its structure record
         # (id 10) changes with every committed write, so it versions the cached counts.
-        records = dict(
+        records: dict[int, bytes] = dict(
             (await s.execute(text("SELECT id, block FROM chunks_fts_data WHERE id IN (1, 10)")))
             .tuples()
             .all()
