@@ -71,9 +71,9 @@ async def corpus(tmp_path: Path) -> AsyncIterator[tuple[Database, DocumentRepo, 
 async def _plain(db: Database, query: str, k: int, filters: SearchFilters | None) -> list:
     """The reference: one OR query over every term, every matching row scored."""
     lex = LexicalIndex(db)
-    async with db.session() as s:
-        rows = await lex._query(s, lexical._any(query_terms(query)), k, filters)
-    return [(int(r.id), round(-float(r.s), 9)) for r in rows]
+    match = lexical._any(query_terms(query))
+    rows = await db.read(lambda conn: lex._query(conn, match, k, filters))
+    return [(int(r[0]), round(-float(r[1]), 9)) for r in rows]
 
 
 def _queries(rng: random.Random, n: int) -> list[str]:
@@ -91,10 +91,10 @@ async def test_split_search_returns_exactly_the_plain_top_k(corpus, monkeypatch)
     splits = 0
     original = LexicalIndex._split_query
 
-    async def counting(self, *args, **kwargs):
+    def counting(self, *args, **kwargs):
         nonlocal splits
         splits += 1
-        return await original(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(LexicalIndex, "_split_query", counting)
     monkeypatch.setattr(lexical, "_SPLIT_MIN_ROWS", 0)  # the shortcut is for big indexes
@@ -161,7 +161,7 @@ async def test_small_indexes_skip_the_planning(corpus, monkeypatch) -> None:
     db, _, _ = corpus
     lex = LexicalIndex(db)
 
-    async def fail(*args, **kwargs):
+    def fail(*args, **kwargs):
         raise AssertionError("split on a small index")
 
     monkeypatch.setattr(LexicalIndex, "_split_query", fail)

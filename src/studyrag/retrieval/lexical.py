@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import text
 
 from studyrag.db.session import Database
 from studyrag.retrieval.types import Candidate, SearchFilters
@@ -45,6 +44,7 @@ class LexicalIndex:
         self._version: object = None
         self._rows: int | None = None
         self._df: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     async def search(
         self, query: str, *, top_k: int, filters: SearchFilters | None = None
@@ -60,6 +60,12 @@ class LexicalIndex:
     async def _sqlite(
         self, terms: list[str], top_k: int, filters: SearchFilters | None
     ) -> list[Candidate]:
+        # All statements of one search in one worker thread, off the async engine.
+        return await self.db.read(lambda conn: self._sqlite_sync(conn, terms, top_k, filters))
+
+    def _sqlite_sync(
+        self, conn: Any, terms: list[str], top_k: int, filters: SearchFilters | None
+    ) -> list[Candidate]:
         """BM25 top-k, skipping rows that can only match very frequent terms (MaxScore).
 
         FTS5 scores every row that matches any term of an OR query (about 1 µs a row, 20k+
@@ -68,82 +74,78 @@ class LexicalIndex:
         scores above UB(N), no such row can enter the top k, so only rows with an essential
         term need scoring. The result is exactly the plain OR query's top k.
         """
-        async with self.db.session() as s:
-            plan = await self._plan(s, terms)
-            budget = plan.first_budget if plan is not None else 0.0
-            for _ in range(2):
-                if plan is None:
-                    break
-                frequent = plan.non_essential(budget)
-                if not frequent:
-                    break
-                rare = [t for t in terms if t not in frequent]
-                rows = await self._split_query(s, rare, frequent, top_k, filters)
-                if len(rows) < top_k:
-                    break  # too few rows with a rare term: the frequent ones must be searched
-                kth = -float(rows[-1].s)
-                if kth > plan.bound(frequent) * _BOUND_MARGIN:
-                    return [Candidate(int(r.id), -float(r.s)) for r in rows]
-                # The k-th score found is a lower bound of the true one: a second split under
-                # it is exact (its rows include the first split's, so its k-th is no lower).
-                budget = kth / _BOUND_MARGIN
-            rows = await self._query(s, _any(terms), top_k, filters)
-        # FTS5's bm25() is negative (more negative = better); flip it.
-        return [Candidate(int(r.id), -float(r.s)) for r in rows]
+        plan = self._plan(conn, terms)
+        budget = plan.first_budget if plan is not None else 0.0
+        for _ in range(2):
+            if plan is None:
+                break
+            frequent = plan.non_essential(budget)
+            if not frequent:
+                break
+            rare = [t for t in terms if t not in frequent]
+            rows = self._split_query(conn, rare, frequent, top_k, filters)
+            if len(rows) < top_k:
+                break  # too few rows with a rare term: the frequent ones must be searched
+            kth = -float(rows[-1][1])
+            if kth > plan.bound(frequent) * _BOUND_MARGIN:
+                return _candidates(rows)
+            # The k-th score found is a lower bound of the true one: a second split under
+            # it is exact (its rows include the first split's, so its k-th is no lower).
+            budget = kth / _BOUND_MARGIN
+        return _candidates(self._query(conn, _any(terms), top_k, filters))
 
-    async def _query(
-        self, s: AsyncSession, match: str, top_k: int, filters: SearchFilters | None
-    ) -> Sequence[Row[Any]]:
+    def _query(
+        self, conn: Any, match: str, top_k: int, filters: SearchFilters | None
+    ) -> list[tuple[Any, ...]]:
         sql, params = _scored_select(match, filters, "")
-        sql += " ORDER BY s LIMIT :k"
         params["k"] = top_k
-        return (await s.execute(text(sql), params)).all()
+        return _fetch(conn, sql + " ORDER BY s LIMIT :k", params)
 
-    async def _split_query(
+    def _split_query(
         self,
-        s: AsyncSession,
+        conn: Any,
         rare: list[str],
         frequent: list[str],
         top_k: int,
         filters: SearchFilters | None,
-    ) -> Sequence[Row[Any]]:
+    ) -> list[tuple[Any, ...]]:
         # Rows with a rare term, in two disjoint parts, so every query term is a phrase of
         # the MATCH exactly once and bm25() is the full query's score: with a frequent term
         # too (AND), and without any (NOT: the frequent phrases count zero there).
         both, both_params = _scored_select(f"({_any(rare)}) AND ({_any(frequent)})", filters, "a")
         only, only_params = _scored_select(f"({_any(rare)}) NOT ({_any(frequent)})", filters, "b")
         sql = f"SELECT id, s FROM ({both} UNION ALL {only}) ORDER BY s LIMIT :k"
-        return (await s.execute(text(sql), {**both_params, **only_params, "k": top_k})).all()
+        return _fetch(conn, sql, {**both_params, **only_params, "k": top_k})
 
-    async def _plan(self, s: AsyncSession, terms: list[str]) -> _Plan | None:
+    def _plan(self, conn: Any, terms: list[str]) -> _Plan | None:
         """Document frequencies of the terms, cached until the FTS index changes."""
         if len(terms) < 2:
             return None
         # FTS5's averages record (id 1) starts with the row count; its structure record
         # (id 10) changes with every committed write, so it versions the cached counts.
-        records: dict[int, bytes] = dict(
-            (await s.execute(text("SELECT id, block FROM chunks_fts_data WHERE id IN (1, 10)")))
-            .tuples()
-            .all()
-        )
+        records = dict(_fetch(conn, "SELECT id, block FROM chunks_fts_data WHERE id IN (1, 10)"))
         rows = _varint(records.get(1))
         if rows is None or rows < _SPLIT_MIN_ROWS:
             return None  # small index: scoring every match is cheaper than planning
-        if records.get(10) != self._version or rows != self._rows:
-            self._version, self._rows, self._df = records.get(10), rows, {}
-        missing = [t for t in terms if t not in self._df]
+        with self._lock:
+            if records.get(10) != self._version or rows != self._rows:
+                self._version, self._rows, self._df = records.get(10), rows, {}
+            df = dict(self._df)
+        missing = [t for t in terms if t not in df]
         if missing:
             sql = " UNION ALL ".join(
-                f"SELECT {i} AS i, count(*) AS n FROM chunks_fts WHERE chunks_fts MATCH :t{i}"
+                f"SELECT {i}, count(*) FROM chunks_fts WHERE chunks_fts MATCH :t{i}"
                 for i in range(len(missing))
             )
-            params = {f"t{i}": _phrase(t) for i, t in enumerate(missing)}
-            for i, n in (await s.execute(text(sql), params)).all():
-                self._df[missing[int(i)]] = int(n)
-            if len(self._df) > _DF_CACHE_TERMS:
-                self._df = {t: self._df[t] for t in terms}
-        bounds = {t: _upper_bound(rows, self._df[t]) for t in terms}
-        return _Plan(bounds)
+            params: dict[str, object] = {f"t{i}": _phrase(t) for i, t in enumerate(missing)}
+            counted = {missing[int(i)]: int(n) for i, n in _fetch(conn, sql, params)}
+            df.update(counted)
+            with self._lock:
+                if records.get(10) == self._version:
+                    if len(self._df) > _DF_CACHE_TERMS:
+                        self._df = {}
+                    self._df.update(counted)
+        return _Plan({t: _upper_bound(rows, df[t]) for t in terms})
 
     async def _postgres(
         self, terms: list[str], top_k: int, filters: SearchFilters | None
@@ -231,6 +233,20 @@ class _Plan:
 
     def bound(self, terms: list[str]) -> float:
         return sum(self.bounds[t] for t in terms)
+
+
+def _fetch(conn: Any, sql: str, params: dict[str, object] | None = None) -> list[tuple[Any, ...]]:
+    cur = conn.cursor()
+    try:
+        cur.execute(sql, params or {})
+        return [tuple(r) for r in cur.fetchall()]
+    finally:
+        cur.close()
+
+
+def _candidates(rows: list[tuple[Any, ...]]) -> list[Candidate]:
+    # FTS5's bm25() is negative (more negative = better); flip it.
+    return [Candidate(int(r[0]), -float(r[1])) for r in rows]
 
 
 def _phrase(term: str) -> str:
