@@ -1,4 +1,4 @@
-"""SQLite lexical search: skipping rows with only frequent terms must not change the top k."""
+"""SQLite search reads: exact MaxScore lexical top k, and the Database.read path they use."""
 
 from __future__ import annotations
 
@@ -173,3 +173,35 @@ def test_varint_decoding() -> None:
     assert lexical._varint(bytes([0x81, 0x00])) == 128
     assert lexical._varint(bytes([0x86, 0x8D, 0x20])) == 100_000
     assert lexical._varint(b"") is None and lexical._varint(None) is None
+
+
+async def test_database_read_path_sees_commits_and_survives_errors(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    await db.migrate()
+    repo = DocumentRepo(db)
+
+    def count(conn) -> int:
+        return int(lexical._fetch(conn, "SELECT count(*) FROM documents")[0][0])
+
+    assert await db.read(count) == 0
+    await repo.create(filename="a.md", file_type="md", sha256="a", status=COMPLETED)
+    assert await db.read(count) == 1  # a pooled reader sees what the async engine committed
+
+    def broken(conn) -> int:
+        lexical._fetch(conn, "SELECT nope FROM documents")
+        return 0
+
+    with pytest.raises(Exception, match="nope"):
+        await db.read(broken)
+    with pytest.raises(Exception, match="readonly"):
+        await db.read(lambda conn: lexical._fetch(conn, "DELETE FROM documents"))
+    assert await db.read(count) == 1
+    await db.aclose()
+
+
+async def test_database_read_without_a_file_uses_the_async_engine() -> None:
+    db = Database("sqlite+aiosqlite:///:memory:")
+    await db.migrate()
+    rows = await db.read(lambda conn: lexical._fetch(conn, "SELECT count(*) FROM chunks"))
+    assert rows == [(0,)]
+    await db.aclose()
