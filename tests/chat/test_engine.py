@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
@@ -466,3 +467,60 @@ async def test_failed_search_is_stored_as_an_error_answer(tmp_path: Path) -> Non
             ("user", "complete"),
             ("assistant", "error"),
         ]
+
+
+async def test_consumer_cancelled_after_start_still_finalises_the_answer(tmp_path: Path) -> None:
+    """The stop/shutdown path of the API: the consumer task is cancelled while it holds the
+    stream suspended after `start` and the search is still running."""
+    model = FakeChatModel(ANSWER)
+    async with chat_services(tmp_path, model) as services:
+        chat = engine(services)
+        search = chat.search.search
+
+        async def slow_search(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.5)
+            return await search(*args, **kwargs)
+
+        chat.search.search = slow_search  # type: ignore[method-assign]
+        stream = chat.stream_message("What absorbs light?")
+        first = await anext(stream)
+        assert isinstance(first, StartEvent)
+
+        async def consumer() -> None:
+            async with aclosing(stream):
+                await asyncio.sleep(10)  # busy publishing `start`, say
+
+        task = asyncio.create_task(consumer())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await chat.drain()
+        stored = await services.conversations.get_message(first.assistant_message_id)
+        assert stored.status == "incomplete"
+        assert "response_ms" in stored.metadata  # written by the final save, not the insert
+        assert model.calls == []
+
+
+async def test_search_failure_nobody_waits_for_is_not_left_unretrieved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = FakeChatModel(ANSWER)
+    async with chat_services(tmp_path, model) as services:
+        chat = engine(services)
+
+        async def broken_search(*args: Any, **kwargs: Any) -> Any:
+            raise LLMUnavailable("the embedding server is down")
+
+        chat.search.search = broken_search  # type: ignore[method-assign]
+        stream = chat.stream_message("What absorbs light?")
+        first = await anext(stream)
+        await asyncio.sleep(0.05)  # the search fails meanwhile
+        await stream.aclose()  # and the consumer stops after `start`
+        del stream
+        for _ in range(3):
+            gc.collect()
+            await asyncio.sleep(0)
+        stored = await services.conversations.get_message(first.assistant_message_id)
+        assert stored.status == "incomplete"
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -204,4 +205,35 @@ async def test_database_read_without_a_file_uses_the_async_engine() -> None:
     await db.migrate()
     rows = await db.read(lambda conn: lexical._fetch(conn, "SELECT count(*) FROM chunks"))
     assert rows == [(0,)]
+    await db.aclose()
+
+
+async def test_one_snapshot_while_another_connection_writes(tmp_path: Path, monkeypatch) -> None:
+    """Bounds and scores must come from the same state of the index, or the top k is wrong."""
+    monkeypatch.setattr(lexical, "_SPLIT_MIN_ROWS", 0)
+    path = tmp_path / "race.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await db.migrate()
+    writer = sqlite3.connect(path, check_same_thread=False)
+    texts = ["rare " + "filler " * 60] * 20 + ["common common common"] * 900 + ["other"] * 80
+    writer.executemany(
+        "INSERT INTO chunks_fts(rowid, text, section) VALUES (?, ?, '')",
+        [(i + 1, t) for i, t in enumerate(texts)],
+    )
+    writer.commit()
+    lex = LexicalIndex(db)
+    before = await _plain(db, "rare common", 5, None)
+    plan = lex._plan
+
+    def plan_then_write(conn, terms):
+        made = plan(conn, terms)
+        # Another process commits a large delete between the planning reads and the query.
+        writer.execute("DELETE FROM chunks_fts WHERE rowid BETWEEN 21 AND 870 OR rowid <= 3")
+        writer.commit()
+        return made
+
+    monkeypatch.setattr(lex, "_plan", plan_then_write)
+    got = [(c.chunk_id, round(c.score, 9)) for c in await lex.search("rare common", top_k=5)]
+    assert got == before  # the state the search started from, consistently
+    writer.close()
     await db.aclose()

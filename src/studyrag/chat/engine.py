@@ -333,9 +333,11 @@ class ChatEngine:
                 hint="See the server log; send the message again.",
             )
         finally:
-            if retrieval is not None and not retrieval.done():
-                await _discard(retrieval)
-            stored, conv = await self._shielded(self._save(answer))
+            try:
+                if retrieval is not None:
+                    await _discard(retrieval)
+            finally:
+                stored, conv = await self._shielded(self._save(answer))
         if answer.error is not None:
             err = answer.error.to_dict()
             yield ErrorEvent(
@@ -655,19 +657,12 @@ async def _closing(stream: AsyncIterator[Any]) -> AsyncIterator[None]:
 
 
 async def _discard(task: asyncio.Task[Any]) -> None:
-    """Cancel a task whose result nobody wants any more, and wait until it has stopped."""
-    task.cancel()
-    try:
-        await task
-    except BaseException as exc:  # noqa: BLE001 - its outcome is unwanted, whatever it is
-        if isinstance(exc, asyncio.CancelledError) and _cancelling():
-            raise  # our own caller is being cancelled too: keep that going
-        log.debug("Discarded task ended with %r", exc)
-
-
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    """Stop a task whose result nobody wants any more; wait for it, swallow its outcome."""
+    task.cancel()  # no-op when it is done
+    await asyncio.wait([task])  # raises only if our own task is cancelled meanwhile
+    if not task.cancelled() and task.exception() is not None:
+        # Retrieved here, or asyncio would log "Task exception was never retrieved".
+        log.debug("Discarded task ended with %r", task.exception())
 
 
 def _words(text: str) -> list[str]:

@@ -93,7 +93,10 @@ class Database:
         try:
             conn = self._readers.get_nowait()
         except queue.Empty:
-            conn = sqlite3.connect(self._read_path or "", timeout=30, check_same_thread=False)
+            path = self._read_path or ""
+            conn = sqlite3.connect(
+                path, timeout=30, check_same_thread=False, uri=path.startswith("file:")
+            )
             conn.execute("PRAGMA query_only = ON")
         try:
             result = fn(conn)

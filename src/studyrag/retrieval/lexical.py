@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sqlite3
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,21 @@ class LexicalIndex:
         scores above UB(N), no such row can enter the top k, so only rows with an essential
         term need scoring. The result is exactly the plain OR query's top k.
         """
+        # One snapshot for every statement: the bounds must describe the rows being scored,
+        # even while another connection commits writes (a plain sqlite3 connection would
+        # otherwise give each SELECT its own snapshot).
+        snapshot = isinstance(conn, sqlite3.Connection) and not conn.in_transaction
+        if snapshot:
+            conn.execute("BEGIN")
+        try:
+            return self._sqlite_snapshot(conn, terms, top_k, filters)
+        finally:
+            if snapshot:
+                conn.rollback()
+
+    def _sqlite_snapshot(
+        self, conn: Any, terms: list[str], top_k: int, filters: SearchFilters | None
+    ) -> list[Candidate]:
         plan = self._plan(conn, terms)
         budget = plan.first_budget if plan is not None else 0.0
         for _ in range(2):
