@@ -513,3 +513,59 @@ async def test_concurrent_turns_get_distinct_pairs_of_seqs(cm: ConversationManag
     pairs = sorted((t.user.seq, t.assistant.seq) for t in turns)
     assert pairs == [(2 * i + 1, 2 * i + 2) for i in range(8)]
     assert (await cm.get(conv.id)).message_count == 16
+
+
+async def test_seqs_are_never_reused_after_cleanup_drops_the_newest(
+    cm: ConversationManager,
+) -> None:
+    turn = await cm.start_turn(None, "First question?", history_limit=5)
+    cid = turn.conversation.id
+    assert (turn.user.seq, turn.assistant.seq) == (1, 2)
+    # The unfinished answer is the newest message; cleanup removes it.
+    await cm.cleanup(cid, drop_incomplete=True)
+    page = await cm.list_messages(cid)
+    assert [m.seq for m in page.items] == [1]
+    # A client paging with after_seq=2 must still see what comes next.
+    nxt = await cm.add_message(cid, "user", "Second question?")
+    assert nxt.seq == 3
+    turn2 = await cm.start_turn(cid, "Third?", history_limit=5)
+    assert (turn2.user.seq, turn2.assistant.seq) == (4, 5)
+    after = await cm.list_messages(cid, after_seq=2)
+    assert [m.seq for m in after.items] == [3, 4, 5]
+
+
+async def test_migration_backfills_last_seq_from_existing_messages(tmp_path) -> None:
+    """A database made before 0002 keeps counting from its highest stored seq."""
+    from alembic import command
+    from alembic.config import Config
+
+    from studyrag.db.session import MIGRATIONS_DIR
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+
+    def upgrade_to(revision: str):
+        def run(conn) -> None:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+        return run
+
+    async with db.engine.begin() as conn:
+        await conn.run_sync(upgrade_to("0001"))
+        await conn.exec_driver_sql(
+            "INSERT INTO conversations (id, title, status, metadata, message_count, "
+            "created_at, updated_at) VALUES ('c1', 't', 'active', '{}', 2, "
+            "'2026-01-01', '2026-01-01')"
+        )
+        for seq in (1, 7):
+            await conn.exec_driver_sql(
+                "INSERT INTO messages (id, conversation_id, seq, role, content, sources, "
+                f"metadata, status, created_at) VALUES ('m{seq}', 'c1', {seq}, 'user', 'q', "
+                "'[]', '{}', 'complete', '2026-01-01')"
+            )
+    await db.migrate()
+    cm = ConversationManager(db)
+    assert (await cm.add_message("c1", "user", "next")).seq == 8
+    await db.aclose()

@@ -468,12 +468,11 @@ class ConversationManager:
     ) -> MessagePublic:
         now = utcnow()
         async with self.db.session() as s:
-            title = await _bump(s, conversation_id, 1, now)
-            seq = await _last_seq(s, conversation_id)
+            title, seq = await _bump(s, conversation_id, 1, now)
             row = Message(
                 id=new_id(),
                 conversation_id=conversation_id,
-                seq=seq + 1,
+                seq=seq,
                 role=role,
                 content=content,
                 sources=list(sources),
@@ -528,19 +527,20 @@ class ConversationManager:
                     status="active",
                     meta={},
                     message_count=2,
+                    last_seq=2,
                     created_at=now,
                     updated_at=now,
                     last_message_at=now,
                 )
                 s.add(conv)
             else:
-                title = await _bump(s, conversation_id, 2, now)
+                title, last = await _bump(s, conversation_id, 2, now)
+                seq = last - 2
                 if title == DEFAULT_TITLE:
                     await _set_title(s, conversation_id, derive_title(question))
                 if history_limit > 0:
                     stmt = _history_stmt(conversation_id, history_limit)
                     history = builtins.list((await s.scalars(stmt)).all())
-                seq = await _last_seq(s, conversation_id)
             cid = conv.id if conversation_id is None else conversation_id
             user, answer = (
                 Message(
@@ -870,34 +870,30 @@ async def _retrying(conversation_id: str, attempt_once: Callable[[], Awaitable[T
     raise AssertionError("unreachable")
 
 
-async def _bump(s: AsyncSession, conversation_id: str, added: int, now: datetime) -> str:
-    """Count `added` messages on a live conversation; its title, or ConversationNotFound.
+async def _bump(
+    s: AsyncSession, conversation_id: str, added: int, now: datetime
+) -> tuple[str, int]:
+    """Count `added` messages on a live conversation: its title and its new last seq.
 
-    Writing the conversation row first takes the write lock (SQLite) or the row lock
-    (PostgreSQL) before seq is read, which serialises writers of one conversation; the
-    unique index on (conversation_id, seq) remains the backstop.
+    The seqs last - added + 1 .. last are the caller's. The UPDATE takes the write lock
+    (SQLite) or the row lock (PostgreSQL), which serialises writers of one conversation; the
+    unique index on (conversation_id, seq) remains the backstop. Raises ConversationNotFound.
     """
     bumped = await s.execute(
         update(Conversation)
         .where(Conversation.id == conversation_id, Conversation.status != "deleted")
         .values(
             message_count=Conversation.message_count + added,
+            last_seq=Conversation.last_seq + added,
             last_message_at=now,
             updated_at=now,
         )
-        .returning(Conversation.title)
+        .returning(Conversation.title, Conversation.last_seq)
     )
-    title = bumped.scalar_one_or_none()
-    if title is None:
+    row = bumped.one_or_none()
+    if row is None:
         raise ConversationNotFound(f"No conversation with id {conversation_id!r}.")
-    return str(title)
-
-
-async def _last_seq(s: AsyncSession, conversation_id: str) -> int:
-    last = await s.scalar(
-        select(func.max(Message.seq)).where(Message.conversation_id == conversation_id)
-    )
-    return int(last or 0)
+    return str(row[0]), int(row[1])
 
 
 async def _set_title(s: AsyncSession, conversation_id: str, title: str) -> None:

@@ -86,6 +86,8 @@ class Conversation(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     message_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The highest message seq ever given out (deleted messages' seqs are never reused).
+    last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
