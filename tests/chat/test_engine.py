@@ -73,6 +73,15 @@ def engine(services: Services):
     return services.chat
 
 
+def break_search(chat: Any) -> None:
+    """Every search fails as if the embedding server were down."""
+
+    async def broken_search(*args: Any, **kwargs: Any) -> Any:
+        raise LLMUnavailable("the embedding server is down")
+
+    chat.search.search = broken_search
+
+
 async def test_answer_streams_events_and_stores_both_messages(tmp_path: Path) -> None:
     model = FakeChatModel(ANSWER)
     async with chat_services(tmp_path, model) as services:
@@ -450,10 +459,7 @@ async def test_failed_search_is_stored_as_an_error_answer(tmp_path: Path) -> Non
     async with chat_services(tmp_path, model) as services:
         chat = engine(services)
 
-        async def broken_search(*args: Any, **kwargs: Any) -> Any:
-            raise LLMUnavailable("the embedding server is down")
-
-        chat.search.search = broken_search  # type: ignore[method-assign]
+        break_search(chat)
         events = await collect(chat.stream_message("What absorbs light?"))
         assert [e.type for e in events] == ["start", "error"]
         error = events[-1]
@@ -509,10 +515,7 @@ async def test_search_failure_nobody_waits_for_is_not_left_unretrieved(
     async with chat_services(tmp_path, model) as services:
         chat = engine(services)
 
-        async def broken_search(*args: Any, **kwargs: Any) -> Any:
-            raise LLMUnavailable("the embedding server is down")
-
-        chat.search.search = broken_search  # type: ignore[method-assign]
+        break_search(chat)
         stream = chat.stream_message("What absorbs light?")
         first = await anext(stream)
         await asyncio.sleep(0.05)  # the search fails meanwhile
