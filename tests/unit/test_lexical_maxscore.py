@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from studyrag.db.repo import COMPLETED, DocumentRepo
-from studyrag.db.session import Database
+from studyrag.db.session import Database, fetch_all
 from studyrag.retrieval import lexical
 from studyrag.retrieval.lexical import LexicalIndex, query_terms
 from studyrag.retrieval.types import SearchFilters
@@ -182,20 +182,20 @@ async def test_database_read_path_sees_commits_and_survives_errors(tmp_path: Pat
     repo = DocumentRepo(db)
 
     def count(conn) -> int:
-        return int(lexical._fetch(conn, "SELECT count(*) FROM documents")[0][0])
+        return int(fetch_all(conn, "SELECT count(*) FROM documents")[0][0])
 
     assert await db.read(count) == 0
     await repo.create(filename="a.md", file_type="md", sha256="a", status=COMPLETED)
     assert await db.read(count) == 1  # a pooled reader sees what the async engine committed
 
     def broken(conn) -> int:
-        lexical._fetch(conn, "SELECT nope FROM documents")
+        fetch_all(conn, "SELECT nope FROM documents")
         return 0
 
     with pytest.raises(Exception, match="nope"):
         await db.read(broken)
     with pytest.raises(Exception, match="readonly"):
-        await db.read(lambda conn: lexical._fetch(conn, "DELETE FROM documents"))
+        await db.read(lambda conn: fetch_all(conn, "DELETE FROM documents"))
     assert await db.read(count) == 1
     await db.aclose()
 
@@ -203,7 +203,7 @@ async def test_database_read_path_sees_commits_and_survives_errors(tmp_path: Pat
 async def test_database_read_without_a_file_uses_the_async_engine() -> None:
     db = Database("sqlite+aiosqlite:///:memory:")
     await db.migrate()
-    rows = await db.read(lambda conn: lexical._fetch(conn, "SELECT count(*) FROM chunks"))
+    rows = await db.read(lambda conn: fetch_all(conn, "SELECT count(*) FROM chunks"))
     assert rows == [(0,)]
     await db.aclose()
 

@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from studyrag.db.models import Chunk, Document
-from studyrag.db.session import Database
+from studyrag.db.session import Database, fetch_all
 from studyrag.errors import DocumentNotFound
 
 # Statuses a document passes through; only "completed" documents are searchable.
@@ -253,18 +253,13 @@ class DocumentRepo:
 
 
 def _searchable_sqlite(conn: Any, ids: builtins.list[int]) -> builtins.list[tuple[Any, ...]]:
-    marks = ", ".join("?" * len(ids))
-    cur = conn.cursor()
-    try:
-        cur.execute(
-            "SELECT c.id, c.page, c.section, c.start_char, c.end_char, c.text, d.id, "
-            "d.filename, d.file_type, d.metadata, d.status FROM chunks c "
-            f"JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})",
-            ids,
-        )
-        return [tuple(r) for r in cur.fetchall()]
-    finally:
-        cur.close()
+    return fetch_all(
+        conn,
+        "SELECT c.id, c.page, c.section, c.start_char, c.end_char, c.text, d.id, "
+        "d.filename, d.file_type, d.metadata, d.status FROM chunks c "
+        f"JOIN documents d ON d.id = c.document_id WHERE c.id IN ({', '.join('?' * len(ids))})",
+        ids,
+    )
 
 
 def _meta(value: Any) -> dict[str, Any]:

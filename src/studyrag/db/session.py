@@ -82,7 +82,8 @@ class Database:
         Through the async engine every statement is several thread hops (about 0.5 ms each
         time, more when other threads want the GIL); a search's few statements are instead
         run in one worker thread on a plain sqlite3 connection, in WAL mode beside the
-        writers. `fn` gets a DB-API connection (cursor(), execute with :named parameters).
+        writers, inside one read transaction: every statement of `fn` sees the same snapshot
+        even while other connections commit. `fn` gets a DB-API connection (see fetch_all).
         """
         if self._read_path is None:
             async with self.engine.connect() as conn:
@@ -99,12 +100,12 @@ class Database:
             )
             conn.execute("PRAGMA query_only = ON")
         try:
+            conn.execute("BEGIN")  # a plain connection would give each SELECT its own snapshot
             result = fn(conn)
+            conn.rollback()
         except BaseException:
             conn.close()  # whatever state it is in, it is not reused
             raise
-        if conn.in_transaction:
-            conn.rollback()
         if self._readers.qsize() < _READERS_KEPT:
             self._readers.put(conn)
         else:
@@ -118,6 +119,18 @@ class Database:
             except queue.Empty:
                 break
         await self.engine.dispose()
+
+
+def fetch_all(
+    conn: Any, sql: str, params: dict[str, object] | list[Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """Every row of one statement on a DB-API connection (what Database.read hands out)."""
+    cur = conn.cursor()
+    try:
+        cur.execute(sql, params if params is not None else {})
+        return [tuple(r) for r in cur.fetchall()]
+    finally:
+        cur.close()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

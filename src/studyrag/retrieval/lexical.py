@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
 
-from studyrag.db.session import Database
+from studyrag.db.session import Database, fetch_all
 from studyrag.retrieval.types import Candidate, SearchFilters
 
 # Common English words carry no signal in an OR query and make FTS scan far more rows.
@@ -73,23 +72,9 @@ class LexicalIndex:
         rows at 100k chunks). A row that contains only "non-essential" terms N scores at
         most UB(N) = Σ idf·(k1+1); once the k-th best row containing an essential term
         scores above UB(N), no such row can enter the top k, so only rows with an essential
-        term need scoring. The result is exactly the plain OR query's top k.
+        term need scoring. The result is exactly the plain OR query's top k, provided every
+        statement reads one snapshot (Database.read runs them in one read transaction).
         """
-        # One snapshot for every statement: the bounds must describe the rows being scored,
-        # even while another connection commits writes (a plain sqlite3 connection would
-        # otherwise give each SELECT its own snapshot).
-        snapshot = isinstance(conn, sqlite3.Connection) and not conn.in_transaction
-        if snapshot:
-            conn.execute("BEGIN")
-        try:
-            return self._sqlite_snapshot(conn, terms, top_k, filters)
-        finally:
-            if snapshot:
-                conn.rollback()
-
-    def _sqlite_snapshot(
-        self, conn: Any, terms: list[str], top_k: int, filters: SearchFilters | None
-    ) -> list[Candidate]:
         plan = self._plan(conn, terms)
         budget = plan.first_budget if plan is not None else 0.0
         for _ in range(2):
@@ -115,7 +100,7 @@ class LexicalIndex:
     ) -> list[tuple[Any, ...]]:
         sql, params = _scored_select(match, filters, "")
         params["k"] = top_k
-        return _fetch(conn, sql + " ORDER BY s LIMIT :k", params)
+        return fetch_all(conn, sql + " ORDER BY s LIMIT :k", params)
 
     def _split_query(
         self,
@@ -131,7 +116,7 @@ class LexicalIndex:
         both, both_params = _scored_select(f"({_any(rare)}) AND ({_any(frequent)})", filters, "a")
         only, only_params = _scored_select(f"({_any(rare)}) NOT ({_any(frequent)})", filters, "b")
         sql = f"SELECT id, s FROM ({both} UNION ALL {only}) ORDER BY s LIMIT :k"
-        return _fetch(conn, sql, {**both_params, **only_params, "k": top_k})
+        return fetch_all(conn, sql, {**both_params, **only_params, "k": top_k})
 
     def _plan(self, conn: Any, terms: list[str]) -> _Plan | None:
         """Document frequencies of the terms, cached until the FTS index changes."""
@@ -139,7 +124,7 @@ class LexicalIndex:
             return None
         # FTS5's averages record (id 1) starts with the row count; its structure record
         # (id 10) changes with every committed write, so it versions the cached counts.
-        records = dict(_fetch(conn, "SELECT id, block FROM chunks_fts_data WHERE id IN (1, 10)"))
+        records = dict(fetch_all(conn, "SELECT id, block FROM chunks_fts_data WHERE id IN (1, 10)"))
         rows = _varint(records.get(1))
         if rows is None or rows < _SPLIT_MIN_ROWS:
             return None  # small index: scoring every match is cheaper than planning
@@ -154,7 +139,7 @@ class LexicalIndex:
                 for i in range(len(missing))
             )
             params: dict[str, object] = {f"t{i}": _phrase(t) for i, t in enumerate(missing)}
-            counted = {missing[int(i)]: int(n) for i, n in _fetch(conn, sql, params)}
+            counted = {missing[int(i)]: int(n) for i, n in fetch_all(conn, sql, params)}
             df.update(counted)
             with self._lock:
                 if records.get(10) == self._version:
@@ -249,15 +234,6 @@ class _Plan:
 
     def bound(self, terms: list[str]) -> float:
         return sum(self.bounds[t] for t in terms)
-
-
-def _fetch(conn: Any, sql: str, params: dict[str, object] | None = None) -> list[tuple[Any, ...]]:
-    cur = conn.cursor()
-    try:
-        cur.execute(sql, params or {})
-        return [tuple(r) for r in cur.fetchall()]
-    finally:
-        cur.close()
 
 
 def _candidates(rows: list[tuple[Any, ...]]) -> list[Candidate]:
