@@ -21,7 +21,16 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> FastAPI:
     """The ASGI app; nothing is built until the lifespan starts."""
     from studyrag.api import sse, ws
-    from studyrag.api.routes import chat, documents, health, search
+    from studyrag.api.routes import (
+        chat,
+        chunks,
+        documents,
+        health,
+        jobs,
+        notebook_ws,
+        notebooks,
+        search,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -30,7 +39,9 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
 
         cfg = settings or load_settings()
         async with AsyncExitStack() as stack:
-            services = await stack.enter_async_context(open_services(cfg, with_chat=with_chat))
+            services = await stack.enter_async_context(
+                open_services(cfg, with_chat=with_chat, with_jobs=True)
+            )
             app.state.services = services
             await services.embedder.start()
             # Entered after the services, so it closes first: sockets (1001), then answers.
@@ -44,7 +55,11 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(notebooks.router)
     app.include_router(documents.router)
+    app.include_router(chunks.router)
+    app.include_router(jobs.router)
+    app.include_router(notebook_ws.router)
     app.include_router(search.router)
     app.include_router(chat.router)
     app.include_router(sse.router)

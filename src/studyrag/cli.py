@@ -132,8 +132,9 @@ def ingest(
             return []
         results = []
         if as_json:
+            nb = await services.notebooks.default_id()
             for f in files:
-                r = await services.pipeline.ingest_file(f)
+                r = await services.pipeline.ingest_file(f, notebook_id=nb)
                 _emit(_ingest_json(r))
                 results.append(r)
             return results
@@ -148,13 +149,11 @@ def ingest(
             task = bar.add_task("ingesting", total=len(files), stage="")
 
             def on_progress(step: Step) -> None:
-                detail = f"{step.filename}: {step.stage}"
-                if step.stage == "embed" and step.total:
-                    detail += f" {step.done}/{step.total} chunks"
-                bar.update(task, stage=detail)
+                bar.update(task, stage=f"{step.filename}: {step.step} {step.percent:.0f}%")
 
+            nb = await services.notebooks.default_id()
             for f in files:
-                r = await services.pipeline.ingest_file(f, progress=on_progress)
+                r = await services.pipeline.ingest_file(f, notebook_id=nb, progress=on_progress)
                 results.append(r)
                 bar.advance(task)
                 _print_ingest(r)
@@ -288,9 +287,9 @@ def documents_list(
 
 
 def _doc_json(d: Any) -> dict[str, Any]:
-    from studyrag.api.routes.documents import document_public
+    from studyrag.schemas.documents import DocumentPublic
 
-    out = document_public(d)
+    out = DocumentPublic.from_row(d).model_dump(mode="json")
     out["document_id"] = out.pop("id")
     out["chunks"] = out["chunk_count"]
     return out
@@ -355,7 +354,7 @@ def documents_delete(
 
 
 async def _delete_each(
-    ids: list[str], delete: Callable[[str], Awaitable[None]], key: str, as_json: bool
+    ids: list[str], delete: Callable[[str], Awaitable[Any]], key: str, as_json: bool
 ) -> None:
     for item in ids:
         await delete(item)

@@ -52,6 +52,8 @@ class IngestSettings(BaseModel):
     chunk_size: int = Field(default=512, ge=16)
     chunk_overlap: int = Field(default=64, ge=0)
     loader: Literal["builtin", "docling"] = "builtin"
+    # Upload jobs run at once in the background (each embeds in batches).
+    job_workers: int = Field(default=2, ge=1, le=16)
 
     @property
     def max_file_size_bytes(self) -> int:

@@ -209,3 +209,82 @@ class RateLimited(StudyRAGError):
 class TooManyConnections(StudyRAGError):
     error_code = "RATE_002"
     status_code = 429
+
+
+# --- notebooks, originals and jobs -------------------------------------------------------
+class NotebookError(StudyRAGError):
+    error_code = "NB_000"
+    status_code = 400
+
+
+class NotebookNotFound(NotebookError):
+    error_code = "NB_001"
+    status_code = 404
+    default_hint = "List notebooks with `studyrag notebooks list` or GET /api/notebooks."
+
+
+class NotebookExists(NotebookError):
+    error_code = "NB_002"
+    status_code = 409
+    default_hint = "Choose another name, or rename the existing notebook first."
+
+
+class InvalidNotebook(NotebookError):
+    error_code = "NB_003"
+    status_code = 422
+
+
+class NotebookBusy(NotebookError):
+    error_code = "NB_004"
+    status_code = 409
+
+
+class InvalidSpan(DocumentError):
+    """Offsets that do not lie inside the document's text."""
+
+    error_code = "DOC_009"
+    status_code = 422
+    default_hint = "Give 0 <= start < end <= the document's text length (see GET /api/chunks/{id})."
+
+
+class ChunkNotFound(DocumentError):
+    error_code = "DOC_012"
+    status_code = 404
+    default_hint = "Chunk ids come from search results and answer sources."
+
+
+class RangeNotSatisfiable(DocumentError):
+    error_code = "DOC_010"
+    status_code = 416
+
+
+class OriginalMissing(DocumentError):
+    """The original file is not kept (ingested before originals were kept, or removed)."""
+
+    error_code = "DOC_011"
+    status_code = 404
+    default_hint = "Upload the file again to keep its original and view its pages."
+
+
+class JobError(StudyRAGError):
+    error_code = "JOB_000"
+    status_code = 400
+
+
+class JobNotFound(JobError):
+    error_code = "JOB_001"
+    status_code = 404
+
+
+class JobConflict(JobError):
+    """The job or document is in a state that does not allow this (e.g. retry a completed)."""
+
+    error_code = "JOB_002"
+    status_code = 409
+
+
+class Cancelled(StudyRAGError):
+    """An ingestion stopped at a step boundary because it was cancelled."""
+
+    error_code = "JOB_003"
+    status_code = 409

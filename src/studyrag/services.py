@@ -8,13 +8,21 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from studyrag.backends.broker.base import Broker
 from studyrag.backends.embeddings.base import Embedder
-from studyrag.backends.registry import build_embedder, build_vector_store
+from studyrag.backends.registry import build_broker, build_embedder, build_vector_store
 from studyrag.backends.vectors.base import VectorStore
 from studyrag.config import Settings
-from studyrag.db.repo import DocumentRepo
+from studyrag.db.jobs import JobRepo
+from studyrag.db.notebooks import NotebookRepo
+from studyrag.db.repo import COMPLETED, DocumentRepo
 from studyrag.db.session import Database
-from studyrag.ingest.pipeline import IngestionPipeline
+from studyrag.ingest.originals import OriginalStore
+from studyrag.ingest.pipeline import IngestionPipeline, vector_metadata
+from studyrag.jobs.events import EventPublisher
+from studyrag.jobs.inprocess import InProcessJobRunner
+from studyrag.jobs.service import JobService
+from studyrag.notebooks.service import NotebookService
 from studyrag.retrieval.lexical import LexicalIndex
 from studyrag.retrieval.search import SearchService
 from studyrag.retrieval.semantic import SemanticIndex
@@ -37,6 +45,10 @@ class Services:
     pipeline: IngestionPipeline
     search: SearchService
     conversations: ConversationManager
+    notebooks: NotebookService
+    jobs: JobService
+    broker: Broker
+    originals: OriginalStore
     chat_model: ChatModel | None = None
     chat: ChatEngine | None = None
 
@@ -46,10 +58,15 @@ async def open_services(
     settings: Settings,
     *,
     with_chat: bool = False,
+    with_jobs: bool = False,
     chat_model: ChatModel | None = None,
     embedder: Embedder | None = None,
 ) -> AsyncIterator[Services]:
-    """Open the database (migrated and reconciled), the embedder, the vectors, maybe the LLM."""
+    """Open the database (migrated and reconciled), the embedder, the vectors, maybe the LLM.
+
+    `with_jobs` starts the background job runner and resumes what a stop left unfinished
+    (the server does; a CLI command runs its own work in the foreground).
+    """
     from studyrag.chat.conversations import ConversationManager
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -58,15 +75,38 @@ async def open_services(
         stack.push_async_callback(db.aclose)
         await db.migrate()
         repo = DocumentRepo(db)
+        notebook_repo = NotebookRepo(db)
+        notebooks = NotebookService(notebook_repo)
+        await notebooks.default()
+        originals = OriginalStore(settings.data_dir / "files")
         embedder = embedder or build_embedder(settings)
         stack.push_async_callback(embedder.aclose)
         # The collection is named after the model, which the vectors need before loading.
         vectors = build_vector_store(settings, model_name=embedder.model_name)
         await stack.enter_async_context(vectors)
         pipeline = IngestionPipeline(
-            repo=repo, embedder=embedder, vectors=vectors, settings=settings.ingest
+            repo=repo,
+            embedder=embedder,
+            vectors=vectors,
+            settings=settings.ingest,
+            originals=originals,
+            default_notebook=notebooks.default_id,
         )
         await pipeline.reconcile()
+        await _tag_old_vectors(notebook_repo, repo, vectors)
+        broker = await stack.enter_async_context(build_broker(settings))
+        events = EventPublisher(broker)
+        await events.start()
+        stack.push_async_callback(events.aclose)
+        runner = InProcessJobRunner(workers=settings.ingest.job_workers)
+        jobs = JobService(
+            pipeline=pipeline,
+            documents=repo,
+            jobs=JobRepo(db),
+            notebooks=notebook_repo,
+            runner=runner,
+            events=events,
+        )
         search = SearchService(
             repo=repo,
             lexical=LexicalIndex(db),
@@ -82,6 +122,10 @@ async def open_services(
             pipeline=pipeline,
             search=search,
             conversations=ConversationManager(db),
+            notebooks=notebooks,
+            jobs=jobs,
+            broker=broker,
+            originals=originals,
         )
         if with_chat:
             from studyrag.backends.registry import build_chat_model
@@ -99,4 +143,28 @@ async def open_services(
             # Cancelled answers finish their final write in the background: wait for it
             # before the database closes (callbacks run last-in, first-out).
             stack.push_async_callback(services.chat.drain)
+        if with_jobs:
+            # Closed before the stores: running jobs stop at once and are resumed next time.
+            await stack.enter_async_context(runner)
+            await jobs.start()
+            await jobs.resume_deletions()
         yield services
+
+
+async def _tag_old_vectors(
+    notebooks: NotebookRepo, documents: DocumentRepo, vectors: VectorStore
+) -> None:
+    """Vectors stored before notebooks existed get their notebook id (once, after 0003)."""
+    notebook_id = await notebooks.state("vectors_untagged")
+    if not notebook_id:
+        return
+    ids = await documents.all_ids(status=COMPLETED)
+    for document_id in ids:
+        doc = await documents.get(document_id)
+        chunks = await documents.chunks_for(document_id)
+        await vectors.update_metadata(
+            [str(c.id) for c in chunks],
+            [vector_metadata(doc.id, doc.notebook_id, doc.file_type, c.index) for c in chunks],
+        )
+    await notebooks.clear_state("vectors_untagged")
+    log.info("tagged the vectors of %d document(s) with their notebook", len(ids))

@@ -78,7 +78,9 @@ def test_upload_list_show_search_delete(client: httpx.Client, tmp_path: Path) ->
     assert all(r["filename"] != "biology.pdf" for r in after["results"])
 
 
-def test_bad_uploads_get_clear_errors_and_are_recorded(client: httpx.Client) -> None:
+def test_bad_uploads_get_clear_errors_and_only_stored_ones_are_recorded(
+    client: httpx.Client,
+) -> None:
     unsupported = client.post("/api/documents", files={"file": ("slides.pptx", b"PK\x03\x04")})
     body = assert_error(unsupported, 415, "DOC_001")
     assert ".pdf" in body["details"]["hint"]
@@ -88,7 +90,10 @@ def test_bad_uploads_get_clear_errors_and_are_recorded(client: httpx.Client) -> 
     body = assert_error(big, 413, "DOC_002")
     assert "STUDYRAG_INGEST__MAX_FILE_SIZE_MB" in body["details"]["hint"]
     failed = client.get("/api/documents", params={"status": "failed"}).json()["items"]
-    assert {"slides.pptx", "empty.txt"} <= {d["filename"] for d in failed}
+    assert "empty.txt" in {d["filename"] for d in failed}
+    # Refused before a byte was stored: no document, no original.
+    listed = client.get("/api/documents", params={"limit": 500}).json()["items"]
+    assert not {"slides.pptx", "big.md"} & {d["filename"] for d in listed}
 
 
 def test_search_errors(client: httpx.Client) -> None:

@@ -150,3 +150,15 @@ async def test_unreachable_server_is_a_clear_error() -> None:
         await store.start()
     assert info.value.error_code == "SEARCH_003"
     assert "127.0.0.1" in info.value.message
+
+
+async def test_update_metadata_retags_in_place_and_ignores_unknown_ids(store: VectorStore) -> None:
+    """The notebook backfill retags old vectors; filters then see the new metadata."""
+    await store.upsert(["1", "2"], [_vec(1, 0), _vec(0, 1)], [{"document_id": "a"}] * 2)
+    await store.update_metadata(
+        ["1", "9"], [{"document_id": "a", "notebook_id": "n1"}, {"document_id": "z"}]
+    )
+    assert await store.get_ids(where={"notebook_id": "n1"}) == ["1"]
+    hits = await store.query(_vec(1, 0), top_k=1, where={"notebook_id": "n1"})
+    assert [h.id for h in hits] == ["1"] and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert await store.count() == 2

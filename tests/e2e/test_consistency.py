@@ -12,7 +12,7 @@ from sqlalchemy import update
 from studyrag.backends.embeddings.sentence_transformers import SentenceTransformersEmbedder
 from studyrag.config import EmbeddingsSettings, Settings, VectorSettings
 from studyrag.db.models import Document
-from studyrag.db.repo import COMPLETED, DELETING, FAILED, PROCESSING
+from studyrag.db.repo import COMPLETED, DELETING, FAILED, PROCESSING, QUEUED
 from studyrag.errors import DocumentBusy
 from studyrag.ingest.ownership import owner_gone, process_owner
 from studyrag.services import Services, open_services
@@ -45,12 +45,19 @@ async def test_reconcile_repairs_only_rows_whose_owner_is_gone(tmp_path: Path) -
         pdf = await services.documents.get(ids["biology.pdf"])
         assert pdf.status == PROCESSING
         assert await counts(services, pdf.id) == (pdf.chunk_count,) * 3
+        # Its original is kept: back in the queue with nothing half-indexed left.
         md = await services.documents.get(ids["history.md"])
-        assert (md.status, md.error_code) == (FAILED, "DOC_005")
+        assert (md.status, md.step, md.error_code) == (QUEUED, "queued", None)
         assert await counts(services, md.id) == (0, 0, 0)
         assert await counts(services, ids["chemistry.txt"]) == (0, 0, 0)
         docs, _ = await services.documents.list()
         assert ids["chemistry.txt"] not in {d.id for d in docs}
+        # Without its original a crashed ingestion cannot resume: it fails, saying so.
+        await _set(services, md.id, status=PROCESSING, owner=f"{host}:999999999:1")
+        services.originals.path(md.sha256).unlink()
+    async with open_services(settings) as services:
+        md = await services.documents.get(ids["history.md"])
+        assert (md.status, md.error_code) == (FAILED, "DOC_005")
     assert not owner_gone(process_owner(), None)
     assert owner_gone("elsewhere:1:1", old)
     assert not owner_gone("elsewhere:1:1", datetime.now(UTC))

@@ -169,7 +169,7 @@ async def test_reindex_recomputes_embeddings(services: Services, tmp_path: Path)
     assert top.page == 2
 
 
-async def test_bad_inputs_are_recorded_and_the_rest_ingests(tmp_path: Path) -> None:
+async def test_bad_inputs_are_refused_or_recorded_and_the_rest_ingests(tmp_path: Path) -> None:
     folder = write_corpus(tmp_path / "notes")
     (folder / "slides.pptx").write_bytes(b"PK\x03\x04 not supported")
     (folder / "empty.txt").write_bytes(b"")
@@ -194,8 +194,13 @@ async def test_bad_inputs_are_recorded_and_the_rest_ingests(tmp_path: Path) -> N
             "broken.docx": "DOC_003",
             "huge.md": "DOC_002",
         }
+        # Refused before they were stored (type, size): reported, never kept as documents.
+        for name in ("slides.pptx", "huge.md"):
+            assert results[name].status == "rejected" and results[name].document_id is None
+        listed, _ = await services.documents.list()
+        assert not {"slides.pptx", "huge.md"} & {d.filename for d in listed}
         for name, r in results.items():
-            if r.error_code:
+            if r.error_code and r.status != "rejected":
                 assert r.status == "failed" and r.error and len(r.error) > 10, name
                 doc = await services.documents.get(r.document_id or "")
                 assert (doc.status, doc.error_code) == ("failed", r.error_code)

@@ -62,6 +62,14 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+def _is_upload(scope: Scope) -> bool:
+    """File uploads have their own, file-sized limit (checked while the bytes are stored)."""
+    path: str = scope["path"]
+    return path.startswith("/api/documents") or (
+        path.startswith("/api/notebooks/") and path.rstrip("/").endswith("/documents")
+    )
+
+
 class BodyLimitMiddleware:
     """Pure ASGI: a JSON API body over the limit is refused with 413 before anything parses it.
 
@@ -77,7 +85,7 @@ class BodyLimitMiddleware:
         if (
             scope["type"] != "http"
             or scope["method"] not in ("POST", "PUT", "PATCH")
-            or scope["path"].startswith("/api/documents")
+            or _is_upload(scope)
         ):
             await self.app(scope, receive, send)
             return

@@ -17,7 +17,6 @@ from studyrag.api.generations import GenerationHub
 from studyrag.api.ratelimit import RateLimiter
 from studyrag.api.ws import WebSocketManager
 from studyrag.backends.broker.base import Broker
-from studyrag.backends.registry import build_broker
 from studyrag.errors import StudyRAGError
 from studyrag.services import Services
 
@@ -35,7 +34,7 @@ async def open_chat_runtime(services: Services) -> AsyncIterator[ChatRuntime]:
     """Start the broker, the hub and the manager; on exit close sockets (1001), then answers."""
     settings = services.settings
     async with AsyncExitStack() as stack:
-        broker = await stack.enter_async_context(build_broker(settings))
+        broker = services.broker
         hub = GenerationHub(chat=services.chat, conversations=services.conversations, broker=broker)
         stack.push_async_callback(hub.aclose)
         await hub.start()

@@ -1,4 +1,4 @@
-"""SQL tables: documents, chunks, conversations, messages (FTS lives in migrations)."""
+"""SQL tables: notebooks, documents, chunks, jobs, conversations, messages (FTS in migrations)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
 
@@ -22,17 +22,48 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
-class Document(Base):
-    __tablename__ = "documents"
+class Notebook(Base):
+    """One course or project: it owns documents and conversations."""
+
+    __tablename__ = "notebooks"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    # Case-folded name: names are unique per server, whatever their case.
+    name_key: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    # active | deleting
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    __table_args__ = (
+        Index("ix_documents_notebook_sha", "notebook_id", "sha256"),
+        Index("ix_documents_notebook_filename", "notebook_id", "filename"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    notebook_id: Mapped[str] = mapped_column(String(32), index=True)
+    # The upload or reindex job that is working on it, if any.
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     filename: Mapped[str] = mapped_column(String(512))
     source_path: Mapped[str] = mapped_column(Text, default="")
     file_type: Mapped[str] = mapped_column(String(16))
     size: Mapped[int] = mapped_column(Integer, default=0)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    # pending -> processing -> completed | failed
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    # queued -> processing -> completed | failed | cancelled; deleting while removed
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    # What an ingestion is doing now: queued, extracting, chunking, embedding, storing,
+    # completed, failed, cancelled; with a percentage for progress bars.
+    step: Mapped[str] = mapped_column(String(16), default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
     error_code: Mapped[str | None] = mapped_column(String(16), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -76,11 +107,43 @@ class Chunk(Base):
     document: Mapped[Document] = relationship(back_populates="chunks")
 
 
-class Conversation(Base):
-    __tablename__ = "conversations"
-    __table_args__ = (Index("ix_conversations_status_updated", "status", "updated_at"),)
+class Job(Base):
+    """Background work on a notebook: ingest uploads, reindex, delete the notebook."""
+
+    __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    notebook_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # ingest | reindex | delete_notebook
+    # queued | running | completed | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AppState(Base):
+    """Small facts about the data itself (e.g. an upgrade step still to do)."""
+
+    __tablename__ = "app_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, default="")
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    __table_args__ = (
+        Index("ix_conversations_status_updated", "status", "updated_at"),
+        Index("ix_conversations_notebook", "notebook_id", "status", "updated_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    notebook_id: Mapped[str] = mapped_column(String(32))
     title: Mapped[str] = mapped_column(String(200), default="New conversation")
     # active | archived | deleted
     status: Mapped[str] = mapped_column(String(16), default="active")

@@ -17,11 +17,12 @@ from studyrag.db.session import Database, fetch_all
 from studyrag.errors import DocumentNotFound
 
 # Statuses a document passes through; only "completed" documents are searchable.
-PENDING, PROCESSING, COMPLETED, FAILED, DELETING = (
-    "pending",
+QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED, DELETING = (
+    "queued",
     "processing",
     "completed",
     "failed",
+    "cancelled",
     "deleting",
 )
 
@@ -46,6 +47,7 @@ class DocumentView:
     filename: str
     file_type: str
     meta: dict[str, Any]
+    notebook_id: str = ""
 
 
 class DocumentRepo:
@@ -76,11 +78,19 @@ class DocumentRepo:
         return value or ""
 
     async def list(
-        self, *, status: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        notebook_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> tuple[builtins.list[Document], int]:
         """Documents newest first, with the total count."""
         stmt = select(Document).where(Document.status != DELETING)
         count = select(func.count()).select_from(Document).where(Document.status != DELETING)
+        if notebook_id is not None:
+            stmt = stmt.where(Document.notebook_id == notebook_id)
+            count = count.where(Document.notebook_id == notebook_id)
         if status:
             stmt = stmt.where(Document.status == status)
             count = count.where(Document.status == status)
@@ -90,31 +100,114 @@ class DocumentRepo:
             total = int(await s.scalar(count) or 0)
         return docs, total
 
-    async def all_ids(self, *, status: str | None = None) -> builtins.list[str]:
+    async def all_ids(
+        self, *, status: str | None = None, notebook_id: str | None = None
+    ) -> builtins.list[str]:
         stmt = select(Document.id)
         if status:
             stmt = stmt.where(Document.status == status)
+        if notebook_id is not None:
+            stmt = stmt.where(Document.notebook_id == notebook_id)
         async with self.db.session() as s:
             return builtins.list((await s.scalars(stmt)).all())
 
-    async def find_by_sha(self, sha256: str) -> Document | None:
-        """A document with these bytes that is ingested or being ingested, if any."""
+    async def find_by_sha(self, sha256: str, *, notebook_id: str) -> Document | None:
+        """A document of the notebook with these bytes, ingested or on its way, if any."""
         async with self.db.session() as s:
             return await s.scalar(
                 select(Document)
-                .where(Document.sha256 == sha256, Document.status.in_((COMPLETED, PROCESSING)))
+                .where(
+                    Document.notebook_id == notebook_id,
+                    Document.sha256 == sha256,
+                    Document.status.in_((COMPLETED, PROCESSING, QUEUED)),
+                )
                 .order_by(Document.status)  # "completed" first
                 .limit(1)
             )
 
-    async def drop_failed(self, *, source_path: str, sha256: str) -> None:
-        """Forget earlier failed attempts of this file, so a retry leaves one record."""
+    async def drop_failed(
+        self, *, notebook_id: str, filename: str, sha256: str
+    ) -> builtins.list[str]:
+        """Forget earlier failed or cancelled attempts of this file (so a retry leaves one
+        record); returns their sha256s, whose originals may now be unused."""
+        where = (
+            Document.notebook_id == notebook_id,
+            Document.status.in_((FAILED, CANCELLED)),
+            (Document.filename == filename) | (Document.sha256 == sha256),
+        )
+        async with self.db.session() as s:
+            shas = builtins.list((await s.scalars(select(Document.sha256).where(*where))).all())
+            await s.execute(delete(Document).where(*where))
+        return shas
+
+    async def claim(self, document_id: str, *, owner: str) -> Document | None:
+        """Take a queued document for processing; None when it is no longer queued."""
+        now = datetime.now(UTC)
+        async with self.db.session() as s:
+            result = await s.execute(
+                update(Document)
+                .where(Document.id == document_id, Document.status == QUEUED)
+                .values(
+                    status=PROCESSING, step="extracting", progress=2.0, owner=owner, updated_at=now
+                )
+            )
+            if not getattr(result, "rowcount", 0):
+                return None
+            return await s.get(Document, document_id)
+
+    async def set_step(self, document_ids: builtins.list[str], step: str, progress: float) -> None:
+        """Record the step of documents being processed (one statement for a batch)."""
+        if not document_ids:
+            return
         async with self.db.session() as s:
             await s.execute(
-                delete(Document).where(
-                    Document.status == FAILED,
-                    (Document.source_path == source_path) | (Document.sha256 == sha256),
+                update(Document)
+                .where(Document.id.in_(document_ids), Document.status == PROCESSING)
+                .values(step=step, progress=progress, updated_at=datetime.now(UTC))
+            )
+
+    async def assign_job(self, document_ids: builtins.list[str], job_id: str) -> None:
+        async with self.db.session() as s:
+            await s.execute(
+                update(Document).where(Document.id.in_(document_ids)).values(job_id=job_id)
+            )
+
+    async def same_name(
+        self, notebook_id: str, filename: str, exclude_id: str
+    ) -> builtins.list[Document]:
+        """Other finished versions of a file name in a notebook (a new upload replaces them)."""
+        async with self.db.session() as s:
+            return builtins.list(
+                (
+                    await s.scalars(
+                        select(Document).where(
+                            Document.notebook_id == notebook_id,
+                            Document.filename == filename,
+                            Document.id != exclude_id,
+                            Document.status.in_((COMPLETED, FAILED, CANCELLED)),
+                        )
+                    )
+                ).all()
+            )
+
+    async def sha_in_use(self, sha256: str) -> bool:
+        """Whether any document (in any notebook) still refers to these bytes."""
+        async with self.db.session() as s:
+            found = await s.scalar(select(Document.id).where(Document.sha256 == sha256).limit(1))
+        return found is not None
+
+    async def notebooks_holding_documents(self) -> builtins.list[str]:
+        """Up to two notebook ids that hold any document (search needs "is it only one?")."""
+        if self.db.is_sqlite:
+            rows = await self.db.read(
+                lambda conn: fetch_all(
+                    conn, "SELECT DISTINCT notebook_id FROM documents LIMIT 2", []
                 )
+            )
+            return [r[0] for r in rows]
+        async with self.db.session() as s:
+            return builtins.list(
+                (await s.scalars(select(Document.notebook_id).distinct().limit(2))).all()
             )
 
     async def set_status(
@@ -211,9 +304,10 @@ class DocumentRepo:
             )
 
     async def searchable_chunks(
-        self, ids: Iterable[int]
+        self, ids: Iterable[int], *, notebook_id: str | None = None
     ) -> dict[int, tuple[ChunkView, DocumentView]]:
-        """Chunks by id whose document is completed (others are not searchable yet)."""
+        """Chunks by id whose document is completed (others are not searchable yet), and in
+        `notebook_id` when given (the last word on scope, whatever the indexes returned)."""
         id_list = builtins.list(ids)
         if not id_list:
             return {}
@@ -228,7 +322,7 @@ class DocumentRepo:
                 select(
                     Chunk.id, Chunk.page, Chunk.section, Chunk.start_char, Chunk.end_char,
                     Chunk.text, Document.id, Document.filename, Document.file_type,
-                    Document.meta, Document.status,
+                    Document.meta, Document.status, Document.notebook_id,
                 )
                 .join(Document, Document.id == Chunk.document_id)
                 .where(Chunk.id.in_(id_list))
@@ -236,10 +330,33 @@ class DocumentRepo:
             async with self.db.engine.connect() as conn:
                 rows = [tuple(r) for r in (await conn.execute(stmt)).all()]
         return {
-            r[0]: (ChunkView(*r[:6]), DocumentView(r[6], r[7], r[8], _meta(r[9])))
+            r[0]: (ChunkView(*r[:6]), DocumentView(r[6], r[7], r[8], _meta(r[9]), r[11]))
             for r in rows
-            if r[10] == COMPLETED
+            if r[10] == COMPLETED and (notebook_id is None or r[11] == notebook_id)
         }
+
+    async def chunk_with_neighbours(
+        self, chunk_id: int
+    ) -> tuple[Chunk, Document, int | None, int | None]:
+        """A chunk, its document, and the ids of the chunks before and after it."""
+        async with self.db.session() as s:
+            chunk = await s.get(Chunk, chunk_id)
+            doc = await s.get(Document, chunk.document_id) if chunk is not None else None
+            if chunk is None or doc is None or doc.status == DELETING:
+                from studyrag.errors import ChunkNotFound
+
+                raise ChunkNotFound(f"No chunk with id {chunk_id}.")
+            prev_id = await s.scalar(
+                select(Chunk.id).where(
+                    Chunk.document_id == chunk.document_id, Chunk.index == chunk.index - 1
+                )
+            )
+            next_id = await s.scalar(
+                select(Chunk.id).where(
+                    Chunk.document_id == chunk.document_id, Chunk.index == chunk.index + 1
+                )
+            )
+        return chunk, doc, prev_id, next_id
 
     async def stats(self) -> dict[str, Any]:
         async with self.db.session() as s:
@@ -256,7 +373,7 @@ def _searchable_sqlite(conn: Any, ids: builtins.list[int]) -> builtins.list[tupl
     return fetch_all(
         conn,
         "SELECT c.id, c.page, c.section, c.start_char, c.end_char, c.text, d.id, "
-        "d.filename, d.file_type, d.metadata, d.status FROM chunks c "
+        "d.filename, d.file_type, d.metadata, d.status, d.notebook_id FROM chunks c "
         f"JOIN documents d ON d.id = c.document_id WHERE c.id IN ({', '.join('?' * len(ids))})",
         ids,
     )

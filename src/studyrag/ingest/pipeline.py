@@ -1,18 +1,21 @@
-"""Ingestion: validate → extract → chunk → embed → store, with dedupe, timings and recovery.
+"""Ingestion: validate → keep the original → extract → chunk → embed → store, with steps.
 
-A document is searchable only once its status is "completed", which is set after its chunks
-are in SQL, in the full-text index and in the vector store. Anything left "pending",
-"processing" or "deleting" by a crash is cleaned up by reconcile() at the next start.
+A document is first *registered*: validated, its original kept in the OriginalStore, a row
+written as "queued" in its notebook. Processing then claims queued rows and walks them
+through the steps extracting, chunking, embedding, storing, reporting progress, checking for
+cancellation at every step boundary. A document is searchable only once its status is
+"completed", which is set after its chunks are in SQL, in the full-text index and in the
+vector store. Anything a crash left half-done is repaired by reconcile() at the next start:
+documents whose original is kept go back to "queued", so an interrupted upload finishes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +25,18 @@ import anyio
 from studyrag.backends.embeddings.base import Embedder
 from studyrag.backends.vectors.base import VectorStore
 from studyrag.config import IngestSettings
+from studyrag.db.models import Document
 from studyrag.db.repo import (
+    CANCELLED,
     COMPLETED,
     DELETING,
     FAILED,
-    PENDING,
     PROCESSING,
+    QUEUED,
     DocumentRepo,
 )
 from studyrag.errors import (
+    Cancelled,
     DocumentBusy,
     DocumentError,
     ExtractionFailed,
@@ -42,26 +48,76 @@ from studyrag.errors import (
 from studyrag.ingest.chunking import ChunkDraft, chunk_document
 from studyrag.ingest.loaders import SUPPORTED_SUFFIXES, get_loader
 from studyrag.ingest.loaders.base import ExtractedDocument
+from studyrag.ingest.originals import OriginalStore
 from studyrag.ingest.ownership import owner_gone, process_owner
 
 log = logging.getLogger(__name__)
 
 # Parsing is CPU work; two at once is what two cores can take.
 _EXTRACT_LIMITER = anyio.CapacityLimiter(2)
+# Chunks embedded together: many small notes share one model call.
 EMBED_BATCH = 256
+# Chunks per embedder call inside a batch: progress advances in steps this size.
+_EMBED_STEP = 64
+
+# Steps a document passes through, with the share of the work done when each starts.
+STEP_PERCENT = {
+    "queued": 0.0,
+    "extracting": 2.0,
+    "chunking": 10.0,
+    "embedding": 15.0,
+    "storing": 90.0,
+    "completed": 100.0,
+}
+_EMBED_SPAN = STEP_PERCENT["storing"] - STEP_PERCENT["embedding"]
 
 
 @dataclass(slots=True)
 class Progress:
-    """One progress report: a stage of one file, `done` of `total` units."""
+    """One progress report of one document: its step and how far it is, in percent."""
 
     filename: str
-    stage: str  # extract | chunk | embed | store | done | failed | duplicate
-    done: int = 0
-    total: int = 0
+    # queued | extracting | chunking | embedding | storing | completed | failed | cancelled
+    # | duplicate | rejected (refused before it was stored)
+    step: str
+    percent: float = 0.0
+    document_id: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    chunks: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.step in ("completed", "failed", "cancelled", "duplicate", "rejected")
 
 
 ProgressCallback = Callable[[Progress], None]
+CancelCheck = Callable[[str], bool]
+
+
+def _never(_document_id: str) -> bool:
+    return False
+
+
+@dataclass(slots=True)
+class IngestResult:
+    filename: str
+    path: str
+    status: str  # queued | completed | duplicate | failed | cancelled | rejected
+    document_id: str | None = None
+    chunks: int = 0
+    error_code: str | None = None
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    # Older versions of the same file name that this document replaced.
+    replaced: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("completed", "duplicate", "queued")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(slots=True)
@@ -70,29 +126,11 @@ class _Prepared:
 
     document_id: str
     file_type: str
+    notebook_id: str
     extracted: ExtractedDocument
     drafts: list[ChunkDraft]
     result: IngestResult
     context: str = ""
-
-
-@dataclass(slots=True)
-class IngestResult:
-    filename: str
-    path: str
-    status: str  # completed | duplicate | failed
-    document_id: str | None = None
-    chunks: int = 0
-    error_code: str | None = None
-    error: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("completed", "duplicate")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def expand_paths(paths: Iterable[Path]) -> list[Path]:
@@ -114,8 +152,23 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
+def check_upload(filename: str, size: int | None, settings: IngestSettings) -> None:
+    """DOC_002 / DOC_001 for a file that must not even be stored."""
+    if size is not None and size > settings.max_file_size_bytes:
+        raise FileTooLarge(
+            f"{filename} is {size / 1e6:.1f} MB; the limit is {settings.max_file_size_mb:g} MB.",
+            details={"filename": filename},
+        )
+    suffix = Path(filename).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise UnsupportedFileType(
+            f"{filename}: files of type {suffix or '(none)'} cannot be ingested.",
+            details={"filename": filename, "supported": list(SUPPORTED_SUFFIXES)},
+        )
+
+
 class IngestionPipeline:
-    """Turns files into searchable chunks in SQL, FTS and the vector store."""
+    """Turns kept originals into searchable chunks in SQL, FTS and the vector store."""
 
     def __init__(
         self,
@@ -124,11 +177,16 @@ class IngestionPipeline:
         embedder: Embedder,
         vectors: VectorStore,
         settings: IngestSettings,
+        originals: OriginalStore,
+        default_notebook: Callable[[], Awaitable[str]],
     ) -> None:
         self.repo = repo
+        # Where documents go when a caller names no notebook.
+        self.default_notebook = default_notebook
         self.embedder = embedder
         self.vectors = vectors
         self.settings = settings
+        self.originals = originals
 
     @property
     def chunk_size(self) -> int:
@@ -139,22 +197,164 @@ class IngestionPipeline:
     def chunk_overlap(self) -> int:
         return min(self.settings.chunk_overlap, self.chunk_size // 2)
 
-    async def ingest_paths(
-        self, paths: Iterable[Path], *, progress: ProgressCallback | None = None
-    ) -> list[IngestResult]:
-        """Ingest files and folders; failures are recorded per file and don't stop the rest.
+    # --- registering -------------------------------------------------------------------
+    async def register_file(
+        self,
+        path: Path,
+        *,
+        notebook_id: str | None = None,
+        job_id: str | None = None,
+        filename: str | None = None,
+    ) -> IngestResult:
+        """Validate a local file, keep its original and queue it (queued/duplicate/rejected)."""
+        path = Path(path)
+        notebook_id = notebook_id or await self.default_notebook()
+        name = filename or path.name
+        source, size = await anyio.to_thread.run_sync(_file_facts, path)
+        try:
+            if size is None:
+                raise ExtractionFailed(f"{name} does not exist or is not a file.")
+            check_upload(name, size, self.settings)
+            sha, size = await self.originals.save_file(path)
+        except DocumentError as exc:
+            return _rejected(name, source, exc)
+        except OSError as exc:
+            return _rejected(name, source, ExtractionFailed(f"{name} cannot be read: {exc}"))
+        return await self.register_stored(
+            sha=sha,
+            size=size,
+            filename=name,
+            notebook_id=notebook_id,
+            job_id=job_id,
+            source_path=source,
+        )
 
-        Small files are embedded together in batches of EMBED_BATCH chunks (one model call for
-        many notes instead of one per note), and the next files are parsed while a batch
-        embeds. Each document still becomes searchable on its own, in one step.
+    async def register_stored(
+        self,
+        *,
+        sha: str,
+        size: int,
+        filename: str,
+        notebook_id: str,
+        job_id: str | None = None,
+        source_path: str = "",
+    ) -> IngestResult:
+        """Queue an original already in the store; a duplicate in the notebook is not."""
+        result = IngestResult(filename=filename, path=source_path, status="queued")
+        existing = await self.repo.find_by_sha(sha, notebook_id=notebook_id)
+        if (
+            existing is not None
+            and existing.status == QUEUED
+            and owner_gone(existing.owner, existing.updated_at)
+        ):
+            # Queued by a process that stopped (Ctrl-C, crash): this run takes it over.
+            await self.repo.set_status(
+                existing.id, QUEUED, expect=QUEUED, job_id=job_id, owner=process_owner()
+            )
+            result.document_id = existing.id
+            return result
+        if existing is not None:
+            result.status = "duplicate"
+            result.document_id = existing.id
+            result.chunks = existing.chunk_count
+            verb = "already ingested" if existing.status == COMPLETED else "being ingested"
+            result.error = f"{verb} as {existing.filename} ({existing.id})"
+            return result
+        loader = get_loader(Path(filename), prefer=self.settings.loader)
+        dropped = await self.repo.drop_failed(
+            notebook_id=notebook_id, filename=filename, sha256=sha
+        )
+        doc = await self.repo.create(
+            notebook_id=notebook_id,
+            job_id=job_id,
+            filename=filename,
+            source_path=source_path,
+            file_type=loader.file_type,
+            size=size,
+            sha256=sha,
+            status=QUEUED,
+            step="queued",
+            progress=0.0,
+            owner=process_owner(),
+        )
+        for old_sha in dropped:
+            await self.release_original(old_sha)
+        result.document_id = doc.id
+        return result
+
+    async def release_original(self, sha256: str) -> None:
+        """Remove an original once no document refers to it any more."""
+        if sha256 and not await self.repo.sha_in_use(sha256):
+            await self.originals.remove(sha256)
+
+    # --- processing --------------------------------------------------------------------
+    async def ingest_paths(
+        self,
+        paths: Iterable[Path],
+        *,
+        notebook_id: str | None = None,
+        progress: ProgressCallback | None = None,
+        cancelled: CancelCheck = _never,
+    ) -> list[IngestResult]:
+        """Register and process files and folders; one file's failure never stops the rest."""
+        report = progress or (lambda _p: None)
+        notebook_id = notebook_id or await self.default_notebook()
+        results: list[IngestResult] = []
+        files = expand_paths(paths)
+        # Registered a slice at a time, so the first documents are searchable early and
+        # a stop loses at most one slice's queue.
+        for begin in range(0, len(files), _REGISTER_SLICE):
+            queued: list[str] = []
+            for path in files[begin : begin + _REGISTER_SLICE]:
+                registered = await self.register_file(Path(path), notebook_id=notebook_id)
+                if registered.status == "queued" and registered.document_id:
+                    queued.append(registered.document_id)
+                else:
+                    results.append(registered)
+                    report(_final_progress(registered))
+            results.extend(await self.process(queued, progress=report, cancelled=cancelled))
+        return results
+
+    async def ingest_file(
+        self,
+        path: Path,
+        *,
+        notebook_id: str | None = None,
+        progress: ProgressCallback | None = None,
+        filename: str | None = None,
+    ) -> IngestResult:
+        """Register and process one file; every failure is recorded, never raised."""
+        registered = await self.register_file(
+            Path(path), notebook_id=notebook_id, filename=filename
+        )
+        if registered.status != "queued" or registered.document_id is None:
+            return registered
+        (result,) = await self.process([registered.document_id], progress=progress)
+        return result
+
+    async def process(
+        self,
+        document_ids: Iterable[str],
+        *,
+        progress: ProgressCallback | None = None,
+        cancelled: CancelCheck = _never,
+    ) -> list[IngestResult]:
+        """Take queued documents through every step; returns one result per document.
+
+        Small documents are embedded together in batches of EMBED_BATCH chunks (one model
+        call for many notes instead of one per note), and the next documents are parsed
+        while a batch embeds. Each document still becomes searchable on its own, in one step.
         """
         report = progress or (lambda _p: None)
         results: list[IngestResult] = []
         batch: list[_Prepared] = []
         flushing: asyncio.Task[None] | None = None
+        in_flight: list[_Prepared] = []
         try:
-            for path in expand_paths(paths):
-                prepared = await self._prepare(Path(path), path.name, report)
+            for document_id in document_ids:
+                prepared = await self._prepare(document_id, report, cancelled)
+                if prepared is None:
+                    continue
                 if isinstance(prepared, IngestResult):
                     results.append(prepared)
                     continue
@@ -163,90 +363,57 @@ class IngestionPipeline:
                 if sum(len(p.drafts) for p in batch) >= EMBED_BATCH:
                     if flushing is not None:
                         await flushing
-                    flushing = asyncio.create_task(self._embed_and_store(batch, report))
+                    in_flight = batch
+                    flushing = asyncio.create_task(self._embed_and_store(batch, report, cancelled))
                     batch = []
             if flushing is not None:
                 await flushing
                 flushing = None
+            in_flight = []
             if batch:
-                await self._embed_and_store(batch, report)
+                in_flight, batch = batch, []
+                await self._embed_and_store(in_flight, report, cancelled)
+                in_flight = []
         finally:
             if flushing is not None and not flushing.done():
                 flushing.cancel()
+                await asyncio.gather(flushing, return_exceptions=True)
+            # Stopped from outside (Ctrl-C, shutdown): nothing half-indexed stays visible.
+            for p in [*in_flight, *batch]:
+                if p.result.status == "queued":
+                    await asyncio.shield(self._abandon(p))
         return results
 
-    async def ingest_file(
-        self,
-        path: Path,
-        *,
-        progress: ProgressCallback | None = None,
-        filename: str | None = None,
-    ) -> IngestResult:
-        """Ingest one file; every failure is recorded on the document, never raised."""
-        report = progress or (lambda _p: None)
-        path = Path(path)
-        prepared = await self._prepare(path, filename or path.name, report)
-        if isinstance(prepared, IngestResult):
-            return prepared
-        await self._embed_and_store([prepared], report)
-        return prepared.result
-
     async def _prepare(
-        self, path: Path, filename: str, report: ProgressCallback
-    ) -> _Prepared | IngestResult:
-        """Validate, dedupe, record, extract and chunk; a final IngestResult if it stops here."""
-        result = IngestResult(filename=filename, path=str(path), status="failed")
-        suffix = path.suffix.lower()
-        source, size = await anyio.to_thread.run_sync(_file_facts, path)
-        record: dict[str, Any] = {
-            "filename": filename,
-            "source_path": source,
-            "file_type": suffix.lstrip(".") or "unknown",
-            "sha256": "",
-        }
+        self, document_id: str, report: ProgressCallback, cancelled: CancelCheck
+    ) -> _Prepared | IngestResult | None:
+        """Claim, extract and chunk one queued document; None when it is not queued."""
+        doc = await self.repo.claim(document_id, owner=process_owner())
+        if doc is None:
+            return None  # cancelled, deleted or taken by another worker meanwhile
+        result = IngestResult(
+            filename=doc.filename, path=doc.source_path, status="queued", document_id=doc.id
+        )
+        step = _Reporter(report, doc.id, doc.filename)
         try:
-            if size is None:
-                raise ExtractionFailed(f"{filename} does not exist or is not a file.")
-            record["size"] = size
-            # Checked before reading a byte: an oversized file costs nothing.
-            if size > self.settings.max_file_size_bytes:
-                raise FileTooLarge(
-                    f"{filename} is {size / 1e6:.1f} MB; the limit is "
-                    f"{self.settings.max_file_size_mb:g} MB."
+            self._check(doc.id, cancelled)
+            step("extracting")
+            path = self.originals.path(doc.sha256)
+            if not path.is_file():
+                raise ExtractionFailed(
+                    f"The original of {doc.filename} is missing; upload it again."
                 )
-            if suffix not in SUPPORTED_SUFFIXES:
-                raise UnsupportedFileType(
-                    f"{filename}: files of type {suffix or '(none)'} cannot be ingested."
-                )
-            loader = get_loader(path, prefer=self.settings.loader)
-            record["file_type"] = loader.file_type
-            sha = await anyio.to_thread.run_sync(_sha256, path)
-            record["sha256"] = sha
-        except DocumentError as exc:
-            return await self._record_failure(result, record, exc, report)
+            from studyrag.ingest.loaders import loader_for_type
 
-        existing = await self.repo.find_by_sha(sha)
-        if existing is not None:
-            result.status = "duplicate"
-            result.document_id = existing.id
-            result.chunks = existing.chunk_count
-            verb = "already ingested" if existing.status == COMPLETED else "being ingested"
-            result.error = f"{verb} as {existing.filename} ({existing.id})"
-            report(Progress(filename, "duplicate", 1, 1))
-            return result
-
-        await self.repo.drop_failed(source_path=record["source_path"], sha256=sha)
-        doc = await self.repo.create(**record, status=PROCESSING, owner=process_owner())
-        result.document_id = doc.id
-        try:
+            loader = loader_for_type(doc.file_type, prefer=self.settings.loader)
             t = time.perf_counter()
-            report(Progress(filename, "extract", 0, 1))
             extracted: ExtractedDocument = await anyio.to_thread.run_sync(
                 loader.load, path, limiter=_EXTRACT_LIMITER
             )
             result.timings["extract"] = time.perf_counter() - t
+            self._check(doc.id, cancelled)
+            step("chunking")
             t = time.perf_counter()
-            report(Progress(filename, "chunk", 0, 1))
             await self.embedder.start()
             drafts: list[ChunkDraft] = await anyio.to_thread.run_sync(
                 lambda: chunk_document(
@@ -259,45 +426,73 @@ class IngestionPipeline:
             )
             result.timings["chunk"] = time.perf_counter() - t
             if not drafts:
-                raise ExtractionFailed(f"{filename} contains no text that could be extracted.")
+                raise ExtractionFailed(f"{doc.filename} contains no text that could be extracted.")
         except Exception as exc:
             return await self._fail(result, doc.id, exc, report)
-        context = document_context(filename, extracted.metadata.get("title"), drafts)
-        return _Prepared(doc.id, loader.file_type, extracted, drafts, result, context)
+        context = document_context(doc.filename, extracted.metadata.get("title"), drafts)
+        return _Prepared(doc.id, doc.file_type, doc.notebook_id, extracted, drafts, result, context)
 
-    async def _embed_and_store(self, batch: list[_Prepared], report: ProgressCallback) -> None:
+    @staticmethod
+    def _check(document_id: str, cancelled: CancelCheck) -> None:
+        if cancelled(document_id):
+            raise Cancelled("Cancelled.")
+
+    async def _embed_and_store(
+        self, batch: list[_Prepared], report: ProgressCallback, cancelled: CancelCheck
+    ) -> None:
         """Embed a batch of documents' chunks together, then store each document."""
+        await self.repo.set_step([p.document_id for p in batch], "embedding", 15.0)
         inputs = [embedding_input(d, p.context) for p in batch for d in p.drafts]
-        names = ", ".join(p.result.filename for p in batch[:3]) + ("…" if len(batch) > 3 else "")
+        # Which slice of `inputs` belongs to which document, for per-document progress.
+        spans: list[tuple[_Prepared, int, int]] = []
+        offset = 0
+        for p in batch:
+            spans.append((p, offset, offset + len(p.drafts)))
+            offset += len(p.drafts)
+            report(_progress(p, "embedding", STEP_PERCENT["embedding"]))
         t = time.perf_counter()
         vectors: list[list[float]] = []
+        live = list(batch)
         try:
-            for i in range(0, len(inputs), EMBED_BATCH):
-                report(Progress(names, "embed", i, len(inputs)))
-                vectors.extend(await self.embedder.embed_documents(inputs[i : i + EMBED_BATCH]))
-            report(Progress(names, "embed", len(inputs), len(inputs)))
+            for i in range(0, len(inputs), _EMBED_STEP):
+                for p in [p for p in live if cancelled(p.document_id)]:
+                    live.remove(p)
+                    await self._fail(p.result, p.document_id, Cancelled("Cancelled."), report)
+                if not live:
+                    return
+                vectors.extend(await self.embedder.embed_documents(inputs[i : i + _EMBED_STEP]))
+                done = len(vectors)
+                for p, begin, end in spans:
+                    if p in live and begin < done and (done - _EMBED_STEP) < end:
+                        share = min(1.0, (done - begin) / max(1, end - begin))
+                        report(
+                            _progress(
+                                p, "embedding", STEP_PERCENT["embedding"] + share * _EMBED_SPAN
+                            )
+                        )
         except Exception as exc:
-            for p in batch:
+            for p in live:
                 await self._fail(p.result, p.document_id, exc, report)
             return
         spent = time.perf_counter() - t
         # SQL + FTS rows per document, then one vector upsert for the batch, then each
         # document flips to "completed": only then is it searchable.
         stored: list[tuple[_Prepared, list[int], list[list[float]], float]] = []
-        offset = 0
-        for p in batch:
-            n = len(p.drafts)
+        for p, begin, end in spans:
+            if p not in live:
+                continue
+            n = end - begin
             # A shared batch's time is split by chunk count.
             p.result.timings["embed"] = spent * n / max(1, len(inputs))
             t = time.perf_counter()
-            report(Progress(p.result.filename, "store", 0, 1))
             try:
+                self._check(p.document_id, cancelled)
+                report(_progress(p, "storing", STEP_PERCENT["storing"]))
                 ids = await self.repo.insert_chunks(p.document_id, _chunk_rows(p.drafts, p.context))
             except Exception as exc:
                 await self._fail(p.result, p.document_id, exc, report)
             else:
-                stored.append((p, ids, vectors[offset : offset + n], time.perf_counter() - t))
-            offset += n
+                stored.append((p, ids, vectors[begin:end], time.perf_counter() - t))
         if not stored:
             return
         t = time.perf_counter()
@@ -306,7 +501,7 @@ class IngestionPipeline:
                 [str(i) for _, ids, _, _ in stored for i in ids],
                 [v for _, _, vecs, _ in stored for v in vecs],
                 [
-                    {"document_id": p.document_id, "file_type": p.file_type, "chunk_index": d.index}
+                    vector_metadata(p.document_id, p.notebook_id, p.file_type, d.index)
                     for p, _, _, _ in stored
                     for d in p.drafts
                 ],
@@ -319,12 +514,21 @@ class IngestionPipeline:
         for p, ids, _, sql_time in stored:
             t = time.perf_counter()
             try:
+                self._check(p.document_id, cancelled)
                 await self._complete(p, ids)
             except Exception as exc:
                 await self._fail(p.result, p.document_id, exc, report)
                 continue
             p.result.timings["store"] = sql_time + upsert_share + time.perf_counter() - t
-            report(Progress(p.result.filename, "done", 1, 1))
+            report(
+                Progress(
+                    p.result.filename,
+                    "completed",
+                    100.0,
+                    document_id=p.document_id,
+                    chunks=len(ids),
+                )
+            )
             log.info(
                 "ingested %s: %d chunks; %s",
                 p.result.filename,
@@ -333,7 +537,7 @@ class IngestionPipeline:
             )
 
     async def _complete(self, p: _Prepared, ids: list[int]) -> None:
-        """Flip the document to completed with its metadata and extracted text."""
+        """Flip the document to completed, then retire older versions of the same file name."""
         meta = dict(p.extracted.metadata)
         meta.setdefault("title", Path(p.result.filename).stem)
         done = await self.repo.set_status(
@@ -341,6 +545,8 @@ class IngestionPipeline:
             COMPLETED,
             expect=PROCESSING,
             owner=None,
+            step="completed",
+            progress=100.0,
             chunk_count=len(ids),
             embedding_model=self.embedder.model_name,
             meta=meta,
@@ -355,11 +561,20 @@ class IngestionPipeline:
             )
         p.result.status = "completed"
         p.result.chunks = len(ids)
+        # The same file name with new content replaces the old version, now that the new
+        # one is searchable (never before: the notebook is never without the file).
+        for old in await self.repo.same_name(p.notebook_id, p.result.filename, p.document_id):
+            try:
+                await self.delete_document(old.id)
+            except StudyRAGError as exc:
+                log.warning("could not retire %s (%s): %s", old.id, old.filename, exc.message)
+                continue
+            p.result.replaced.append(old.id)
 
     async def _fail(
         self, result: IngestResult, document_id: str, exc: BaseException, report: ProgressCallback
     ) -> IngestResult:
-        """Roll a document's chunks back everywhere and record why it failed; never raises."""
+        """Roll a document's chunks back everywhere and record why it stopped; never raises."""
         if not isinstance(exc, Exception):
             raise exc
         if not isinstance(exc, StudyRAGError):
@@ -369,48 +584,46 @@ class IngestionPipeline:
                 f"Ingesting {result.filename} failed ({type(exc).__name__}); see the server log."
             )
         assert isinstance(exc, StudyRAGError)
+        status = CANCELLED if isinstance(exc, Cancelled) else FAILED
+        result.status, result.chunks = status, 0
+        result.error_code = None if status == CANCELLED else exc.error_code
+        result.error = None if status == CANCELLED else exc.message
         try:
             await self._rollback(document_id)
-            return await self._mark_failed(result, document_id, exc, report)
+            await self.repo.set_status(
+                document_id,
+                status,
+                expect=PROCESSING,
+                owner=None,
+                step=status,
+                error_code=result.error_code,
+                error=result.error,
+                chunk_count=0,
+            )
         except Exception:
             # The stores themselves are failing; the row stays "processing" for reconcile().
             log.exception("could not roll back %s", result.filename)
-            result.status, result.chunks = "failed", 0
-            result.error_code, result.error = exc.error_code, exc.message
-            report(Progress(result.filename, "failed", 1, 1))
-            return result
-
-    async def _record_failure(
-        self,
-        result: IngestResult,
-        record: dict[str, Any],
-        exc: StudyRAGError,
-        report: ProgressCallback,
-    ) -> IngestResult:
-        await self.repo.drop_failed(
-            source_path=record["source_path"], sha256=record["sha256"] or "\0"
+        report(
+            Progress(
+                result.filename,
+                status,
+                0.0,
+                document_id=document_id,
+                error_code=result.error_code,
+                error=result.error,
+            )
         )
-        doc = await self.repo.create(
-            **record, status=FAILED, error_code=exc.error_code, error=exc.message
-        )
-        result.document_id = doc.id
-        result.error_code = exc.error_code
-        result.error = exc.message
-        report(Progress(result.filename, "failed", 1, 1))
         return result
 
-    async def _mark_failed(
-        self, result: IngestResult, document_id: str, exc: StudyRAGError, report: ProgressCallback
-    ) -> IngestResult:
-        await self.repo.set_status(
-            document_id, FAILED, error_code=exc.error_code, error=exc.message, chunk_count=0
-        )
-        result.status = "failed"
-        result.chunks = 0
-        result.error_code = exc.error_code
-        result.error = exc.message
-        report(Progress(result.filename, "failed", 1, 1))
-        return result
+    async def _abandon(self, p: _Prepared) -> None:
+        """A prepared document whose processing was stopped from outside goes back to queued."""
+        try:
+            await self._rollback(p.document_id)
+            await self.repo.set_status(
+                p.document_id, QUEUED, expect=PROCESSING, owner=None, step="queued", progress=0.0
+            )
+        except Exception:
+            log.exception("could not put %s back in the queue", p.result.filename)
 
     async def _rollback(self, document_id: str) -> None:
         """Remove every trace of a document's chunks: SQL and FTS, then vectors.
@@ -424,12 +637,45 @@ class IngestionPipeline:
         except StudyRAGError:
             log.warning("vectors of %s stay behind: the vector store failed", document_id)
 
-    async def delete_document(self, document_id: str) -> None:
+    # --- cancel, delete, reindex -------------------------------------------------------
+    async def cancel_queued(self, document_id: str) -> bool:
+        """Cancel a document that has not started; False when it is past queued."""
+        return await self.repo.set_status(
+            document_id, CANCELLED, expect=QUEUED, owner=None, step="cancelled"
+        )
+
+    async def requeue(self, document_id: str, *, job_id: str | None) -> Document:
+        """Put a failed or cancelled document back in the queue (its original is kept)."""
+        doc = await self.repo.get(document_id)
+        if doc.status not in (FAILED, CANCELLED):
+            raise DocumentBusy(
+                f"{doc.filename} is {doc.status}; only failed or cancelled documents can be "
+                "retried.",
+                hint="Reindex a completed document instead.",
+            )
+        if not self.originals.exists(doc.sha256):
+            from studyrag.errors import OriginalMissing
+
+            raise OriginalMissing(f"The original of {doc.filename} is not kept.")
+        await self.repo.set_status(
+            document_id,
+            QUEUED,
+            expect=doc.status,
+            job_id=job_id,
+            owner=process_owner(),
+            step="queued",
+            progress=0.0,
+            error=None,
+            error_code=None,
+        )
+        return await self.repo.get(document_id)
+
+    async def delete_document(self, document_id: str) -> Document:
         """Remove a document and every chunk everywhere (not while it is being ingested)."""
         doc = await self.repo.get(document_id)
-        busy = DocumentBusy(f"{doc.filename} is being ingested; delete it after that.")
-        abandoned = doc.status in (PENDING, PROCESSING) and owner_gone(doc.owner, doc.updated_at)
-        if doc.status not in (COMPLETED, FAILED) and not abandoned:
+        busy = DocumentBusy(f"{doc.filename} is being ingested; cancel it or delete it after that.")
+        abandoned = doc.status == PROCESSING and owner_gone(doc.owner, doc.updated_at)
+        if doc.status == PROCESSING and not abandoned:
             raise busy
         # Marked first, so a crash halfway is finished by reconcile() and never half-visible;
         # conditional, so an ingestion that started meanwhile is not pulled from under it.
@@ -437,8 +683,13 @@ class IngestionPipeline:
             document_id, DELETING, expect=doc.status, owner=process_owner()
         ):
             raise busy
-        await self.vectors.delete(where={"document_id": document_id})
-        await self.repo.delete_document(document_id)
+        await self._finish_delete(doc)
+        return doc
+
+    async def _finish_delete(self, doc: Document) -> None:
+        await self.vectors.delete(where={"document_id": doc.id})
+        await self.repo.delete_document(doc.id)
+        await self.release_original(doc.sha256)
 
     async def reindex(self, document_id: str) -> IngestResult:
         """Recompute a document's embeddings with the current embedding model."""
@@ -449,7 +700,7 @@ class IngestionPipeline:
         if doc.status != COMPLETED:
             raise DocumentBusy(
                 f"{doc.filename} is {doc.status}; only completed documents can be reindexed.",
-                hint="Ingest the file again if it failed, or wait for it to finish.",
+                hint="Retry it if it failed, or wait for it to finish.",
             )
         t = time.perf_counter()
         chunks = await self.repo.chunks_for(document_id)
@@ -462,10 +713,7 @@ class IngestionPipeline:
         await self.vectors.upsert(
             [str(c.id) for c in chunks],
             vectors,
-            [
-                {"document_id": document_id, "file_type": doc.file_type, "chunk_index": c.index}
-                for c in chunks
-            ],
+            [vector_metadata(doc.id, doc.notebook_id, doc.file_type, c.index) for c in chunks],
         )
         await self.repo.set_status(document_id, COMPLETED, embedding_model=self.embedder.model_name)
         result.status = "completed"
@@ -474,20 +722,33 @@ class IngestionPipeline:
         return result
 
     async def reconcile(self) -> dict[str, int]:
-        """Finish or undo whatever a crash left half-done; returns what was repaired."""
-        repaired = {"interrupted": 0, "deleted": 0}
-        for doc in await self.repo.by_status([PENDING, PROCESSING, DELETING]):
+        """Finish or undo whatever a crash left half-done; returns what was repaired.
+
+        Documents whose original is kept go back to "queued" (the job runner finishes them);
+        those without one fail with DOC_005. Half-deleted ones are finished.
+        """
+        repaired = {"requeued": 0, "interrupted": 0, "deleted": 0}
+        self.originals.clear_incoming()
+        for doc in await self.repo.by_status([QUEUED, PROCESSING, DELETING]):
             if not owner_gone(doc.owner, doc.updated_at):
                 continue  # another live process is working on it
-            await self.vectors.delete(where={"document_id": doc.id})
             if doc.status == DELETING:
-                await self.repo.delete_document(doc.id)
+                await self._finish_delete(doc)
                 repaired["deleted"] += 1
                 continue
-            await self.repo.delete_chunks(doc.id)
+            if doc.status == PROCESSING:
+                await self.vectors.delete(where={"document_id": doc.id})
+                await self.repo.delete_chunks(doc.id)
+            if self.originals.exists(doc.sha256):
+                await self.repo.set_status(
+                    doc.id, QUEUED, expect=doc.status, owner=None, step="queued", progress=0.0
+                )
+                repaired["requeued"] += 1
+                continue
             await self.repo.set_status(
                 doc.id,
                 FAILED,
+                step="failed",
                 error_code=IngestionFailed.error_code,
                 error="Ingestion was interrupted (the process stopped); ingest the file again.",
                 chunk_count=0,
@@ -496,6 +757,58 @@ class IngestionPipeline:
         if any(repaired.values()):
             log.warning("reconciled after an unclean stop: %s", repaired)
         return repaired
+
+
+_REGISTER_SLICE = 128
+
+
+class _Reporter:
+    """Reports one document's step changes."""
+
+    def __init__(self, report: ProgressCallback, document_id: str, filename: str) -> None:
+        self.report, self.document_id, self.filename = report, document_id, filename
+
+    def __call__(self, step: str) -> None:
+        self.report(Progress(self.filename, step, STEP_PERCENT[step], document_id=self.document_id))
+
+
+def _progress(p: _Prepared, step: str, percent: float) -> Progress:
+    return Progress(p.result.filename, step, round(percent, 1), document_id=p.document_id)
+
+
+def _final_progress(result: IngestResult) -> Progress:
+    step = "duplicate" if result.status == "duplicate" else result.status
+    return Progress(
+        result.filename,
+        step,
+        100.0 if step == "duplicate" else 0.0,
+        document_id=result.document_id,
+        error_code=result.error_code,
+        error=result.error,
+        chunks=result.chunks,
+    )
+
+
+def _rejected(filename: str, source: str, exc: StudyRAGError) -> IngestResult:
+    return IngestResult(
+        filename=filename,
+        path=source,
+        status="rejected",
+        error_code=exc.error_code,
+        error=exc.message,
+    )
+
+
+def vector_metadata(
+    document_id: str, notebook_id: str, file_type: str, chunk_index: int
+) -> dict[str, Any]:
+    """What every vector carries, so search can filter by notebook, document and type."""
+    return {
+        "document_id": document_id,
+        "notebook_id": notebook_id,
+        "file_type": file_type,
+        "chunk_index": chunk_index,
+    }
 
 
 def embedding_input(draft: ChunkDraft, context: str = "") -> str:
@@ -557,11 +870,3 @@ def _file_facts(path: Path) -> tuple[str, int | None]:
         return str(path.resolve()), (path.stat().st_size if path.is_file() else None)
     except OSError:
         return str(path), None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

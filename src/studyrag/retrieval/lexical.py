@@ -172,6 +172,9 @@ def _filter_sql(
     clauses: list[str] = []
     if filters is None:
         return clauses
+    if filters.notebook_id:
+        params[f"{prefix}nb"] = filters.notebook_id
+        clauses.append(f"d.notebook_id = :{prefix}nb")
     if filters.document_ids:
         names = [f"{prefix}did{i}" for i in range(len(filters.document_ids))]
         params.update(zip(names, filters.document_ids, strict=True))

@@ -61,7 +61,11 @@ class SearchService:
         filters: SearchFilters | None = None,
         group_by_document: bool = False,
     ) -> SearchResponse:
-        """Ranked passages for `query`; raises SEARCH_001 for an empty query."""
+        """Ranked passages for `query`; raises SEARCH_001 for an empty query.
+
+        `filters.notebook_id` scopes the search to one notebook (the caller resolves the
+        default); its documents are the only ones returned, whatever the indexes hold.
+        """
         query = (query or "").strip()
         if not query:
             raise EmptyQuery("The search query is empty.")
@@ -78,7 +82,9 @@ class SearchService:
         t0 = time.perf_counter()
         # Grouping needs more candidates, since several may come from one document.
         want = max(top_k * (5 if group_by_document else 1), self.settings.candidates)
-        scored = await self._rank(query, mode, want, filters, timings)  # type: ignore[arg-type]
+        notebook_id = filters.notebook_id if filters is not None else None
+        index_filters = await self._index_filters(filters)
+        scored = await self._rank(query, mode, want, index_filters, timings)  # type: ignore[arg-type]
         t1 = time.perf_counter()
         terms = query_terms(query)
         scored = [item for item in scored if item[1] >= min_score]
@@ -89,7 +95,9 @@ class SearchService:
         step = max(1, len(scored)) if group_by_document else max(2 * top_k, 20)
         for begin in range(0, len(scored), step):
             part = scored[begin : begin + step]
-            rows = await self.repo.searchable_chunks(cid for cid, _, _ in part)
+            rows = await self.repo.searchable_chunks(
+                (cid for cid, _, _ in part), notebook_id=notebook_id
+            )
             for cid, score, per_mode in part:
                 if cid not in rows:
                     continue
@@ -112,6 +120,7 @@ class SearchService:
                     snippet=highlight(chunk.text, terms),
                     scores={k: round(v, 6) for k, v in per_mode.items()},
                     document={"title": doc.meta.get("title"), **_doc_meta(doc.meta)},
+                    notebook_id=doc.notebook_id,
                 )
                 results.append(result)
                 seen_docs[doc.id] = result
@@ -123,6 +132,21 @@ class SearchService:
         timings["fetch_ms"] = round((time.perf_counter() - t1) * 1000, 2)
         timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return SearchResponse(query=query, mode=mode, results=results, timings=timings)
+
+    async def _index_filters(self, filters: SearchFilters | None) -> SearchFilters | None:
+        """The filters the indexes need: none for a notebook that holds every document.
+
+        Filtering by notebook inside the indexes costs a join (FTS5) or a metadata scan
+        (Chroma) on every query; when the notebook is the only one with documents the
+        filter changes nothing, and the row fetch still checks the notebook of every hit.
+        """
+        if filters is None or not filters.notebook_id:
+            return filters
+        holding = await self.repo.notebooks_holding_documents()
+        if holding != [filters.notebook_id]:
+            return filters
+        bare = SearchFilters(document_ids=filters.document_ids, file_types=filters.file_types)
+        return None if bare.empty else bare
 
     async def _rank(
         self,

@@ -10,10 +10,12 @@ from studyrag.retrieval.types import Candidate, SearchFilters
 
 
 def vector_filter(filters: SearchFilters | None) -> dict[str, Any] | None:
-    """Chroma `where` for the filters (metadata document_id and file_type on every vector)."""
+    """Chroma `where` for the filters (notebook_id, document_id, file_type on every vector)."""
     if filters is None or filters.empty:
         return None
     clauses: list[dict[str, Any]] = []
+    if filters.notebook_id:
+        clauses.append({"notebook_id": filters.notebook_id})
     if filters.document_ids:
         clauses.append({"document_id": {"$in": list(filters.document_ids)}})
     if filters.file_types:

@@ -10,12 +10,15 @@ SearchMode = Literal["hybrid", "semantic", "lexical"]
 
 @dataclass(slots=True)
 class SearchFilters:
+    """What a search may return: one notebook, and in it some documents or file types."""
+
     document_ids: list[str] | None = None
     file_types: list[str] | None = None
+    notebook_id: str | None = None
 
     @property
     def empty(self) -> bool:
-        return not self.document_ids and not self.file_types
+        return not self.document_ids and not self.file_types and not self.notebook_id
 
 
 @dataclass(slots=True)
@@ -43,6 +46,7 @@ class SearchResult:
     scores: dict[str, float] = field(default_factory=dict)
     document: dict[str, Any] = field(default_factory=dict)
     matches: int = 1
+    notebook_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

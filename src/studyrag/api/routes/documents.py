@@ -1,22 +1,37 @@
-"""Documents over HTTP: upload (ingest), list, show, delete, reindex."""
+"""Documents over HTTP: upload (synchronous), list, show, delete, cancel, retry, reindex,
+the kept original (with Range), windows of the extracted text and rendered PDF pages."""
 
 from __future__ import annotations
 
+import mimetypes
 import re
-import uuid
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 from fastapi import APIRouter, Query, Request, UploadFile
+from fastapi.responses import Response, StreamingResponse
 
 from studyrag.api.deps import ServicesDep
-from studyrag.db.models import Document
+from studyrag.api.routes.notebooks import _chunks, safe_filename
 from studyrag.errors import (
     DocumentError,
     ExtractionFailed,
     FileTooLarge,
     IngestionFailed,
+    InvalidSpan,
+    OriginalMissing,
+    RangeNotSatisfiable,
     UnsupportedFileType,
+)
+from studyrag.ingest.pipeline import check_upload
+from studyrag.schemas.documents import (
+    ChunkLocation,
+    DocumentDetail,
+    DocumentPage,
+    DocumentPublic,
+    JobPublic,
+    TextWindow,
 )
 
 router = APIRouter(prefix="/api/documents", tags=["documents"])
@@ -24,60 +39,44 @@ router = APIRouter(prefix="/api/documents", tags=["documents"])
 _ERRORS: dict[str, type[DocumentError]] = {
     c.error_code: c for c in (UnsupportedFileType, FileTooLarge, ExtractionFailed, IngestionFailed)
 }
-
-
-def document_public(doc: Document) -> dict[str, Any]:
-    """The JSON form of a document row."""
-    return {
-        "id": doc.id,
-        "filename": doc.filename,
-        "file_type": doc.file_type,
-        "size": doc.size,
-        "sha256": doc.sha256,
-        "status": doc.status,
-        "error_code": doc.error_code,
-        "error": doc.error,
-        "chunk_count": doc.chunk_count,
-        "embedding_model": doc.embedding_model,
-        "metadata": doc.meta or {},
-        "created_at": doc.created_at.isoformat() if doc.created_at else None,
-        "updated_at": doc.updated_at.isoformat() if doc.updated_at else None,
-    }
+# The largest window of extracted text one request returns.
+MAX_TEXT_WINDOW = 200_000
+_CONTENT_TYPES = {
+    "pdf": "application/pdf",
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "html": "text/html; charset=utf-8",
+    "markdown": "text/markdown; charset=utf-8",
+    "text": "text/plain; charset=utf-8",
+}
 
 
 @router.post("", status_code=201)
-async def upload(request: Request, file: UploadFile, services: ServicesDep) -> dict[str, Any]:
-    """Ingest one uploaded file; failures are recorded on the document and reported here."""
-    limit = services.settings.ingest.max_file_size_bytes
+async def upload(
+    request: Request,
+    file: UploadFile,
+    services: ServicesDep,
+    notebook_id: str | None = Query(None, max_length=64),
+) -> dict[str, Any]:
+    """Ingest one file and wait for it (POST /api/notebooks/{id}/documents does not wait)."""
+    nb_id = await services.notebooks.resolve_id(notebook_id)
+    name = safe_filename(file.filename)
+    settings = services.settings.ingest
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+    if declared and declared.isdigit() and int(declared) > settings.max_file_size_bytes + 65536:
         raise FileTooLarge(
             f"The upload is {int(declared) / 1e6:.1f} MB; the limit is "
-            f"{services.settings.ingest.max_file_size_mb:g} MB."
+            f"{settings.max_file_size_mb:g} MB."
         )
-    # Only the last path component, in safe characters, short enough in bytes for any disk.
-    base = re.split(r"[\\/]", file.filename or "")[-1]
-    name = re.sub(r"[^\w.\- ]+", "_", base).encode()[:150].decode(errors="ignore") or "upload"
-    folder = services.settings.data_dir / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{uuid.uuid4().hex[:12]}_{name}"
-    written = 0
-    async with await anyio.open_file(target, "wb") as out:
-        while chunk := await file.read(1 << 20):
-            written += len(chunk)
-            if written > limit:
-                break
-            await out.write(chunk)
-    if written > limit:
-        target.unlink(missing_ok=True)
-        raise FileTooLarge(
-            f"{name} is over the {services.settings.ingest.max_file_size_mb:g} MB limit."
-        )
-    try:
-        result = await services.pipeline.ingest_file(target, filename=name)
-    finally:
-        # Everything needed later (text, chunks) is in the database; keep no copies around.
-        await anyio.to_thread.run_sync(lambda: target.unlink(missing_ok=True))
+    check_upload(name, file.size, settings)
+    sha, size = await services.originals.save_stream(
+        _chunks(file), limit=settings.max_file_size_bytes, name=name
+    )
+    registered = await services.pipeline.register_stored(
+        sha=sha, size=size, filename=name, notebook_id=nb_id
+    )
+    if registered.status != "queued" or registered.document_id is None:
+        return registered.to_dict() | {"path": None}
+    (result,) = await services.pipeline.process([registered.document_id])
     if result.status == "failed":
         # Recorded as a failed document; the client gets the error with its id.
         raise _ERRORS.get(result.error_code or "", IngestionFailed)(
@@ -86,48 +85,163 @@ async def upload(request: Request, file: UploadFile, services: ServicesDep) -> d
     return result.to_dict() | {"path": None}
 
 
-@router.get("")
+@router.get("", response_model=DocumentPage)
 async def list_documents(
     services: ServicesDep,
-    status: str | None = None,
+    status: str | None = Query(None, max_length=16),
+    notebook_id: str | None = Query(None, max_length=64),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
-) -> dict[str, Any]:
-    """Documents newest first."""
-    docs, total = await services.documents.list(status=status, limit=limit, offset=offset)
-    return {"items": [document_public(d) for d in docs], "total": total}
+    offset: int = Query(0, ge=0, le=1_000_000),
+) -> DocumentPage:
+    """Documents newest first (of one notebook when `notebook_id` is given)."""
+    if notebook_id is not None:
+        await services.notebooks.repo.get(notebook_id)
+    docs, total = await services.documents.list(
+        notebook_id=notebook_id, status=status, limit=limit, offset=offset
+    )
+    return DocumentPage(items=[DocumentPublic.from_row(d) for d in docs], total=total)
 
 
-@router.get("/{document_id}")
-async def get_document(document_id: str, services: ServicesDep) -> dict[str, Any]:
+@router.get("/{document_id}", response_model=DocumentDetail)
+async def get_document(document_id: str, services: ServicesDep) -> DocumentDetail:
     """One document with its chunks' locations."""
     doc = await services.documents.get(document_id)
     chunks = await services.documents.chunks_for(document_id)
-    return document_public(doc) | {
-        "chunks": [
-            {
-                "id": c.id,
-                "index": c.index,
-                "page": c.page,
-                "section": c.section,
-                "start": c.start_char,
-                "end": c.end_char,
-                "token_count": c.token_count,
-            }
-            for c in chunks
-        ]
-    }
+    return DocumentDetail(
+        **DocumentPublic.from_row(doc).model_dump(),
+        chunks=[ChunkLocation.from_row(c) for c in chunks],
+    )
 
 
 @router.delete("/{document_id}")
 async def delete_document(document_id: str, services: ServicesDep) -> dict[str, Any]:
-    """Remove the document and every chunk everywhere."""
-    await services.pipeline.delete_document(document_id)
+    """Remove the document and every chunk everywhere, and its original if unused."""
+    doc = await services.pipeline.delete_document(document_id)
+    services.jobs.announce_deleted(doc)
     return {"deleted": document_id}
 
 
-@router.post("/{document_id}/reindex")
-async def reindex_document(document_id: str, services: ServicesDep) -> dict[str, Any]:
-    """Recompute embeddings with the current model."""
-    result = await services.pipeline.reindex(document_id)
-    return result.to_dict() | {"path": None}
+@router.post("/{document_id}/cancel", response_model=DocumentPublic)
+async def cancel_document(document_id: str, services: ServicesDep) -> DocumentPublic:
+    """Stop this document's ingestion at the next step boundary."""
+    return DocumentPublic.from_row(await services.jobs.cancel_document(document_id))
+
+
+@router.post("/{document_id}/retry", status_code=202, response_model=JobPublic)
+async def retry_document(document_id: str, services: ServicesDep) -> JobPublic:
+    """Ingest a failed or cancelled document again from its kept original, as a job."""
+    job = await services.jobs.retry(document_id)
+    return await services.jobs.public(job.id)
+
+
+@router.post("/{document_id}/reindex", status_code=202, response_model=JobPublic)
+async def reindex_document(document_id: str, services: ServicesDep) -> JobPublic:
+    """Recompute the document's embeddings with the current model, as a job."""
+    doc = await services.documents.get(document_id)
+    job = await services.jobs.reindex(doc.notebook_id, [document_id])
+    return await services.jobs.public(job.id)
+
+
+@router.get("/{document_id}/file")
+async def get_original(document_id: str, request: Request, services: ServicesDep) -> Response:
+    """The original file, with its type, a safe download name and HTTP Range support."""
+    doc = await services.documents.get(document_id)
+    path = services.originals.path(doc.sha256)
+    if not services.originals.exists(doc.sha256):
+        raise OriginalMissing(f"The original of {doc.filename} is not kept.")
+    size = (await anyio.Path(path).stat()).st_size
+    content_type = _CONTENT_TYPES.get(doc.file_type) or (
+        mimetypes.guess_type(doc.filename)[0] or "application/octet-stream"
+    )
+    headers = {
+        "accept-ranges": "bytes",
+        "content-disposition": _disposition(doc.filename),
+        "x-content-type-options": "nosniff",
+        "cache-control": "private, max-age=3600",
+        "etag": f'"{doc.sha256}"',
+    }
+    start, end = 0, size - 1
+    status = 200
+    wanted = request.headers.get("range")
+    if wanted:
+        start, end = _parse_range(wanted, size)
+        status = 206
+        headers["content-range"] = f"bytes {start}-{end}/{size}"
+    headers["content-length"] = str(max(0, end - start + 1))
+    return StreamingResponse(
+        _file_bytes(path, start, end + 1), status_code=status, media_type=content_type,
+        headers=headers,
+    )  # fmt: skip
+
+
+@router.get("/{document_id}/text", response_model=TextWindow)
+async def get_text(
+    document_id: str,
+    services: ServicesDep,
+    start: int = Query(0, ge=0, le=1 << 40),
+    end: int | None = Query(None, ge=0, le=1 << 40),
+) -> TextWindow:
+    """A window of the extracted text the chunk offsets point into (non-PDF viewers)."""
+    doc = await services.documents.get(document_id)
+    content = await services.documents.get_content(document_id)
+    stop = len(content) if end is None else end
+    stop = min(stop, start + MAX_TEXT_WINDOW) if end is None else stop
+    if start > len(content) or stop > len(content) or stop < start:
+        raise InvalidSpan(
+            f"The span {start}..{stop} is outside {doc.filename}'s text "
+            f"(0..{len(content)} characters).",
+            details={"length": len(content)},
+        )
+    if stop - start > MAX_TEXT_WINDOW:
+        raise InvalidSpan(f"At most {MAX_TEXT_WINDOW} characters per request.")
+    return TextWindow(
+        document_id=document_id,
+        start=start,
+        end=stop,
+        length=len(content),
+        text=content[start:stop],
+    )
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int]:
+    """One byte range (first-last, first-, or -suffix); 416 when it cannot be served."""
+    match = _RANGE.match(header.strip())
+    refused = RangeNotSatisfiable(
+        f"The range {header!r} is outside the file ({size} bytes).",
+        details={"size": size},
+        hint="Ask for bytes=START-END with END < the file size, or no Range at all.",
+    )
+    if match is None or (not match.group(1) and not match.group(2)):
+        raise refused
+    first, last = match.group(1), match.group(2)
+    if not first:
+        length = int(last)
+        if length == 0:
+            raise refused
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        raise refused
+    return start, end
+
+
+async def _file_bytes(path: Any, start: int, stop: int) -> Any:
+    async with await anyio.open_file(path, "rb") as fh:
+        await fh.seek(start)
+        left = stop - start
+        while left > 0:
+            block = await fh.read(min(left, 1 << 16))
+            if not block:
+                return
+            left -= len(block)
+            yield block
+
+
+def _disposition(filename: str) -> str:
+    """inline, with an ASCII fallback name and the exact UTF-8 name (RFC 6266)."""
+    ascii_name = re.sub(r"[^A-Za-z0-9._ -]+", "_", filename) or "document"
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -20,6 +20,8 @@ class SearchFiltersIn(BaseModel):
 
 class SearchRequest(BaseModel):
     query: str = Field(max_length=2000)
+    # The notebook searched; the default notebook when absent.
+    notebook_id: str | None = Field(default=None, max_length=64)
     mode: Literal["hybrid", "semantic", "lexical"] | None = None
     top_k: int | None = Field(default=None, ge=1, le=200)
     min_score: float | None = None
@@ -30,7 +32,9 @@ class SearchRequest(BaseModel):
 @router.post("/search")
 async def search(body: SearchRequest, services: ServicesDep) -> dict[str, Any]:
     """Ranked passages with document, page, section, offsets, score and a snippet."""
-    filters = SearchFilters(**body.filters.model_dump()) if body.filters else None
+    notebook_id = await services.notebooks.resolve_id(body.notebook_id)
+    filters = SearchFilters(**(body.filters.model_dump() if body.filters else {}))
+    filters.notebook_id = notebook_id
     response = await services.search.search(
         body.query,
         mode=body.mode,

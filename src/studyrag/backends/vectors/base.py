@@ -47,6 +47,10 @@ class VectorStore(ABC):
         """Remove vectors by id or by metadata filter."""
 
     @abstractmethod
+    async def update_metadata(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        """Replace the metadata of stored vectors (ids not stored are ignored)."""
+
+    @abstractmethod
     async def get_ids(self, *, where: dict[str, Any] | None = None) -> list[str]:
         """Ids of the stored vectors matching `where` (all if None)."""
 

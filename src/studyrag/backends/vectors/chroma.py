@@ -102,6 +102,21 @@ class ChromaVectorStore(VectorStore):
                 metadatas=metadatas[i : i + _BATCH],
             )
 
+    async def update_metadata(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        # Chroma's update() rejects ids it does not hold; keep only the stored ones.
+        for i in range(0, len(ids), _BATCH):
+            part = ids[i : i + _BATCH]
+            held = set((await self._run(self._collection.get, ids=part, include=[]))["ids"])
+            keep = [
+                (k, m) for k, m in zip(part, metadatas[i : i + _BATCH], strict=True) if k in held
+            ]
+            if keep:
+                await self._run(
+                    self._collection.update,
+                    ids=[k for k, _ in keep],
+                    metadatas=[m for _, m in keep],
+                )
+
     async def query(
         self,
         embedding: list[float],

@@ -50,6 +50,11 @@ class InMemoryVectorStore(VectorStore):
         for i, e, m in zip(ids, embeddings, metadatas, strict=True):
             self._rows[i] = (list(e), dict(m))
 
+    async def update_metadata(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        for i, m in zip(ids, metadatas, strict=True):
+            if i in self._rows:
+                self._rows[i] = (self._rows[i][0], dict(m))
+
     async def query(
         self,
         embedding: list[float],

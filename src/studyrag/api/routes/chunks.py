@@ -1,0 +1,54 @@
+"""GET /api/chunks/{id}: a passage with its place in the document and, for PDFs, where a
+quoted span of it is drawn on the page."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from studyrag.api.deps import ServicesDep
+from studyrag.errors import InvalidSpan
+from studyrag.schemas.documents import ChunkPublic, Quote
+
+router = APIRouter(prefix="/api/chunks", tags=["documents"])
+
+
+@router.get("/{chunk_id}", response_model=ChunkPublic)
+async def get_chunk(
+    chunk_id: int,
+    services: ServicesDep,
+    start: int | None = Query(None, ge=0, le=1 << 40),
+    end: int | None = Query(None, ge=0, le=1 << 40),
+) -> ChunkPublic:
+    """The chunk; with ?start=&end= (document offsets) the quoted span and its rectangles."""
+    chunk, doc, prev_id, next_id = await services.documents.chunk_with_neighbours(chunk_id)
+    q_start = chunk.start_char if start is None else start
+    q_end = chunk.end_char if end is None else end
+    content = await services.documents.get_content(doc.id)
+    if not 0 <= q_start < q_end <= len(content):
+        raise InvalidSpan(
+            f"The span {q_start}..{q_end} is outside {doc.filename}'s text "
+            f"(0..{len(content)} characters).",
+            details={"length": len(content)},
+        )
+    rects = None
+    if doc.file_type == "pdf" and services.originals.exists(doc.sha256):
+        from studyrag.ingest.passage_views import pdf_rects
+
+        rects = await pdf_rects(services.originals.path(doc.sha256), doc, content, q_start, q_end)
+    return ChunkPublic(
+        id=chunk.id,
+        document_id=doc.id,
+        notebook_id=doc.notebook_id,
+        filename=doc.filename,
+        file_type=doc.file_type,
+        index=chunk.index,
+        page=chunk.page,
+        section=chunk.section,
+        start=chunk.start_char,
+        end=chunk.end_char,
+        text=chunk.text,
+        previous_id=prev_id,
+        next_id=next_id,
+        quote=Quote(start=q_start, end=q_end, text=content[q_start:q_end]),
+        rects=rects,
+    )

@@ -1,0 +1,91 @@
+"""WebSocket /ws/notebooks/{id}: every event of one notebook (documents added, updated with
+their step and progress, deleted; jobs; conversations), so open interfaces update by themselves.
+
+Frames sent: `{"type": "ready", "notebook_id", "documents": [...]}` first (a snapshot taken
+after subscribing, so nothing falls between), then each event as published. The client may
+send `{"type": "ping"}` (answered with `pong`); anything else gets an `error` frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from studyrag.errors import InvalidFrame, StudyRAGError
+from studyrag.jobs.events import notebook_channel
+from studyrag.schemas.documents import DocumentPublic
+from studyrag.services import Services
+
+router = APIRouter()
+
+_MAX_FRAME = 4096
+
+
+@router.websocket("/ws/notebooks/{notebook_id}")
+async def notebook_socket(websocket: WebSocket, notebook_id: str) -> None:
+    services: Services = websocket.app.state.services
+    await websocket.accept()
+    try:
+        await services.notebooks.repo.get(notebook_id)
+    except StudyRAGError as exc:
+        await websocket.send_json({"type": "error", **exc.to_dict()})
+        await websocket.close(code=4404)
+        return
+    subscription = services.broker.subscribe(notebook_channel(notebook_id))
+    first = asyncio.ensure_future(anext(subscription))
+    await asyncio.sleep(0)
+    reader = asyncio.ensure_future(_read(websocket))
+    try:
+        docs, _ = await services.documents.list(notebook_id=notebook_id, limit=1000)
+        await websocket.send_json(
+            {
+                "type": "ready",
+                "notebook_id": notebook_id,
+                "documents": [DocumentPublic.from_row(d).model_dump(mode="json") for d in docs],
+            }
+        )
+        pending: asyncio.Future[Any] = first
+        while True:
+            done, _ = await asyncio.wait({pending, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                return  # the client went away
+            event = pending.result()
+            await websocket.send_text(json.dumps(event))
+            pending = asyncio.ensure_future(anext(subscription))
+            first = pending
+    except WebSocketDisconnect:
+        return
+    finally:
+        for task in (first, reader):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await subscription.aclose()  # type: ignore[attr-defined]
+
+
+async def _read(websocket: WebSocket) -> None:
+    """Answer pings and refuse anything else, until the client disconnects."""
+    while True:
+        try:
+            raw = await websocket.receive_text()
+        except (WebSocketDisconnect, RuntimeError, KeyError):
+            return
+        try:
+            if len(raw) > _MAX_FRAME:
+                raise InvalidFrame(f"Frames are at most {_MAX_FRAME} bytes on this socket.")
+            frame = json.loads(raw)
+            if not isinstance(frame, dict) or frame.get("type") != "ping":
+                raise InvalidFrame(
+                    'This socket only sends events; the only frame it takes is {"type": "ping"}.'
+                )
+        except (ValueError, RecursionError):
+            error = InvalidFrame("The frame is not valid JSON.")
+            await websocket.send_json({"type": "error", **error.to_dict()})
+            continue
+        except InvalidFrame as exc:
+            await websocket.send_json({"type": "error", **exc.to_dict()})
+            continue
+        await websocket.send_json({"type": "pong"})

@@ -1,0 +1,109 @@
+"""Notebooks over HTTP: CRUD with counts, their documents, uploads (202 + job) and reindex."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Query, UploadFile
+
+from studyrag.api.deps import ServicesDep
+from studyrag.errors import InvalidNotebook
+from studyrag.jobs.service import Upload
+from studyrag.schemas.documents import DocumentPage, DocumentPublic, JobPublic, UploadAccepted
+from studyrag.schemas.notebooks import (
+    NotebookCreate,
+    NotebookDeleteAccepted,
+    NotebookList,
+    NotebookPublic,
+    NotebookUpdate,
+)
+
+router = APIRouter(prefix="/api/notebooks", tags=["notebooks"])
+
+# Files one upload request may carry.
+MAX_FILES_PER_UPLOAD = 100
+
+
+@router.get("", response_model=NotebookList)
+async def list_notebooks(services: ServicesDep) -> NotebookList:
+    """Every notebook, the default first, with document and conversation counts and sizes."""
+    items = await services.notebooks.list_public()
+    return NotebookList(items=items, total=len(items))
+
+
+@router.post("", status_code=201, response_model=NotebookPublic)
+async def create_notebook(body: NotebookCreate, services: ServicesDep) -> NotebookPublic:
+    nb = await services.notebooks.create(body.name, body.description)
+    return await services.notebooks.public(nb)
+
+
+@router.get("/{notebook_id}", response_model=NotebookPublic)
+async def get_notebook(notebook_id: str, services: ServicesDep) -> NotebookPublic:
+    return await services.notebooks.public(await services.notebooks.repo.get(notebook_id))
+
+
+@router.put("/{notebook_id}", response_model=NotebookPublic)
+async def update_notebook(
+    notebook_id: str, body: NotebookUpdate, services: ServicesDep
+) -> NotebookPublic:
+    nb = await services.notebooks.update(notebook_id, name=body.name, description=body.description)
+    return await services.notebooks.public(nb)
+
+
+@router.delete("/{notebook_id}", status_code=202, response_model=NotebookDeleteAccepted)
+async def delete_notebook(notebook_id: str, services: ServicesDep) -> NotebookDeleteAccepted:
+    """Hide the notebook at once; a job removes its documents, vectors, files and chats."""
+    job = await services.jobs.delete_notebook(notebook_id)
+    return NotebookDeleteAccepted(notebook_id=notebook_id, job_id=job.id)
+
+
+@router.get("/{notebook_id}/documents", response_model=DocumentPage)
+async def notebook_documents(
+    notebook_id: str,
+    services: ServicesDep,
+    status: str | None = Query(None, max_length=16),
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=1_000_000),
+) -> DocumentPage:
+    """The notebook's documents, newest first, with their status, step and progress."""
+    await services.notebooks.repo.get(notebook_id)
+    docs, total = await services.documents.list(
+        notebook_id=notebook_id, status=status, limit=limit, offset=offset
+    )
+    return DocumentPage(items=[DocumentPublic.from_row(d) for d in docs], total=total)
+
+
+@router.post("/{notebook_id}/documents", status_code=202, response_model=UploadAccepted)
+async def upload_documents(
+    notebook_id: str, files: list[UploadFile], services: ServicesDep
+) -> UploadAccepted:
+    """Store the files and answer at once; ingestion runs as a job (GET /api/jobs/{id})."""
+    if not files:
+        raise InvalidNotebook("No files in the upload.", hint="Send files under the field `files`.")
+    if len(files) > MAX_FILES_PER_UPLOAD:
+        raise InvalidNotebook(
+            f"At most {MAX_FILES_PER_UPLOAD} files per upload; this one has {len(files)}.",
+            hint="Upload them in several requests.",
+        )
+    uploads = [Upload(safe_filename(f.filename), _chunks(f), f.size) for f in files]
+    return await services.jobs.upload(notebook_id, uploads)
+
+
+@router.post("/{notebook_id}/reindex", status_code=202, response_model=JobPublic)
+async def reindex_notebook(notebook_id: str, services: ServicesDep) -> JobPublic:
+    """Recompute every completed document's embeddings, as a job."""
+    job = await services.jobs.reindex(notebook_id)
+    return await services.jobs.public(job.id)
+
+
+def safe_filename(raw: str | None) -> str:
+    """Only the last path component, in safe characters, short enough in bytes for any disk."""
+    base = re.split(r"[\\/]", raw or "")[-1]
+    name = re.sub(r"[^\w.\- ]+", "_", base).strip(" .")
+    return name.encode()[:150].decode(errors="ignore") or "upload"
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(1 << 20):
+        yield chunk

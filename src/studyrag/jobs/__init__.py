@@ -1,0 +1,1 @@
+"""Background jobs: upload ingestion, reindexing, notebook deletion, with live progress."""

@@ -1,0 +1,1 @@
+"""Notebooks: one per course or project; they own documents and conversations."""

@@ -1,0 +1,79 @@
+"""NotebookService: create, find, rename and list notebooks; the one place names are checked."""
+
+from __future__ import annotations
+
+from studyrag.db.models import Notebook
+from studyrag.db.notebooks import NotebookRepo
+from studyrag.errors import InvalidNotebook
+from studyrag.schemas.notebooks import DESCRIPTION_MAX, NAME_MAX, NotebookPublic
+
+
+def clean_name(name: str) -> str:
+    """A notebook name with its blanks folded; InvalidNotebook (NB_003) when unusable."""
+    value = " ".join((name or "").split())
+    if not value:
+        raise InvalidNotebook("A notebook needs a name.", hint="Give a name such as 'Biology 101'.")
+    if len(value) > NAME_MAX:
+        raise InvalidNotebook(f"A notebook name has at most {NAME_MAX} characters.")
+    return value
+
+
+class NotebookService:
+    """Notebooks and the default one that everything without a notebook goes to."""
+
+    def __init__(self, repo: NotebookRepo) -> None:
+        self.repo = repo
+        self._default_id: str | None = None
+
+    async def default(self) -> Notebook:
+        nb = await self.repo.ensure_default()
+        self._default_id = nb.id
+        return nb
+
+    async def default_id(self) -> str:
+        if self._default_id is None:
+            await self.default()
+        assert self._default_id is not None
+        return self._default_id
+
+    async def resolve(self, ref: str | None) -> Notebook:
+        """The notebook named or identified by `ref` (name, id or id prefix); the default
+        notebook when `ref` is empty. NotebookNotFound (NB_001) otherwise."""
+        if ref is None or not ref.strip():
+            return await self.default()
+        return await self.repo.find(ref)
+
+    async def resolve_id(self, ref: str | None) -> str:
+        if ref is None or not ref.strip():
+            return await self.default_id()
+        return (await self.repo.find(ref)).id
+
+    async def create(self, name: str, description: str = "") -> Notebook:
+        if len(description) > DESCRIPTION_MAX:
+            raise InvalidNotebook(f"A description has at most {DESCRIPTION_MAX} characters.")
+        return await self.repo.create(clean_name(name), description=description)
+
+    async def update(
+        self, notebook_id: str, *, name: str | None = None, description: str | None = None
+    ) -> Notebook:
+        await self.repo.get(notebook_id)
+        fields: dict[str, str] = {}
+        if name is not None:
+            fields["name"] = clean_name(name)
+        if description is not None:
+            if len(description) > DESCRIPTION_MAX:
+                raise InvalidNotebook(f"A description has at most {DESCRIPTION_MAX} characters.")
+            fields["description"] = description
+        if not fields:
+            return await self.repo.get(notebook_id)
+        return await self.repo.update(notebook_id, **fields)
+
+    async def public(self, nb: Notebook) -> NotebookPublic:
+        counts = await self.repo.counts([nb.id])
+        return NotebookPublic.from_row(nb, counts.get(nb.id))
+
+    async def list_public(self) -> list[NotebookPublic]:
+        await self.default()
+        rows = await self.repo.list()
+        counts = await self.repo.counts([nb.id for nb in rows])
+        return [NotebookPublic.from_row(nb, counts.get(nb.id)) for nb in rows]

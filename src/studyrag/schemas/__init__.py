@@ -1,0 +1,1 @@
+"""Pydantic schema families (Create, Update, Public), one module per area."""
