@@ -1,0 +1,102 @@
+"""A real `studyrag serve` SIGKILLed in the middle of an upload job finishes it after restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+EXE = str(Path(sys.executable).with_name("studyrag"))
+
+
+@contextmanager
+def serve(data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYRAG_")}
+    env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [EXE, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "studyrag serve did not start"
+            time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_sigkill_mid_job_then_restart_completes_the_document(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    log = tmp_path / "serve.log"
+    big = "\n\n".join(
+        f"Note {i}: observation {i} of the survey records comet{i} near star {i % 89}."
+        for i in range(2000)
+    )
+    with serve(data_dir, port, log) as proc:
+        base = f"http://127.0.0.1:{port}"
+        nb = httpx.post(f"{base}/api/notebooks", json={"name": "Survey"}).json()
+        accepted = httpx.post(
+            f"{base}/api/notebooks/{nb['id']}/documents",
+            files=[("files", ("survey.txt", big.encode()))],
+            timeout=60,
+        ).json()
+        job_id = accepted["job_id"]
+        doc_id = accepted["documents"][0]["document_id"]
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{base}/api/documents/{doc_id}").json()["step"] != "embedding":
+            assert time.monotonic() < deadline, "the document never reached embedding"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    with serve(data_dir, port, log):
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 600
+        while True:
+            job = httpx.get(f"{base}/api/jobs/{job_id}").json()
+            if job["status"] in ("completed", "failed", "cancelled"):
+                break
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+        assert job["status"] == "completed", job
+        doc = httpx.get(f"{base}/api/documents/{doc_id}").json()
+        assert (doc["status"], doc["step"], doc["progress"]) == ("completed", "completed", 100.0)
+        # Every chunk once: the interrupted attempt left nothing behind.
+        assert len(doc["chunks"]) == doc["chunk_count"] > 10
+        assert [c["index"] for c in doc["chunks"]] == list(range(doc["chunk_count"]))
+        hits = httpx.post(
+            f"{base}/api/search",
+            json={"query": "comet1999", "notebook_id": nb["id"], "mode": "lexical"},
+        ).json()["results"]
+        assert hits and hits[0]["document_id"] == doc_id and "comet1999" in hits[0]["text"]
+    assert "requeued" in log.read_text()
