@@ -6,6 +6,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -14,6 +15,9 @@ from starlette.types import Scope
 from studyrag import __version__
 from studyrag.api.errors import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from studyrag.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from studyrag.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
                 open_services(cfg, with_chat=with_chat, with_jobs=True)
             )
             app.state.services = services
-            await services.embedder.start()
+            await _warm_up(services)
             # Entered after the services, so it closes first: sockets (1001), then answers.
             app.state.chat_runtime = await stack.enter_async_context(open_chat_runtime(services))
             log.info("StudyRAG %s ready; data in %s", __version__, cfg.data_dir)
@@ -65,6 +69,21 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
     app.include_router(sse.router)
     app.include_router(ws.router)
     return app
+
+
+async def _warm_up(services: Services) -> None:
+    """Pay the first-query costs (embedder weights, torch kernels, the vector index read from
+    disk, SQLite readers) before the server reports ready, not on a student's first search.
+    The chat model's weights are loaded by open_services already."""
+    import time
+
+    from studyrag.retrieval.types import SearchFilters
+
+    t = time.perf_counter()
+    await services.embedder.start()
+    filters = SearchFilters(notebook_id=await services.notebooks.default_id())
+    await services.search.search("warm up", mode="hybrid", top_k=1, filters=filters)
+    log.info("warmed up in %.1f s", time.perf_counter() - t)
 
 
 def _body_limit(scope: Scope, settings: Settings | None) -> int:
