@@ -12,6 +12,7 @@ BENCHES = [
     ["bench.chat_latency"],
     ["bench.ws_fanout"],
     ["bench.sse_cost"],
+    ["bench.pdf_views"],
 ]
 
 

@@ -266,6 +266,20 @@ class OriginalMissing(DocumentError):
     default_hint = "Upload the file again to keep its original and view its pages."
 
 
+class PageNotFound(DocumentError):
+    error_code = "DOC_008"
+    status_code = 404
+    default_hint = "Pages are numbered from 1 to the document's metadata.page_count."
+
+
+class HighlightUnavailable(DocumentError):
+    """The kept PDF no longer gives the stored text, so a passage cannot be placed on it."""
+
+    error_code = "DOC_013"
+    status_code = 409
+    default_hint = "Delete the document and upload it again: its text then comes from this loader."
+
+
 class JobError(StudyRAGError):
     error_code = "JOB_000"
     status_code = 400

@@ -62,6 +62,11 @@ class DocumentBuilder:
         self._length += len(text)
         self.spans.append(Span(start, self._length, page, section, kind))
 
+    @property
+    def next_start(self) -> int:
+        """The offset the next non-empty block will start at."""
+        return self._length + (len(self.SEPARATOR) if self._parts else 0)
+
     def build(self, metadata: dict[str, Any] | None = None) -> ExtractedDocument:
         return ExtractedDocument("".join(self._parts), self.spans, dict(metadata or {}))
 

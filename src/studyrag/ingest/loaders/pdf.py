@@ -15,13 +15,22 @@ import pypdfium2.raw as pdfium_c
 from studyrag.errors import ExtractionFailed
 from studyrag.ingest.loaders.base import DocumentBuilder, ExtractedDocument, Loader
 
-# PDFium keeps global state and is not thread-safe; loaders run in a thread pool.
+# PDFium keeps global state and is not thread-safe: every call into it, from the loader or
+# from the page views (ingest/pdf_views.py), holds this lock.
 _PDFIUM_LOCK = threading.Lock()
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-# pdfium marks a hyphen it found at a line end as U+0002; U+FFFE/U+FFFF are noise.
-_NOISE = re.compile(r"[\x00\x01\x03-\x08\x0b-\x1f\x7f\ufffe\uffff]")
-_SPACES = re.compile(r"[ \t\u00a0]+")
+# pdfium marks a hyphen it found at a line end as U+0002; U+FFFE/U+FFFF are noise, and so is
+# a lone UTF-16 surrogate (the text is decoded keeping them, so indices stay pdfium's).
+_NOISE_CHARS = r"\x00\x01\x03-\x08\x0b-\x1f\x7f\ud800-\udfff\ufffe\uffff"
+_SPACE_CHARS = r" \t\u00a0"
+# A line is cleaned token by token: a run of noise and spaces becomes one space (or nothing
+# when it holds no space), any other run is kept as it is, so each kept char has one source.
+_TOKEN = re.compile(rf"([{_NOISE_CHARS}{_SPACE_CHARS}]+)|[^{_NOISE_CHARS}{_SPACE_CHARS}]+")
+_SPACE = re.compile(rf"[{_SPACE_CHARS}]")
+_NEEDS_CLEANING = re.compile(rf"[{_NOISE_CHARS}\t\u00a0]|  ")
+# A char outside the Basic Multilingual Plane: two UTF-16 units in pdfium's text.
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 _ENDS_SENTENCE = re.compile(r"[.!?:;\"'\u201d\u2019)\]]$")
 _BULLET = re.compile(r"^(?:[\u2022\u25aa\u25cf\u2023\u2043\u25e6*\-\u2013]\s|\(?\d{1,3}[.)]\s)")
 # A line shorter than this share of the page's longest line, ending a sentence, ends a paragraph.
@@ -31,21 +40,78 @@ _SHORT_LINE = 0.75
 _PARAGRAPH_GAP = 1.5
 _PITCH_FACTOR = 1.3
 
+#: The source of a paragraph char that no pdfium char stands for: the space joining two lines.
+JOINED = -1
+
 
 @dataclass(slots=True)
 class _Line:
     text: str
+    sources: list[int]  # per char of text: its index in the page's pdfium text
     top: float | None = None
     height: float | None = None
 
 
-def _clean(line: str) -> str:
-    return _SPACES.sub(" ", _NOISE.sub("", line)).strip()
+@dataclass(frozen=True, slots=True)
+class PageText:
+    """One page's paragraphs exactly as the loader extracts them, each char traced to pdfium.
+
+    `sources[p][i]` is the index in `raw` (the page's pdfium text) of `paragraphs[p][i]`, or
+    JOINED for the space that replaced a line break. The loader and the page views both build
+    their text with `page_text`, so the highlight geometry cannot drift from the stored text.
+    """
+
+    raw: str
+    paragraphs: list[str]
+    sources: list[list[int]]
+    # Where raw[i] starts in pdfium's UTF-16 text; None when every char is one UTF-16 unit.
+    units: list[int] | None
+
+    def text_index(self, index: int) -> int:
+        """pdfium's text index (FPDFText_GetCharIndexFromTextIndex) of raw[index]."""
+        return index if self.units is None else self.units[index]
 
 
-def _page_lines(textpage: pdfium.PdfTextPage) -> list[_Line]:
-    """The page's lines, each with its vertical position where pdfium can tell it."""
-    raw = textpage.get_text_range()
+def _utf16_units(raw: str) -> list[int] | None:
+    """Each char's UTF-16 offset in `raw`; None when the offsets are the indices themselves."""
+    if raw.isascii() or not _ASTRAL.search(raw):
+        return None
+    units: list[int] = []
+    offset = 0
+    for ch in raw:
+        units.append(offset)
+        offset += 2 if ord(ch) > 0xFFFF else 1
+    return units
+
+
+def _clean(segment: str, base: int) -> tuple[str, list[int]]:
+    """Drop noise chars, collapse spaces, strip; with each kept char's index (from `base`)."""
+    if not _NEEDS_CLEANING.search(segment):
+        # Most lines: nothing to drop or collapse, only the ends to strip.
+        lead = len(segment) - len(segment.lstrip())
+        text = segment.strip()
+        return text, list(range(base + lead, base + lead + len(text)))
+    parts: list[str] = []
+    sources: list[int] = []
+    for match in _TOKEN.finditer(segment):
+        if match.group(1) is None:
+            parts.append(match.group())
+            sources.extend(range(base + match.start(), base + match.end()))
+        elif space := _SPACE.search(match.group()):
+            parts.append(" ")
+            sources.append(base + match.start() + space.start())
+    text = "".join(parts)
+    # str.strip also removes whitespace that is neither noise nor a space (U+2003, U+3000...).
+    lead = len(text) - len(text.lstrip())
+    kept = len(text.strip())
+    return text[lead : lead + kept], sources[lead : lead + kept]
+
+
+def _page_lines(textpage: pdfium.PdfTextPage) -> tuple[str, list[int] | None, list[_Line]]:
+    """The page's pdfium text and its lines, each with its position where pdfium can tell it."""
+    # Lone surrogates are kept (and dropped later as noise) so indices match pdfium's text.
+    raw = textpage.get_text_range(errors="surrogatepass")
+    units = _utf16_units(raw)
     segments: list[tuple[int, str]] = []
     pos = 0
     for match in _LINE_BREAK.finditer(raw):
@@ -54,11 +120,13 @@ def _page_lines(textpage: pdfium.PdfTextPage) -> list[_Line]:
     segments.append((pos, raw[pos:]))
     lines: list[_Line] = []
     for start, segment in segments:
-        text = _clean(segment.replace("\x02", "-"))
-        line = _Line(text)
+        text, sources = _clean(segment.replace("\x02", "-"), start)
+        line = _Line(text, sources)
         if text:
             first = start + (len(segment) - len(segment.lstrip()))
-            char_index = pdfium_c.FPDFText_GetCharIndexFromTextIndex(textpage, first)
+            char_index = pdfium_c.FPDFText_GetCharIndexFromTextIndex(
+                textpage, first if units is None else units[first]
+            )
             if char_index >= 0:
                 try:
                     _, bottom, _, top = textpage.get_charbox(char_index, loose=True)
@@ -67,7 +135,7 @@ def _page_lines(textpage: pdfium.PdfTextPage) -> list[_Line]:
                 else:
                     line.top, line.height = top, max(top - bottom, 0.0)
         lines.append(line)
-    return lines
+    return raw, units, lines
 
 
 def _pitch(line: _Line, nxt: _Line) -> tuple[float, float] | None:
@@ -92,19 +160,23 @@ def _breaks_after(line: _Line, nxt: _Line, longest: int, usual_pitch: float) -> 
     return bool(_ENDS_SENTENCE.search(line.text)) and len(line.text) < _SHORT_LINE * longest
 
 
-def _join(lines: list[str]) -> str:
+def _join(lines: list[_Line]) -> tuple[str, list[int]]:
     """Join wrapped lines into one paragraph, undoing end-of-line hyphenation."""
-    out = lines[0]
+    out = lines[0].text
+    sources = list(lines[0].sources)
     for line in lines[1:]:
-        if len(out) > 1 and out.endswith("-") and out[-2].isalpha() and line[:1].islower():
-            out = out[:-1] + line
+        if len(out) > 1 and out.endswith("-") and out[-2].isalpha() and line.text[:1].islower():
+            out = out[:-1] + line.text
+            sources.pop()
         else:
-            out = f"{out} {line}"
-    return out
+            out = f"{out} {line.text}"
+            sources.append(JOINED)
+        sources.extend(line.sources)
+    return out, sources
 
 
-def _split_paragraphs(lines: list[_Line]) -> list[str]:
-    """Group a page's lines into paragraphs."""
+def _split_paragraphs(lines: list[_Line]) -> list[tuple[str, list[int]]]:
+    """Group a page's lines into paragraphs, each with its chars' sources."""
     texts = [line.text for line in lines if line.text]
     if not texts:
         return []
@@ -112,16 +184,31 @@ def _split_paragraphs(lines: list[_Line]) -> list[str]:
     geometry = [_pitch(line, nxt) for line, nxt in zip(lines, lines[1:], strict=False)]
     pitches = [pitch for pitch, _ in filter(None, geometry) if pitch > 0]
     usual_pitch = statistics.median(pitches) if pitches else 0.0
-    paragraphs: list[str] = []
-    current: list[str] = []
+    paragraphs: list[tuple[str, list[int]]] = []
+    current: list[_Line] = []
     for index, line in enumerate(lines):
         if line.text:
-            current.append(line.text)
+            current.append(line)
         nxt = lines[index + 1] if index + 1 < len(lines) else None
         if current and (nxt is None or _breaks_after(line, nxt, longest, usual_pitch)):
             paragraphs.append(_join(current))
             current = []
     return paragraphs
+
+
+def page_text(textpage: pdfium.PdfTextPage) -> PageText:
+    """The page's paragraphs as the loader stores them, with each char's pdfium source.
+
+    The caller holds _PDFIUM_LOCK and owns `textpage`.
+    """
+    raw, units, lines = _page_lines(textpage)
+    paragraphs = _split_paragraphs(lines)
+    return PageText(
+        raw,
+        [text for text, _ in paragraphs],
+        [sources for _, sources in paragraphs],
+        units,
+    )
 
 
 def _open_failure(path: Path, exc: pdfium.PdfiumError) -> ExtractionFailed:
@@ -148,33 +235,50 @@ def _metadata(document: pdfium.PdfDocument) -> dict[str, Any]:
     return metadata
 
 
+def open_pdf(path: Path) -> pdfium.PdfDocument:
+    """Open a PDF, translating pdfium's failures; the caller holds _PDFIUM_LOCK and closes it."""
+    try:
+        return pdfium.PdfDocument(path)
+    except pdfium.PdfiumError as exc:
+        raise _open_failure(path, exc) from exc
+    except FileNotFoundError as exc:
+        raise ExtractionFailed(f"{path.name} does not exist.") from exc
+
+
 class PdfLoader(Loader):
-    """PDF: one span per paragraph, with its 1-based page number."""
+    """PDF: one span per paragraph, with its 1-based page number.
+
+    The metadata's `page_starts[i]` is the offset in the text where page i + 1's first
+    paragraph starts, or would start when the page has no text (past the end for trailing
+    empty pages): the page views use it to re-read only the pages a passage is on.
+    """
 
     suffixes = (".pdf",)
     file_type = "pdf"
 
     def load(self, path: Path) -> ExtractedDocument:
-        """Extract each page's paragraphs and the title/author/page_count metadata."""
+        """Extract each page's paragraphs and the title/author/page_count/page_starts metadata."""
         builder = DocumentBuilder()
+        page_starts: list[int] = []
         with _PDFIUM_LOCK:
-            try:
-                document = pdfium.PdfDocument(path)
-            except pdfium.PdfiumError as exc:
-                raise _open_failure(path, exc) from exc
-            except FileNotFoundError as exc:
-                raise ExtractionFailed(f"{path.name} does not exist.") from exc
-            try:
+            document = open_pdf(path)
+        try:
+            with _PDFIUM_LOCK:
                 metadata = _metadata(document)
-                for page_number in range(1, len(document) + 1):
-                    for paragraph in self._page_paragraphs(document, page_number - 1):
-                        builder.add(paragraph, page=page_number)
-            except pdfium.PdfiumError as exc:
-                raise ExtractionFailed(
-                    f"{path.name} is damaged: PDFium could not read its pages.",
-                    details={"reason": str(exc)},
-                ) from exc
-            finally:
+            for index in range(metadata["page_count"]):
+                # The lock is taken per page, so a page view is not held up for a whole book.
+                with _PDFIUM_LOCK:
+                    paragraphs = self._page_paragraphs(document, index)
+                page_starts.append(builder.next_start)
+                for paragraph in paragraphs:
+                    builder.add(paragraph, page=index + 1)
+        except pdfium.PdfiumError as exc:
+            raise ExtractionFailed(
+                f"{path.name} is damaged: PDFium could not read its pages.",
+                details={"reason": str(exc)},
+            ) from exc
+        finally:
+            with _PDFIUM_LOCK:
                 document.close()
         if not builder.spans:
             raise ExtractionFailed(
@@ -182,7 +286,7 @@ class PdfLoader(Loader):
                 "it first, or ingest it with the docling loader.",
                 details={"page_count": metadata.get("page_count", 0)},
             )
-        return builder.build(metadata)
+        return builder.build(metadata | {"page_starts": page_starts})
 
     @staticmethod
     def _page_paragraphs(document: pdfium.PdfDocument, index: int) -> list[str]:
@@ -190,7 +294,7 @@ class PdfLoader(Loader):
         try:
             textpage = page.get_textpage()
             try:
-                return _split_paragraphs(_page_lines(textpage))
+                return page_text(textpage).paragraphs
             finally:
                 textpage.close()
         finally:
