@@ -270,6 +270,28 @@ async def test_original_file_ranges_text_and_chunk_views(
     )
     assert_error(await http.get("/api/chunks/999999999"), 404, "DOC_012")
 
+    # PDF: the quoted words are drawn on their page, and that page renders as an image.
+    pdf_doc = (await http.get(f"/api/documents/{pdf_id}")).json()
+    page2 = next(c for c in pdf_doc["chunks"] if c["page"] == 2)
+    text = (await http.get(f"/api/chunks/{page2['id']}")).json()["text"]
+    at = page2["start"] + text.index("Chlorophyll")
+    view = (
+        await http.get(f"/api/chunks/{page2['id']}", params={"start": at, "end": at + 11})
+    ).json()
+    assert view["quote"]["text"] == "Chlorophyll"
+    (on_page,) = view["rects"]
+    assert on_page["page"] == 2 and on_page["width"] > 500 and on_page["height"] > 700
+    (x0, y0, x1, y1) = on_page["rects"][0]
+    assert 0 <= x0 < x1 <= on_page["width"] and 0 <= y0 < y1 <= on_page["height"]
+    png = await http.get(f"/api/documents/{pdf_id}/pages/2.png", params={"scale": 1})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    cached = await http.get(f"/api/documents/{pdf_id}/pages/2.png", params={"scale": 1})
+    assert cached.content == png.content
+    assert_error(await http.get(f"/api/documents/{pdf_id}/pages/99.png"), 404, "DOC_008")
+    assert_error(await http.get(f"/api/documents/{md_id}/pages/1.png"), 422, "DOC_009")
+    assert (await http.get(f"/api/documents/{pdf_id}/pages/1.png?scale=nan")).status_code == 422
+
 
 async def test_cancel_mid_embedding_leaves_nothing_and_retry_completes(
     live: LiveServer, http: httpx.AsyncClient

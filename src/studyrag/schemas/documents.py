@@ -48,7 +48,8 @@ class DocumentPublic(BaseModel):
             chunk_count=doc.chunk_count or 0,
             embedding_model=doc.embedding_model,
             job_id=doc.job_id,
-            metadata=dict(doc.meta or {}),
+            # page_starts is internal (highlighting), one number per page: not worth sending.
+            metadata={k: v for k, v in (doc.meta or {}).items() if k != "page_starts"},
             created_at=doc.created_at,
             updated_at=doc.updated_at,
         )

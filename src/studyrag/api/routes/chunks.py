@@ -3,11 +3,15 @@ quoted span of it is drawn on the page."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import anyio
 from fastapi import APIRouter, Query
 
 from studyrag.api.deps import ServicesDep
-from studyrag.errors import InvalidSpan
-from studyrag.schemas.documents import ChunkPublic, Quote
+from studyrag.errors import HighlightUnavailable, InvalidSpan
+from studyrag.schemas.documents import ChunkPublic, PageRect, Quote
 
 router = APIRouter(prefix="/api/chunks", tags=["documents"])
 
@@ -32,9 +36,9 @@ async def get_chunk(
         )
     rects = None
     if doc.file_type == "pdf" and services.originals.exists(doc.sha256):
-        from studyrag.ingest.passage_views import pdf_rects
-
-        rects = await pdf_rects(services.originals.path(doc.sha256), doc, content, q_start, q_end)
+        rects = await _pdf_rects(
+            services.originals.path(doc.sha256), doc.meta, content, q_start, q_end
+        )
     return ChunkPublic(
         id=chunk.id,
         document_id=doc.id,
@@ -52,3 +56,20 @@ async def get_chunk(
         quote=Quote(start=q_start, end=q_end, text=content[q_start:q_end]),
         rects=rects,
     )
+
+
+async def _pdf_rects(
+    path: Path, meta: dict[str, Any] | None, content: str, start: int, end: int
+) -> list[PageRect] | None:
+    """Where the span is drawn on its pages; None when the kept PDF no longer gives the
+    stored text (extracted by another loader), so the viewer falls back to the page."""
+    from studyrag.ingest.pdf_views import highlight_rects
+
+    page_starts = (meta or {}).get("page_starts")
+    try:
+        found = await anyio.to_thread.run_sync(
+            lambda: highlight_rects(path, content, start, end, page_starts=page_starts)
+        )
+    except HighlightUnavailable:
+        return None
+    return [PageRect(**p.to_dict()) for p in found]

@@ -203,6 +203,51 @@ async def get_text(
     )
 
 
+@router.get(
+    "/{document_id}/pages/{page}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+async def get_page_image(
+    document_id: str,
+    page: int,
+    services: ServicesDep,
+    scale: float = Query(1.5, gt=0, le=4, allow_inf_nan=False),
+) -> Response:
+    """One page of a PDF rendered as PNG (cached; at most a few megapixels)."""
+    from studyrag.ingest.pdf_views import render_page_png
+
+    doc = await services.documents.get(document_id)
+    if doc.file_type != "pdf":
+        raise InvalidSpan(
+            f"{doc.filename} is not a PDF; it has no pages to render.",
+            hint="Show its text with GET /api/documents/{id}/text instead.",
+        )
+    if not services.originals.exists(doc.sha256):
+        raise OriginalMissing(f"The original of {doc.filename} is not kept.")
+    # Rounded so that near-equal scales share one cached image.
+    scale = round(scale, 2)
+    cache = services.settings.data_dir / "cache" / "pages" / f"{doc.sha256}-{page}-{scale}.png"
+    if await anyio.Path(cache).is_file():
+        data = await anyio.Path(cache).read_bytes()
+    else:
+        path = services.originals.path(doc.sha256)
+        data = await anyio.to_thread.run_sync(
+            lambda: render_page_png(path, page, scale=scale), limiter=_RENDER_LIMITER
+        )
+        await anyio.Path(cache.parent).mkdir(parents=True, exist_ok=True)
+        tmp = anyio.Path(f"{cache}.{id(data)}.tmp")
+        await tmp.write_bytes(data)
+        await tmp.replace(cache)
+    return Response(
+        data,
+        media_type="image/png",
+        headers={"cache-control": "private, max-age=86400", "etag": f'"{doc.sha256}-{page}"'},
+    )
+
+
+# Rendering is CPU work: one page at a time per process keeps search interactive.
+_RENDER_LIMITER = anyio.CapacityLimiter(1)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
