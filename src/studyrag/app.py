@@ -110,8 +110,26 @@ class StudyRAGServer(uvicorn.Server):
         super().__init__(config)
         self.studyrag_app = app
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start as uvicorn does, then tell CLI commands of this data dir where we are."""
+        await super().startup(sockets)
+        services = getattr(self.studyrag_app.state, "services", None)
+        if self.started and services is not None:
+            from studyrag import local_server
+
+            port = self.config.port
+            for server in self.servers:  # the real port when 0 was asked for
+                for sock in server.sockets:
+                    port = sock.getsockname()[1]
+            local_server.announce(services.settings.data_dir, host=self.config.host, port=port)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Say goodbye on every chat socket, then shut down as uvicorn does."""
+        services = getattr(self.studyrag_app.state, "services", None)
+        if services is not None:
+            from studyrag import local_server
+
+            local_server.withdraw(services.settings.data_dir)
         await close_websockets(self.studyrag_app)
         await super().shutdown(sockets)
 

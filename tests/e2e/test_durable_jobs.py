@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from studyrag import local_server
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -64,6 +65,7 @@ def test_sigkill_mid_job_then_restart_completes_the_document(tmp_path: Path) -> 
     )
     with serve(data_dir, port, log) as proc:
         base = f"http://127.0.0.1:{port}"
+        assert local_server.find(data_dir) == base  # CLI commands can use this server
         nb = httpx.post(f"{base}/api/notebooks", json={"name": "Survey"}).json()
         accepted = httpx.post(
             f"{base}/api/notebooks/{nb['id']}/documents",
@@ -78,6 +80,7 @@ def test_sigkill_mid_job_then_restart_completes_the_document(tmp_path: Path) -> 
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+    assert local_server.find(data_dir) is None  # its record names a dead process
 
     with serve(data_dir, port, log):
         base = f"http://127.0.0.1:{port}"
@@ -100,3 +103,4 @@ def test_sigkill_mid_job_then_restart_completes_the_document(tmp_path: Path) -> 
         ).json()["results"]
         assert hits and hits[0]["document_id"] == doc_id and "comet1999" in hits[0]["text"]
     assert "requeued" in log.read_text()
+    assert not (data_dir / local_server.FILENAME).exists()  # withdrawn on a clean stop
