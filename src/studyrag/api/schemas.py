@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from studyrag.config import Settings
 from studyrag.errors import InvalidChatRequest
 from studyrag.retrieval.types import SearchFilters
+from studyrag.schemas.conversations import ConversationPublic, MessagePublic
 
 SearchModeName = Literal["hybrid", "semantic", "lexical"]
 # A hard ceiling for any body, whatever the settings say: pydantic never sees more.
@@ -104,71 +105,6 @@ def max_body_bytes(settings: Settings) -> int:
     return max(settings.api.ws_max_frame_bytes, settings.chat.max_message_chars * 6 + 16_384)
 
 
-class ConversationCreateRequest(BaseModel):
-    """POST /api/chat/conversations."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    title: str | None = Field(default=None, max_length=200)
-    metadata: dict[str, Any] | None = None
-    # The prompt template this conversation's answers use unless a message names another.
-    template: str | None = Field(default=None, min_length=1, max_length=100)
-
-
-class ConversationUpdateRequest(BaseModel):
-    """PUT /api/chat/conversations/{id}: only the fields given change."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    title: str | None = Field(default=None, max_length=200)
-    metadata: dict[str, Any] | None = None
-    status: Literal["active", "archived"] | None = None
-
-
-class CleanupRequest(BaseModel):
-    """POST /api/chat/conversations/{id}/cleanup: the rules are combined (their union)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    keep_last: int | None = Field(default=None, ge=0)
-    drop_incomplete: bool = False
-    older_than_seconds: float | None = Field(default=None, ge=0)
-    # Remove a soft-deleted conversation and its messages for good.
-    purge: bool = False
-
-
-class MessageOut(BaseModel):
-    """A stored message."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    conversation_id: str
-    seq: int
-    role: str
-    content: str
-    status: str
-    created_at: str | None
-    sources: list[dict[str, Any]] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class ConversationOut(BaseModel):
-    """A conversation."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    title: str
-    status: str
-    message_count: int
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    created_at: str | None = None
-    updated_at: str | None = None
-    last_message_at: str | None = None
-    deleted_at: str | None = None
-
-
 class SourceOut(BaseModel):
     """A numbered passage the answer may cite."""
 
@@ -189,24 +125,7 @@ class SourceOut(BaseModel):
 class ChatResponse(BaseModel):
     """POST /api/chat/message: the stored answer, its conversation, sources and statistics."""
 
-    message: MessageOut
-    conversation: ConversationOut
+    message: MessagePublic
+    conversation: ConversationPublic
     sources: list[SourceOut]
     metadata: dict[str, Any]
-
-
-class ConversationPageOut(BaseModel):
-    items: list[ConversationOut]
-    total: int
-    limit: int
-    offset: int = 0
-    next_cursor: str | None = None
-
-
-class MessagePageOut(BaseModel):
-    items: list[MessageOut]
-    order: Literal["asc", "desc"]
-    has_more_before: bool
-    has_more_after: bool
-    first_seq: int | None
-    last_seq: int | None

@@ -8,7 +8,6 @@ stored on the assistant message and reported as an `error` event.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import time
@@ -23,7 +22,7 @@ from sqlalchemy import select
 
 from studyrag.backends.llm.base import ChatMessage, ChatModel, GenerationStats, TokenDelta
 from studyrag.chat.citations import mark_cited, resolve_citations, strip_markers
-from studyrag.chat.conversations import ConversationManager, MessagePublic
+from studyrag.chat.conversations import ConversationManager
 from studyrag.chat.prompts import (
     PromptFit,
     PromptTemplate,
@@ -44,6 +43,7 @@ from studyrag.retrieval.context import Context, build_context
 from studyrag.retrieval.lexical import STOPWORDS
 from studyrag.retrieval.search import MODES, SearchService
 from studyrag.retrieval.types import SearchFilters, SearchResult
+from studyrag.schemas.conversations import MessagePublic
 
 log = logging.getLogger(__name__)
 
@@ -609,12 +609,13 @@ class ChatEngine:
         except MessageNotFound:
             # Removed meanwhile (cleanup with drop_incomplete); report what it would be.
             log.warning("Answer %s was deleted before it was saved", answer.message.id)
-            stored = dataclasses.replace(
-                answer.message,
-                content=content,
-                status=answer.status,
-                sources=sources,
-                metadata=meta,
+            stored = answer.message.model_copy(
+                update={
+                    "content": content,
+                    "status": answer.status,
+                    "sources": sources,
+                    "metadata": meta,
+                }
             )
         conv = await self.conversations.get(answer.message.conversation_id, include_deleted=True)
         return stored, conv.to_dict()

@@ -17,28 +17,32 @@ from studyrag.api.runtime import ChatRuntimeDep, CountingRoute
 from studyrag.api.schemas import (
     ChatRequest,
     ChatResponse,
-    CleanupRequest,
-    ConversationCreateRequest,
-    ConversationOut,
-    ConversationPageOut,
-    ConversationUpdateRequest,
-    MessagePageOut,
     check_message,
     max_body_bytes,
 )
+from studyrag.chat.conversations import MAX_PAGE_SIZE
 from studyrag.errors import (
     GenerationFailed,
     GenerationInProgress,
     InvalidChatRequest,
     PayloadTooLarge,
 )
+from studyrag.schemas.conversations import (
+    CleanupReport,
+    CleanupRequest,
+    ConversationCreate,
+    ConversationDeleted,
+    ConversationDetail,
+    ConversationPage,
+    ConversationPublic,
+    ConversationUpdate,
+    MessagePage,
+)
 
 if TYPE_CHECKING:
     from studyrag.chat.engine import ChatEngine
 
 router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=CountingRoute)
-
-MAX_PAGE = 100
 
 
 def limit_body(request: Request, services: ServicesDep) -> None:
@@ -80,7 +84,7 @@ async def post_message(
 
 
 # --- conversations -----------------------------------------------------------------------
-@router.get("/conversations", response_model=ConversationPageOut)
+@router.get("/conversations")
 async def list_conversations(
     services: ServicesDep,
     status: Literal["active", "archived", "deleted"] | None = None,
@@ -89,10 +93,10 @@ async def list_conversations(
     created_before: datetime | None = None,
     updated_after: datetime | None = None,
     updated_before: datetime | None = None,
-    limit: int = Query(default=20, ge=1, le=MAX_PAGE),
+    limit: int = Query(default=20, ge=1, le=MAX_PAGE_SIZE),
     cursor: str | None = Query(default=None, max_length=512),
     offset: int = Query(default=0, ge=0),
-) -> dict[str, Any]:
+) -> ConversationPage:
     """Conversations by latest activity; follow next_cursor for the next page."""
     page = await services.conversations.list(
         status=status,
@@ -105,7 +109,7 @@ async def list_conversations(
         cursor=cursor,
         offset=offset,
     )
-    return page.to_dict()
+    return page
 
 
 def check_template(template: object, chat: ChatEngine | None) -> None:
@@ -129,82 +133,81 @@ def check_template(template: object, chat: ChatEngine | None) -> None:
         )
 
 
-@router.post("/conversations", status_code=201, response_model=ConversationOut)
+@router.post("/conversations", status_code=201)
 async def create_conversation(
-    body: ConversationCreateRequest, services: ServicesDep
-) -> dict[str, Any]:
+    body: ConversationCreate, services: ServicesDep
+) -> ConversationPublic:
     """Start an empty conversation; `template` becomes its answers' default."""
     metadata = dict(body.metadata or {})
     if body.template is not None:
         metadata["template"] = body.template
     check_template(metadata.get("template"), services.chat)
-    conversation = await services.conversations.create(title=body.title, metadata=metadata)
-    return conversation.to_dict()
+    return await services.conversations.create(title=body.title, metadata=metadata)
 
 
-@router.get("/conversations/{conversation_id}", response_model=ConversationOut)
+@router.get("/conversations/{conversation_id}")
 async def get_conversation(
     conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
-) -> dict[str, Any]:
+) -> ConversationDetail:
     """One conversation, with the answer in progress if any."""
     conversation = await services.conversations.get(conversation_id)
     gen = runtime.hub.current(conversation_id)
-    return conversation.to_dict() | {"generation": gen.info() if gen is not None else None}
+    return ConversationDetail(
+        **conversation.model_dump(), generation=gen.info() if gen is not None else None
+    )
 
 
-@router.put("/conversations/{conversation_id}", response_model=ConversationOut)
+@router.put("/conversations/{conversation_id}")
 async def update_conversation(
     conversation_id: str,
-    body: ConversationUpdateRequest,
+    body: ConversationUpdate,
     services: ServicesDep,
     runtime: ChatRuntimeDep,
-) -> dict[str, Any]:
+) -> ConversationPublic:
     """Rename, replace metadata, archive or unarchive; clients get conversation_updated."""
     if body.metadata is not None:
         check_template(body.metadata.get("template"), services.chat)
     conversation = await services.conversations.update(
         conversation_id, title=body.title, metadata=body.metadata, status=body.status
     )
-    data = conversation.to_dict()
     await runtime.ws.broadcast(
-        conversation_id, {"type": "conversation_updated", "conversation": data}
+        conversation_id, {"type": "conversation_updated", "conversation": conversation.to_dict()}
     )
-    return data
+    return conversation
 
 
 @router.delete("/conversations/{conversation_id}")
 async def delete_conversation(
     conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
-) -> dict[str, Any]:
+) -> ConversationDeleted:
     """Soft delete: hidden at once (404 afterwards), its answer stopped, clients told."""
     await services.conversations.soft_delete(conversation_id)
     await runtime.hub.stop(conversation_id)
     await runtime.ws.broadcast(
         conversation_id, {"type": "conversation_deleted", "conversation_id": conversation_id}
     )
-    return {"deleted": conversation_id}
+    return ConversationDeleted(deleted=conversation_id)
 
 
-@router.get("/conversations/{conversation_id}/messages", response_model=MessagePageOut)
+@router.get("/conversations/{conversation_id}/messages")
 async def list_messages(
     conversation_id: str,
     services: ServicesDep,
-    limit: int = Query(default=50, ge=1, le=MAX_PAGE),
+    limit: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
     before_seq: int | None = Query(default=None, ge=0),
     after_seq: int | None = Query(default=None, ge=0),
     order: Literal["asc", "desc"] = "asc",
-) -> dict[str, Any]:
+) -> MessagePage:
     """A page of messages next to a seq cursor (before_seq: older, after_seq: newer)."""
-    page = await services.conversations.list_messages(
+    return await services.conversations.list_messages(
         conversation_id, limit=limit, before_seq=before_seq, after_seq=after_seq, order=order
     )
-    return page.to_dict()
 
 
 @router.post("/conversations/{conversation_id}/cleanup")
 async def cleanup_conversation(
     conversation_id: str, body: CleanupRequest, services: ServicesDep, runtime: ChatRuntimeDep
-) -> dict[str, Any]:
+) -> CleanupReport:
     """Keep the last N messages, drop incomplete or old ones, or purge a deleted conversation."""
     conversations = services.conversations
     if body.purge:
@@ -214,8 +217,7 @@ async def cleanup_conversation(
                 "Only a deleted conversation can be purged.",
                 hint=f"DELETE /api/chat/conversations/{conversation_id} first.",
             )
-        report = await conversations.cleanup(conversation_id, purge_deleted_older_than=timedelta(0))
-        return report.to_dict() | {"conversation": None}
+        return await conversations.cleanup(conversation_id, purge_deleted_older_than=timedelta(0))
     await conversations.get(conversation_id)
     if body.drop_incomplete and runtime.hub.current(conversation_id) is not None:
         # The answer being streamed is an incomplete message too.
@@ -228,11 +230,12 @@ async def cleanup_conversation(
         else None,
         drop_incomplete=body.drop_incomplete,
     )
-    data = (await conversations.get(conversation_id)).to_dict()
+    report.conversation = await conversations.get(conversation_id)
     await runtime.ws.broadcast(
-        conversation_id, {"type": "conversation_updated", "conversation": data}
+        conversation_id,
+        {"type": "conversation_updated", "conversation": report.conversation.to_dict()},
     )
-    return report.to_dict() | {"conversation": data}
+    return report
 
 
 @router.post("/conversations/{conversation_id}/stop")
