@@ -12,7 +12,12 @@ from fastapi import FastAPI
 from starlette.types import Scope
 
 from studyrag import __version__
-from studyrag.api.errors import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
+from studyrag.api.errors import (
+    BodyLimitMiddleware,
+    RequestIdMiddleware,
+    install_error_handlers,
+    max_body_bytes,
+)
 from studyrag.config import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -54,8 +59,6 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
 
 def _body_limit(scope: Scope, settings: Settings | None) -> int:
     """The chat body limit of the running app's settings."""
-    from studyrag.api.schemas import max_body_bytes
-
     app = scope.get("app")
     services = getattr(getattr(app, "state", None), "services", None)
     cfg = services.settings if services is not None else settings

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from studyrag.config import Settings
 from studyrag.errors import RateLimited, StudyRAGError
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,12 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """The largest chat request body accepted before parsing (else 413 CHAT_010)."""
+    # Four UTF-8 bytes per character at worst, JSON escaping aside, plus room for options.
+    return max(settings.api.ws_max_frame_bytes, settings.chat.max_message_chars * 6 + 16_384)
 
 
 class BodyLimitMiddleware:

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from studyrag.api.generations import Generation, GenerationHub, channel
 from studyrag.api.ratelimit import RateLimiter, client_key
-from studyrag.api.schemas import WSMessageFrame, WSResumeFrame, WSTypingFrame, check_message
 from studyrag.backends.broker.base import Broker
+from studyrag.chat.engine import check_message
 from studyrag.config import Settings
 from studyrag.errors import (
     BrokerUnavailable,
@@ -38,6 +38,7 @@ from studyrag.errors import (
     StudyRAGError,
     TooManyConnections,
 )
+from studyrag.schemas.chat import WSMessageFrame, WSResumeFrame, WSTypingFrame
 
 log = logging.getLogger(__name__)
 

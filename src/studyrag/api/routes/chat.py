@@ -7,26 +7,24 @@ the GenerationHub's broker channel, updates and deletions as frames.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from studyrag.api.deps import ServicesDep
+from studyrag.api.errors import max_body_bytes
 from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep, CountingRoute
-from studyrag.api.schemas import (
-    ChatRequest,
-    ChatResponse,
-    check_message,
-    max_body_bytes,
-)
 from studyrag.chat.conversations import MAX_PAGE_SIZE
+from studyrag.chat.engine import ChatEngine, check_message
+from studyrag.chat.prompts import check_template_name
 from studyrag.errors import (
     GenerationFailed,
     GenerationInProgress,
     InvalidChatRequest,
     PayloadTooLarge,
 )
+from studyrag.schemas.chat import ChatRequest, ChatResponse, StopResult
 from studyrag.schemas.conversations import (
     CleanupReport,
     CleanupRequest,
@@ -38,9 +36,6 @@ from studyrag.schemas.conversations import (
     ConversationUpdate,
     MessagePage,
 )
-
-if TYPE_CHECKING:
-    from studyrag.chat.engine import ChatEngine
 
 router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=CountingRoute)
 
@@ -57,10 +52,10 @@ def limit_body(request: Request, services: ServicesDep) -> None:
         )
 
 
-@router.post("/message", response_model=ChatResponse, dependencies=[Depends(limit_body)])
+@router.post("/message", dependencies=[Depends(limit_body)])
 async def post_message(
     body: ChatRequest, request: Request, services: ServicesDep, runtime: ChatRuntimeDep
-) -> dict[str, Any]:
+) -> ChatResponse:
     """Answer one question; without conversation_id a new conversation starts."""
     question = check_message(body.message, services.settings)
     await runtime.limiter.check(client_key(request))
@@ -75,12 +70,14 @@ async def post_message(
     if final.type == "error":
         raise gen.exception or GenerationFailed(str(final.data.get("message")))
     message = final.data["message"]
-    return {
-        "message": message,
-        "conversation": final.data["conversation"],
-        "sources": message.get("sources") or [],
-        "metadata": final.data["metadata"],
-    }
+    return ChatResponse.model_validate(
+        {
+            "message": message,
+            "conversation": final.data["conversation"],
+            "sources": message.get("sources") or [],
+            "metadata": final.data["metadata"],
+        }
+    )
 
 
 # --- conversations -----------------------------------------------------------------------
@@ -115,22 +112,10 @@ async def list_conversations(
 def check_template(template: object, chat: ChatEngine | None) -> None:
     """CHAT_006 (422) unless `template` is None or a known template name."""
     # metadata["template"] is every later answer's default: a bad one would fail them all.
-    if template is None:
-        return
-    names = sorted(chat.templates) if chat is not None else []
-    if not isinstance(template, str):
-        raise InvalidChatRequest(
-            "The template must be a template's name.",
-            details={"field": "metadata.template", "available": names},
-            hint=f"Use one of: {', '.join(names)}." if names else "Send a string.",
-        )
     # Without a chat model the names are unknown; the engine checks them when one answers.
-    if chat is not None and template not in chat.templates:
-        raise InvalidChatRequest(
-            f"Unknown prompt template {template[:100]!r}.",
-            details={"template": template[:100], "available": names},
-            hint=f"Use one of: {', '.join(names)}.",
-        )
+    if template is not None:
+        templates = chat.templates if chat is not None else None
+        check_template_name(template, templates, field="metadata.template")
 
 
 @router.post("/conversations", status_code=201)
@@ -241,15 +226,15 @@ async def cleanup_conversation(
 @router.post("/conversations/{conversation_id}/stop")
 async def stop_generation(
     conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
-) -> dict[str, Any]:
+) -> StopResult:
     """Stop the answer in progress; it is stored as incomplete with the text so far."""
     await services.conversations.get(conversation_id)
     gen = await runtime.hub.stop(conversation_id)
     if gen is None:
-        return {"stopped": False, "message": None}
+        return StopResult(stopped=False)
     final = gen.events[-1] if gen.events else None
     message = final.data.get("message") if final is not None and final.type == "done" else None
-    return {"stopped": True, "message": message}
+    return StopResult(stopped=True, message=message)
 
 
 @router.get("/stats")
