@@ -25,8 +25,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> FastAPI:
     """The ASGI app; nothing is built until the lifespan starts."""
-    from studyrag.api import sse, ws
-    from studyrag.api.routes import chat, documents, health, search
+    from studyrag.api.main import api_router
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,12 +47,7 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
     # Added last, so it runs first: the request id is known when a body is refused.
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(documents.router)
-    app.include_router(search.router)
-    app.include_router(chat.router)
-    app.include_router(sse.router)
-    app.include_router(ws.router)
+    app.include_router(api_router)
     return app
 
 

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from studyrag.api.generations import GenerationHub
 from studyrag.api.ratelimit import RateLimiter
-from studyrag.api.ws import WebSocketManager
+from studyrag.api.ws.manager import WebSocketManager
 from studyrag.backends.broker.base import Broker
 from studyrag.backends.registry import build_broker
 from studyrag.errors import StudyRAGError
