@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> FastAPI:
     """The ASGI app; nothing is built until the lifespan starts."""
-    from studyrag.api.main import api_router
+    from studyrag.api.main import api_router, area_of
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,10 +43,12 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
             yield
 
     app = FastAPI(title="StudyRAG", version=__version__, lifespan=lifespan)
-    app.add_middleware(BodyLimitMiddleware, limit=lambda scope: _body_limit(scope, settings))
+    app.add_middleware(
+        BodyLimitMiddleware, limit=lambda scope: _body_limit(scope, settings), area_of=area_of
+    )
     # Added last, so it runs first: the request id is known when a body is refused.
     app.add_middleware(RequestIdMiddleware)
-    install_error_handlers(app)
+    install_error_handlers(app, area_of=area_of)
     app.include_router(api_router)
     return app
 

@@ -18,7 +18,7 @@ from studyrag.api.ratelimit import RateLimiter
 from studyrag.api.ws.manager import WebSocketManager
 from studyrag.backends.broker.base import Broker
 from studyrag.backends.registry import build_broker
-from studyrag.errors import StudyRAGError
+from studyrag.errors import InvalidChatRequest, StudyRAGError
 from studyrag.services import Services
 
 
@@ -72,7 +72,7 @@ class CountingRoute(APIRoute):
                 _metrics(request, exc.error_code)
                 raise
             except RequestValidationError:
-                _metrics(request, "CHAT_006")
+                _metrics(request, InvalidChatRequest.error_code)
                 raise
 
         return counted

@@ -26,9 +26,9 @@ def dumps(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def error_frame(exc: StudyRAGError, **extra: Any) -> dict[str, Any]:
+def error_frame(exc: StudyRAGError) -> dict[str, Any]:
     """The house error shape as a frame; RATE_001 also carries retry_after at the top."""
-    frame = {"type": "error", **exc.to_dict(None), **extra}
+    frame = {"type": "error", **exc.to_dict(None)}
     if isinstance(exc, RateLimited):
         frame["retry_after"] = round(exc.retry_after, 1)
     return frame
