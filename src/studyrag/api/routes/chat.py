@@ -15,7 +15,7 @@ from studyrag.api.deps import ServicesDep
 from studyrag.api.errors import max_body_bytes
 from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep, CountingRoute
-from studyrag.chat.conversations import MAX_PAGE_SIZE
+from studyrag.chat.conversations import MAX_PAGE_SIZE, TITLE_MAX_CHARS
 from studyrag.chat.engine import ChatEngine, check_message
 from studyrag.chat.prompts import check_template_name
 from studyrag.errors import (
@@ -85,7 +85,7 @@ async def post_message(
 async def list_conversations(
     services: ServicesDep,
     status: Literal["active", "archived", "deleted"] | None = None,
-    q: str | None = Query(default=None, max_length=200, description="Title contains"),
+    q: str | None = Query(default=None, max_length=TITLE_MAX_CHARS, description="Title contains"),
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     updated_after: datetime | None = None,
