@@ -46,9 +46,9 @@ def serve(port: int) -> None:
     from fastapi import FastAPI
     from starlette.responses import StreamingResponse
 
-    from studyrag.api import sse
     from studyrag.api.generations import GenerationHub
     from studyrag.api.ratelimit import RateLimiter
+    from studyrag.api.routes import sse
     from studyrag.api.runtime import ChatRuntime
     from studyrag.backends.broker.memory import MemoryBroker
     from studyrag.chat.engine import DoneEvent, SourcesEvent, StartEvent, TokenEvent

@@ -92,10 +92,11 @@ def serve_studyrag(port: int, clients: int, cids: list[str], tokens: int, rate: 
     import uvicorn
     from fastapi import FastAPI
 
-    from studyrag.api import ws
     from studyrag.api.generations import GenerationHub, channel
     from studyrag.api.ratelimit import RateLimiter
+    from studyrag.api.routes import ws
     from studyrag.api.runtime import ChatRuntime
+    from studyrag.api.ws.manager import WebSocketManager
     from studyrag.backends.broker.memory import MemoryBroker
     from studyrag.config import APISettings, Settings
 
@@ -114,7 +115,7 @@ def serve_studyrag(port: int, clients: int, cids: list[str], tokens: int, rate: 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         broker = MemoryBroker()
         hub = GenerationHub(chat=None, conversations=Conversations(), broker=broker)  # type: ignore[arg-type]
-        manager = ws.WebSocketManager(broker=broker, hub=hub, settings=settings)
+        manager = WebSocketManager(broker=broker, hub=hub, settings=settings)
         await manager.start()
         app.state.services = SimpleNamespace(conversations=Conversations(), settings=settings)
         app.state.chat_runtime = ChatRuntime(

@@ -13,7 +13,12 @@ from fastapi import FastAPI
 from starlette.types import Scope
 
 from studyrag import __version__
-from studyrag.api.errors import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
+from studyrag.api.errors import (
+    BodyLimitMiddleware,
+    RequestIdMiddleware,
+    install_error_handlers,
+    max_body_bytes,
+)
 from studyrag.config import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -24,17 +29,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> FastAPI:
     """The ASGI app; nothing is built until the lifespan starts."""
-    from studyrag.api import sse, ws
-    from studyrag.api.routes import (
-        chat,
-        chunks,
-        documents,
-        health,
-        jobs,
-        notebook_ws,
-        notebooks,
-        search,
-    )
+    from studyrag.api.main import api_router, area_of
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,20 +49,13 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
             yield
 
     app = FastAPI(title="StudyRAG", version=__version__, lifespan=lifespan)
-    app.add_middleware(BodyLimitMiddleware, limit=lambda scope: _body_limit(scope, settings))
+    app.add_middleware(
+        BodyLimitMiddleware, limit=lambda scope: _body_limit(scope, settings), area_of=area_of
+    )
     # Added last, so it runs first: the request id is known when a body is refused.
     app.add_middleware(RequestIdMiddleware)
-    install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(notebooks.router)
-    app.include_router(documents.router)
-    app.include_router(chunks.router)
-    app.include_router(jobs.router)
-    app.include_router(notebook_ws.router)
-    app.include_router(search.router)
-    app.include_router(chat.router)
-    app.include_router(sse.router)
-    app.include_router(ws.router)
+    install_error_handlers(app, area_of=area_of)
+    app.include_router(api_router)
     return app
 
 
@@ -88,8 +76,6 @@ async def _warm_up(services: Services) -> None:
 
 def _body_limit(scope: Scope, settings: Settings | None) -> int:
     """The chat body limit of the running app's settings."""
-    from studyrag.api.schemas import max_body_bytes
-
     app = scope.get("app")
     services = getattr(getattr(app, "state", None), "services", None)
     cfg = services.settings if services is not None else settings

@@ -14,6 +14,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from studyrag.retrieval.types import SearchMode
+
 CONFIG_FILENAME = "config.toml"
 
 
@@ -63,7 +65,7 @@ class IngestSettings(BaseModel):
 class SearchSettings(BaseModel):
     """Retrieval defaults."""
 
-    mode: Literal["hybrid", "semantic", "lexical"] = "hybrid"
+    mode: SearchMode = "hybrid"
     top_k: int = Field(default=10, ge=1, le=200)
     min_score: float = 0.0
     rrf_k: int = Field(default=60, ge=1)

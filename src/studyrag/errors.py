@@ -90,6 +90,13 @@ class IngestionFailed(DocumentError):
     default_hint = "Run the ingestion again; the document was rolled back."
 
 
+class InvalidDocumentRequest(DocumentError):
+    """A documents request whose body or query fails validation."""
+
+    error_code = "DOC_006"
+    status_code = 422
+
+
 class DocumentBusy(DocumentError):
     error_code = "DOC_007"
     status_code = 409
@@ -188,8 +195,44 @@ class BrokerUnavailable(ChatError):
     default_hint = "Start Redis, or leave STUDYRAG_BROKER__URL empty for a single worker."
 
 
-# The chat API's error family, under the name its design uses; every chat error is one.
-ChatAPIError = ChatError
+# --- requests, before any area's own checks ----------------------------------------------
+class InvalidRequest(StudyRAGError):
+    """A body or query that fails validation, outside any area with its own code."""
+
+    error_code = "REQUEST_001"
+    status_code = 422
+
+
+class RequestTooLarge(StudyRAGError):
+    """A JSON body over the size limit, outside the chat API (which answers CHAT_010)."""
+
+    error_code = "REQUEST_002"
+    status_code = 413
+
+
+class RouteNotFound(StudyRAGError):
+    """No route serves this path."""
+
+    error_code = "NOT_FOUND"
+    status_code = 404
+
+
+class MethodNotAllowed(StudyRAGError):
+    """The path exists, but not for this HTTP method."""
+
+    error_code = "METHOD_NOT_ALLOWED"
+    status_code = 405
+
+
+class HTTPError(StudyRAGError):
+    """Any other HTTP error the framework raises; it keeps the framework's status."""
+
+    error_code = "HTTP_ERROR"
+    status_code = 400
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 # --- limits ------------------------------------------------------------------------------

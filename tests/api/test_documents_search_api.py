@@ -103,6 +103,15 @@ def test_search_errors(client: httpx.Client) -> None:
     assert body["details"]["errors"][0]["field"] == "mode"
     assert_error(client.post("/api/search", content=b"{not json"), 422, "SEARCH_002")
     assert_error(client.get("/api/nothing-here"), 404, "NOT_FOUND")
+    too_many = {"query": "x", "filters": {"file_types": ["pdf"] * 21}}
+    assert_error(client.post("/api/search", json=too_many), 422, "SEARCH_002")
+
+
+def test_each_area_answers_invalid_requests_with_its_own_code(client: httpx.Client) -> None:
+    assert_error(client.get("/api/documents", params={"limit": 0}), 422, "DOC_006")
+    assert_error(client.get("/api/chat/conversations", params={"limit": 0}), 422, "CHAT_006")
+    assert_error(client.post("/api/search", json={"top_k": 3}), 422, "SEARCH_002")
+    assert_error(client.delete("/api/search"), 405, "METHOD_NOT_ALLOWED")
 
 
 def test_oversized_chunked_body_is_refused_before_parsing(client: httpx.Client) -> None:

@@ -1,11 +1,16 @@
-"""One error shape for every HTTP response, plus the request-id ASGI middleware."""
+"""One error shape for every HTTP response, plus the request-id and body-limit ASGI middleware.
+
+Every error body comes from a StudyRAGError class (errors.py). Which class answers a request
+that fails before its route runs (invalid, too large) is the route's area's choice: see
+AreaErrors and api/main.py, which gives each router its own.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,30 +18,37 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from studyrag.errors import RateLimited, StudyRAGError
+from studyrag.config import Settings
+from studyrag.errors import (
+    HTTPError,
+    InvalidRequest,
+    MethodNotAllowed,
+    RateLimited,
+    RequestTooLarge,
+    RouteNotFound,
+    StudyRAGError,
+)
 
 log = logging.getLogger(__name__)
 
-_VALIDATION_CODES = {
-    "/api/chat": "CHAT_006",
-    "/api/search": "SEARCH_002",
-    "/api/documents": "DOC_006",
-}
+
+@dataclass(frozen=True, slots=True)
+class AreaErrors:
+    """The error classes one area of the API refuses a request with before its route runs."""
+
+    # A body, path or query that fails validation.
+    invalid: type[StudyRAGError] = InvalidRequest
+    # A JSON body over the size limit; None when the area's routes limit their own (uploads).
+    too_large: type[StudyRAGError] | None = RequestTooLarge
+
+
+# Paths no area claims (unknown routes) get the generic classes.
+NO_AREA = AreaErrors()
+AreaOf = Callable[[Scope], AreaErrors]
 
 
 def request_id_of(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id") or "")
-
-
-def error_body(
-    code: str, message: str, request_id: str, details: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    return {
-        "error_code": code,
-        "message": message,
-        "details": details or {},
-        "request_id": request_id,
-    }
 
 
 class RequestIdMiddleware:
@@ -62,31 +74,31 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def _is_upload(scope: Scope) -> bool:
-    """File uploads have their own, file-sized limit (checked while the bytes are stored)."""
-    path: str = scope["path"]
-    return path.startswith("/api/documents") or (
-        path.startswith("/api/notebooks/") and path.rstrip("/").endswith("/documents")
-    )
+def max_body_bytes(settings: Settings) -> int:
+    """The largest chat request body accepted before parsing (else 413 CHAT_010)."""
+    # Four UTF-8 bytes per character at worst, JSON escaping aside, plus room for options.
+    return max(settings.api.ws_max_frame_bytes, settings.chat.max_message_chars * 6 + 16_384)
 
 
 class BodyLimitMiddleware:
     """Pure ASGI: a JSON API body over the limit is refused with 413 before anything parses it.
 
     Counts what actually arrives, so a chunked body with no Content-Length is capped too.
-    Uploads (/api/documents) have their own, file-sized limit and are passed through.
+    The area's `too_large` class answers; areas without one (uploads, which have their own,
+    file-sized limit) are passed through.
     """
 
-    def __init__(self, app: ASGIApp, *, limit: Callable[[Scope], int]) -> None:
+    def __init__(self, app: ASGIApp, *, limit: Callable[[Scope], int], area_of: AreaOf) -> None:
         self.app = app
         self.limit = limit
+        self.area_of = area_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] not in ("POST", "PUT", "PATCH")
-            or _is_upload(scope)
-        ):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        too_large = self.area_of(scope).too_large
+        if too_large is None:
             await self.app(scope, receive, send)
             return
         limit = self.limit(scope)
@@ -105,15 +117,12 @@ class BodyLimitMiddleware:
                 break
         if size > limit:
             rid = str(scope.get("state", {}).get("request_id") or "")
-            response = JSONResponse(
-                error_body(
-                    "CHAT_010" if scope["path"].startswith("/api/chat") else "REQUEST_002",
-                    f"The request body is over the limit of {limit} bytes.",
-                    rid,
-                    {"limit": limit, "hint": "Send a shorter message."},
-                ),
-                status_code=413,
+            error = too_large(
+                f"The request body is over the limit of {limit} bytes.",
+                details={"limit": limit},
+                hint="Send a shorter message.",
             )
+            response = JSONResponse(error.to_dict(rid), status_code=error.status_code)
             await response(scope, receive, send)
             return
         replay = iter(messages)
@@ -124,8 +133,11 @@ class BodyLimitMiddleware:
         await self.app(scope, buffered, send)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, *, area_of: AreaOf) -> None:
     """Map StudyRAGError, validation errors and anything unexpected to the one shape."""
+
+    def respond(request: Request, error: StudyRAGError) -> JSONResponse:
+        return JSONResponse(error.to_dict(request_id_of(request)), status_code=error.status_code)
 
     @app.exception_handler(StudyRAGError)
     async def _studyrag(request: Request, exc: StudyRAGError) -> JSONResponse:
@@ -138,10 +150,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        code = next(
-            (c for p, c in _VALIDATION_CODES.items() if request.url.path.startswith(p)),
-            "REQUEST_001",
-        )
         errors = [
             {
                 "field": ".".join(str(x) for x in e.get("loc", ()) if x != "body"),
@@ -150,33 +158,30 @@ def install_error_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"field": "", "problem": "invalid"}
-        return JSONResponse(
-            error_body(
-                code,
-                f"Invalid request: {first['field'] or 'body'}: {first['problem']}.",
-                request_id_of(request),
-                {"errors": errors, "hint": "Fix the listed fields and send the request again."},
-            ),
-            status_code=422,
+        error = area_of(request.scope).invalid(
+            f"Invalid request: {first['field'] or 'body'}: {first['problem']}.",
+            details={"errors": errors},
+            hint="Fix the listed fields and send the request again.",
         )
+        return respond(request, error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-        return JSONResponse(
-            error_body(code, str(exc.detail), request_id_of(request)),
-            status_code=exc.status_code,
-        )
+        message = str(exc.detail)
+        error: StudyRAGError
+        if exc.status_code == RouteNotFound.status_code:
+            error = RouteNotFound(message)
+        elif exc.status_code == MethodNotAllowed.status_code:
+            error = MethodNotAllowed(message)
+        else:
+            error = HTTPError(message, status_code=exc.status_code)
+        return respond(request, error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with the traceback; the client sees no internals.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body(
-                "GEN_001",
-                "Internal server error; the request id identifies it in the server log.",
-                request_id_of(request),
-            ),
-            status_code=500,
+        error = StudyRAGError(
+            "Internal server error; the request id identifies it in the server log."
         )
+        return respond(request, error)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from studyrag.backends.broker.base import Broker
 from studyrag.errors import (
+    BrokerUnavailable,
     GenerationInProgress,
     LLMUnavailable,
     StudyRAGError,
@@ -67,7 +68,6 @@ class Generation:
         self.conversation_id = conversation_id
         self.local = local
         self.message_id: str | None = None
-        self.user_message_id: str | None = None
         self.events: list[BufferedEvent] = []
         self._ids: list[int] = []
         self.token_ids: dict[int, int] = {}  # token seq -> buffer id
@@ -103,7 +103,6 @@ class Generation:
         if type_ == "start":
             self.start_id = event_id
             self.message_id = data.get("assistant_message_id")
-            self.user_message_id = (data.get("user_message") or {}).get("id")
         elif type_ == "token":
             seq = int(data["seq"])
             self.token_ids[seq] = event_id
@@ -404,7 +403,7 @@ class GenerationHub:
                 gen,
                 "error",
                 {
-                    "error_code": error.error_code if error else "GEN_001",
+                    "error_code": (error or StudyRAGError).error_code,
                     "message": error.message if error else "The answer failed unexpectedly.",
                     "details": {"hint": "Send the message again; the server log has the cause."},
                     "message_id": gen.message_id,
@@ -480,7 +479,7 @@ class GenerationHub:
         try:
             await self.broker.publish(name, message)
         except StudyRAGError as exc:
-            self.metrics.error("CHAT_011")
+            self.metrics.error(BrokerUnavailable.error_code)
             log.warning("Publishing to %s failed: %s", name, exc.message)
 
     def _finish(self, gen: Generation, state: str) -> None:

@@ -15,9 +15,9 @@ from starlette.responses import Response
 
 from studyrag.api.generations import GenerationHub
 from studyrag.api.ratelimit import RateLimiter
-from studyrag.api.ws import WebSocketManager
+from studyrag.api.ws.manager import WebSocketManager
 from studyrag.backends.broker.base import Broker
-from studyrag.errors import StudyRAGError
+from studyrag.errors import InvalidChatRequest, StudyRAGError
 from studyrag.services import Services
 
 
@@ -71,7 +71,7 @@ class CountingRoute(APIRoute):
                 _metrics(request, exc.error_code)
                 raise
             except RequestValidationError:
-                _metrics(request, "CHAT_006")
+                _metrics(request, InvalidChatRequest.error_code)
                 raise
 
         return counted

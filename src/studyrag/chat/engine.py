@@ -8,7 +8,6 @@ stored on the assistant message and reported as an `error` event.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import time
@@ -23,11 +22,12 @@ from sqlalchemy import select
 
 from studyrag.backends.llm.base import ChatMessage, ChatModel, GenerationStats, TokenDelta
 from studyrag.chat.citations import mark_cited, resolve_citations, strip_markers
-from studyrag.chat.conversations import ConversationManager, MessagePublic
+from studyrag.chat.conversations import ConversationManager
 from studyrag.chat.prompts import (
     PromptFit,
     PromptTemplate,
     available_templates,
+    check_template_name,
     fit_prompt,
     parse_rewrite,
     rewrite_prompt,
@@ -44,17 +44,42 @@ from studyrag.retrieval.context import Context, build_context
 from studyrag.retrieval.lexical import STOPWORDS
 from studyrag.retrieval.search import MODES, SearchService
 from studyrag.retrieval.types import SearchFilters, SearchResult
+from studyrag.schemas.conversations import MessagePublic
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A hard ceiling for any message, whatever the settings say: request parsing stops there.
+ABSOLUTE_MAX_MESSAGE_CHARS = 1_000_000
+# The most passages one answer retrieves, and the longest answer a request may ask for.
+MAX_ANSWER_TOP_K = 50
+MAX_ANSWER_TOKENS = 32_768
 REWRITE_MAX_TOKENS = 48
 SUGGESTED_TITLES = 3
 SUGGESTED_TERMS = 5
 # Enough chunk text to find a corpus's frequent terms without reading all of it.
 _TERM_SAMPLE_CHUNKS = 200
 _TERM = re.compile(r"[^\W\d_]{4,}")
+
+
+def check_message(text: str, settings: Settings) -> str:
+    """The question without surrounding blanks; CHAT_006 (422) when empty or over the limit."""
+    question = text.strip()
+    if not question:
+        raise InvalidChatRequest(
+            "The message is empty.",
+            details={"field": "message"},
+            hint="Type a question.",
+        )
+    limit = settings.chat.max_message_chars
+    if len(question) > limit:
+        raise InvalidChatRequest(
+            f"The message has {len(question)} characters; the limit is {limit}.",
+            details={"field": "message", "length": len(question), "limit": limit},
+            hint="Shorten it, or raise STUDYRAG_CHAT__MAX_MESSAGE_CHARS.",
+        )
+    return question
 
 
 # --- events ------------------------------------------------------------------------------
@@ -261,16 +286,16 @@ class ChatEngine:
     ) -> AsyncGenerator[ChatEvent, None]:
         """Answer `message` as events; closing the iterator stops and keeps a partial answer."""
         chat = self.settings.chat
-        question = self._validate(message)
-        tpl = self._template(template or chat.template)
+        question = check_message(message or "", self.settings)
+        tpl = self.template(template or chat.template)
         mode = search_mode or self.settings.search.mode
         if mode not in MODES:
             raise InvalidChatRequest(
                 f"Unknown search mode {mode!r}.", hint=f"Use one of: {', '.join(MODES)}."
             )
         k = top_k if top_k is not None else chat.top_k
-        if not 1 <= k <= 50:
-            raise InvalidChatRequest("top_k must be between 1 and 50.")
+        if not 1 <= k <= MAX_ANSWER_TOP_K:
+            raise InvalidChatRequest(f"top_k must be between 1 and {MAX_ANSWER_TOP_K}.")
         budget = max_tokens if max_tokens is not None else self.settings.llm.max_tokens
         if budget < 1:
             raise InvalidChatRequest("max_tokens must be at least 1.")
@@ -358,29 +383,9 @@ class ChatEngine:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
 
     # --- steps ---------------------------------------------------------------------------
-    def _validate(self, message: str) -> str:
-        question = (message or "").strip()
-        if not question:
-            raise InvalidChatRequest("The message is empty.", hint="Type a question.")
-        limit = self.settings.chat.max_message_chars
-        if len(question) > limit:
-            raise InvalidChatRequest(
-                f"The message has {len(question)} characters; the limit is {limit}.",
-                details={"length": len(question), "limit": limit},
-                hint="Shorten it, or raise STUDYRAG_CHAT__MAX_MESSAGE_CHARS.",
-            )
-        return question
-
-    def _template(self, name: str) -> PromptTemplate:
-        try:
-            return self.templates[name]
-        except KeyError:
-            names = sorted(self.templates)
-            raise InvalidChatRequest(
-                f"Unknown prompt template {name!r}.",
-                details={"template": name, "available": names},
-                hint=f"Use one of: {', '.join(names)}.",
-            ) from None
+    def template(self, name: object) -> PromptTemplate:
+        """The prompt template called `name`; InvalidChatRequest (CHAT_006) if unknown."""
+        return self.templates[check_template_name(name, self.templates)]
 
     async def _retrieve(
         self,
@@ -609,12 +614,13 @@ class ChatEngine:
         except MessageNotFound:
             # Removed meanwhile (cleanup with drop_incomplete); report what it would be.
             log.warning("Answer %s was deleted before it was saved", answer.message.id)
-            stored = dataclasses.replace(
-                answer.message,
-                content=content,
-                status=answer.status,
-                sources=sources,
-                metadata=meta,
+            stored = answer.message.model_copy(
+                update={
+                    "content": content,
+                    "status": answer.status,
+                    "sources": sources,
+                    "metadata": meta,
+                }
             )
         conv = await self.conversations.get(answer.message.conversation_id, include_deleted=True)
         return stored, conv.to_dict()

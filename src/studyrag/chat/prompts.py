@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from studyrag.backends.llm.base import ChatMessage
@@ -22,6 +22,8 @@ REPLY_PRIMER = 4
 # A source cut below this many characters says nothing useful; it is dropped instead.
 MIN_SOURCE_CHARS = 40
 NO_SOURCES = "(no sources)"
+# The longest template name a request may carry.
+TEMPLATE_NAME_MAX_CHARS = 100
 
 _GROUNDING = (
     "Answer using only the numbered sources in the user's message. "
@@ -117,15 +119,31 @@ def available_templates(custom: Mapping[str, str] | None = None) -> dict[str, Pr
 def get_template(name: str, custom: Mapping[str, str] | None = None) -> PromptTemplate:
     """The named template, or InvalidChatRequest (CHAT_006) listing the known names."""
     templates = available_templates(custom)
-    try:
-        return templates[name]
-    except KeyError:
-        names = ", ".join(sorted(templates))
+    return templates[check_template_name(name, templates)]
+
+
+def check_template_name(
+    name: object, templates: Collection[str] | None, *, field: str = "template"
+) -> str:
+    """`name` if it names one of `templates`; else InvalidChatRequest (CHAT_006).
+
+    With `templates` None (no chat model, so no names known) only the type is checked.
+    """
+    names = sorted(templates) if templates is not None else []
+    if not isinstance(name, str):
         raise InvalidChatRequest(
-            f"Unknown prompt template {name!r}.",
-            details={"template": name, "available": sorted(templates)},
-            hint=f"Use one of: {names}.",
-        ) from None
+            "The template must be a template's name.",
+            details={"field": field, "available": names},
+            hint=f"Use one of: {', '.join(names)}." if names else "Send a string.",
+        )
+    if templates is not None and name not in templates:
+        shown = name[:TEMPLATE_NAME_MAX_CHARS]
+        raise InvalidChatRequest(
+            f"Unknown prompt template {shown!r}.",
+            details={"template": shown, "available": names},
+            hint=f"Use one of: {', '.join(names)}.",
+        )
+    return name
 
 
 def render_context(sources: Sequence[Source]) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from studyrag.config import SearchSettings
 from studyrag.db.repo import DocumentRepo
@@ -16,7 +16,11 @@ from studyrag.retrieval.lexical import LexicalIndex, query_terms
 from studyrag.retrieval.semantic import SemanticIndex
 from studyrag.retrieval.types import Candidate, SearchFilters, SearchMode, SearchResult
 
-MODES = ("hybrid", "semantic", "lexical")
+MODES: tuple[str, ...] = get_args(SearchMode)
+# The most passages one search returns, and the most documents / file types it filters on.
+MAX_TOP_K = 200
+MAX_FILTER_DOCUMENTS = 200
+MAX_FILTER_FILE_TYPES = 20
 
 
 @dataclass(slots=True)
@@ -75,8 +79,8 @@ class SearchService:
                 f"Unknown search mode {mode!r}.", hint=f"Use one of: {', '.join(MODES)}."
             )
         top_k = top_k or self.settings.top_k
-        if top_k < 1 or top_k > 200:
-            raise InvalidSearchRequest("top_k must be between 1 and 200.")
+        if top_k < 1 or top_k > MAX_TOP_K:
+            raise InvalidSearchRequest(f"top_k must be between 1 and {MAX_TOP_K}.")
         min_score = self.settings.min_score if min_score is None else min_score
         timings: dict[str, float] = {}
         t0 = time.perf_counter()

@@ -1,1 +1,1 @@
-"""Pydantic schema families (Create, Update, Public), one module per area."""
+"""Pydantic request and response models, one module per area of the API."""

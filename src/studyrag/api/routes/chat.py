@@ -7,38 +7,37 @@ the GenerationHub's broker channel, updates and deletions as frames.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from studyrag.api.deps import ServicesDep
+from studyrag.api.errors import max_body_bytes
 from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep, CountingRoute
-from studyrag.api.schemas import (
-    ChatRequest,
-    ChatResponse,
-    CleanupRequest,
-    ConversationCreateRequest,
-    ConversationOut,
-    ConversationPageOut,
-    ConversationUpdateRequest,
-    MessagePageOut,
-    check_message,
-    max_body_bytes,
-)
+from studyrag.chat.conversations import MAX_PAGE_SIZE, TITLE_MAX_CHARS
+from studyrag.chat.engine import ChatEngine, check_message
+from studyrag.chat.prompts import check_template_name
 from studyrag.errors import (
     GenerationFailed,
     GenerationInProgress,
     InvalidChatRequest,
     PayloadTooLarge,
 )
-
-if TYPE_CHECKING:
-    from studyrag.chat.engine import ChatEngine
+from studyrag.schemas.chat import ChatRequest, ChatResponse, StopResult
+from studyrag.schemas.conversations import (
+    CleanupReport,
+    CleanupRequest,
+    ConversationCreate,
+    ConversationDeleted,
+    ConversationDetail,
+    ConversationPage,
+    ConversationPublic,
+    ConversationUpdate,
+    MessagePage,
+)
 
 router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=CountingRoute)
-
-MAX_PAGE = 100
 
 
 def limit_body(request: Request, services: ServicesDep) -> None:
@@ -53,10 +52,10 @@ def limit_body(request: Request, services: ServicesDep) -> None:
         )
 
 
-@router.post("/message", response_model=ChatResponse, dependencies=[Depends(limit_body)])
+@router.post("/message", dependencies=[Depends(limit_body)])
 async def post_message(
     body: ChatRequest, request: Request, services: ServicesDep, runtime: ChatRuntimeDep
-) -> dict[str, Any]:
+) -> ChatResponse:
     """Answer one question; without conversation_id a new conversation starts."""
     question = check_message(body.message, services.settings)
     await runtime.limiter.check(client_key(request))
@@ -71,28 +70,30 @@ async def post_message(
     if final.type == "error":
         raise gen.exception or GenerationFailed(str(final.data.get("message")))
     message = final.data["message"]
-    return {
-        "message": message,
-        "conversation": final.data["conversation"],
-        "sources": message.get("sources") or [],
-        "metadata": final.data["metadata"],
-    }
+    return ChatResponse.model_validate(
+        {
+            "message": message,
+            "conversation": final.data["conversation"],
+            "sources": message.get("sources") or [],
+            "metadata": final.data["metadata"],
+        }
+    )
 
 
 # --- conversations -----------------------------------------------------------------------
-@router.get("/conversations", response_model=ConversationPageOut)
+@router.get("/conversations")
 async def list_conversations(
     services: ServicesDep,
     status: Literal["active", "archived", "deleted"] | None = None,
-    q: str | None = Query(default=None, max_length=200, description="Title contains"),
+    q: str | None = Query(default=None, max_length=TITLE_MAX_CHARS, description="Title contains"),
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     updated_after: datetime | None = None,
     updated_before: datetime | None = None,
-    limit: int = Query(default=20, ge=1, le=MAX_PAGE),
+    limit: int = Query(default=20, ge=1, le=MAX_PAGE_SIZE),
     cursor: str | None = Query(default=None, max_length=512),
     offset: int = Query(default=0, ge=0),
-) -> dict[str, Any]:
+) -> ConversationPage:
     """Conversations by latest activity; follow next_cursor for the next page."""
     page = await services.conversations.list(
         status=status,
@@ -105,106 +106,93 @@ async def list_conversations(
         cursor=cursor,
         offset=offset,
     )
-    return page.to_dict()
+    return page
 
 
 def check_template(template: object, chat: ChatEngine | None) -> None:
     """CHAT_006 (422) unless `template` is None or a known template name."""
     # metadata["template"] is every later answer's default: a bad one would fail them all.
-    if template is None:
-        return
-    names = sorted(chat.templates) if chat is not None else []
-    if not isinstance(template, str):
-        raise InvalidChatRequest(
-            "The template must be a template's name.",
-            details={"field": "metadata.template", "available": names},
-            hint=f"Use one of: {', '.join(names)}." if names else "Send a string.",
-        )
     # Without a chat model the names are unknown; the engine checks them when one answers.
-    if chat is not None and template not in chat.templates:
-        raise InvalidChatRequest(
-            f"Unknown prompt template {template[:100]!r}.",
-            details={"template": template[:100], "available": names},
-            hint=f"Use one of: {', '.join(names)}.",
-        )
+    if template is not None:
+        templates = chat.templates if chat is not None else None
+        check_template_name(template, templates, field="metadata.template")
 
 
-@router.post("/conversations", status_code=201, response_model=ConversationOut)
+@router.post("/conversations", status_code=201)
 async def create_conversation(
-    body: ConversationCreateRequest, services: ServicesDep
-) -> dict[str, Any]:
+    body: ConversationCreate, services: ServicesDep
+) -> ConversationPublic:
     """Start an empty conversation; `template` becomes its answers' default."""
     metadata = dict(body.metadata or {})
     if body.template is not None:
         metadata["template"] = body.template
     check_template(metadata.get("template"), services.chat)
-    conversation = await services.conversations.create(title=body.title, metadata=metadata)
-    return conversation.to_dict()
+    return await services.conversations.create(title=body.title, metadata=metadata)
 
 
-@router.get("/conversations/{conversation_id}", response_model=ConversationOut)
+@router.get("/conversations/{conversation_id}")
 async def get_conversation(
     conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
-) -> dict[str, Any]:
+) -> ConversationDetail:
     """One conversation, with the answer in progress if any."""
     conversation = await services.conversations.get(conversation_id)
     gen = runtime.hub.current(conversation_id)
-    return conversation.to_dict() | {"generation": gen.info() if gen is not None else None}
+    return ConversationDetail(
+        **conversation.model_dump(), generation=gen.info() if gen is not None else None
+    )
 
 
-@router.put("/conversations/{conversation_id}", response_model=ConversationOut)
+@router.put("/conversations/{conversation_id}")
 async def update_conversation(
     conversation_id: str,
-    body: ConversationUpdateRequest,
+    body: ConversationUpdate,
     services: ServicesDep,
     runtime: ChatRuntimeDep,
-) -> dict[str, Any]:
+) -> ConversationPublic:
     """Rename, replace metadata, archive or unarchive; clients get conversation_updated."""
     if body.metadata is not None:
         check_template(body.metadata.get("template"), services.chat)
     conversation = await services.conversations.update(
         conversation_id, title=body.title, metadata=body.metadata, status=body.status
     )
-    data = conversation.to_dict()
     await runtime.ws.broadcast(
-        conversation_id, {"type": "conversation_updated", "conversation": data}
+        conversation_id, {"type": "conversation_updated", "conversation": conversation.to_dict()}
     )
-    return data
+    return conversation
 
 
 @router.delete("/conversations/{conversation_id}")
 async def delete_conversation(
     conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
-) -> dict[str, Any]:
+) -> ConversationDeleted:
     """Soft delete: hidden at once (404 afterwards), its answer stopped, clients told."""
     await services.conversations.soft_delete(conversation_id)
     await runtime.hub.stop(conversation_id)
     await runtime.ws.broadcast(
         conversation_id, {"type": "conversation_deleted", "conversation_id": conversation_id}
     )
-    return {"deleted": conversation_id}
+    return ConversationDeleted(deleted=conversation_id)
 
 
-@router.get("/conversations/{conversation_id}/messages", response_model=MessagePageOut)
+@router.get("/conversations/{conversation_id}/messages")
 async def list_messages(
     conversation_id: str,
     services: ServicesDep,
-    limit: int = Query(default=50, ge=1, le=MAX_PAGE),
+    limit: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
     before_seq: int | None = Query(default=None, ge=0),
     after_seq: int | None = Query(default=None, ge=0),
     order: Literal["asc", "desc"] = "asc",
-) -> dict[str, Any]:
+) -> MessagePage:
     """A page of messages next to a seq cursor (before_seq: older, after_seq: newer)."""
-    page = await services.conversations.list_messages(
+    return await services.conversations.list_messages(
         conversation_id, limit=limit, before_seq=before_seq, after_seq=after_seq, order=order
     )
-    return page.to_dict()
 
 
 @router.post("/conversations/{conversation_id}/cleanup")
 async def cleanup_conversation(
     conversation_id: str, body: CleanupRequest, services: ServicesDep, runtime: ChatRuntimeDep
-) -> dict[str, Any]:
+) -> CleanupReport:
     """Keep the last N messages, drop incomplete or old ones, or purge a deleted conversation."""
     conversations = services.conversations
     if body.purge:
@@ -214,8 +202,7 @@ async def cleanup_conversation(
                 "Only a deleted conversation can be purged.",
                 hint=f"DELETE /api/chat/conversations/{conversation_id} first.",
             )
-        report = await conversations.cleanup(conversation_id, purge_deleted_older_than=timedelta(0))
-        return report.to_dict() | {"conversation": None}
+        return await conversations.cleanup(conversation_id, purge_deleted_older_than=timedelta(0))
     await conversations.get(conversation_id)
     if body.drop_incomplete and runtime.hub.current(conversation_id) is not None:
         # The answer being streamed is an incomplete message too.
@@ -228,25 +215,26 @@ async def cleanup_conversation(
         else None,
         drop_incomplete=body.drop_incomplete,
     )
-    data = (await conversations.get(conversation_id)).to_dict()
+    report.conversation = await conversations.get(conversation_id)
     await runtime.ws.broadcast(
-        conversation_id, {"type": "conversation_updated", "conversation": data}
+        conversation_id,
+        {"type": "conversation_updated", "conversation": report.conversation.to_dict()},
     )
-    return report.to_dict() | {"conversation": data}
+    return report
 
 
 @router.post("/conversations/{conversation_id}/stop")
 async def stop_generation(
     conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
-) -> dict[str, Any]:
+) -> StopResult:
     """Stop the answer in progress; it is stored as incomplete with the text so far."""
     await services.conversations.get(conversation_id)
     gen = await runtime.hub.stop(conversation_id)
     if gen is None:
-        return {"stopped": False, "message": None}
+        return StopResult(stopped=False)
     final = gen.events[-1] if gen.events else None
     message = final.data.get("message") if final is not None and final.type == "done" else None
-    return {"stopped": True, "message": message}
+    return StopResult(stopped=True, message=message)
 
 
 @router.get("/stats")

@@ -20,6 +20,8 @@ from studyrag.schemas.notebooks import (
 )
 
 router = APIRouter(prefix="/api/notebooks", tags=["notebooks"])
+# Uploads apart: their bodies are files, limited while they are stored, not as JSON.
+upload_router = APIRouter(prefix="/api/notebooks", tags=["notebooks"])
 
 # Files one upload request may carry.
 MAX_FILES_PER_UPLOAD = 100
@@ -74,7 +76,7 @@ async def notebook_documents(
     return DocumentPage(items=[DocumentPublic.from_row(d) for d in docs], total=total)
 
 
-@router.post("/{notebook_id}/documents", status_code=202, response_model=UploadAccepted)
+@upload_router.post("/{notebook_id}/documents", status_code=202, response_model=UploadAccepted)
 async def upload_documents(
     notebook_id: str, files: list[UploadFile], services: ServicesDep
 ) -> UploadAccepted:

@@ -1,4 +1,4 @@
-"""WebSocketManager and /ws/chat/{conversation_id}: many clients per conversation, resumable.
+"""WebSocketManager: many clients per conversation, broker fan-out, one send queue per client.
 
 Fan-out goes through the broker: each worker subscribes once per conversation that has local
 clients and copies every message to those clients' send queues, so any worker serves any
@@ -9,7 +9,6 @@ holds up the others, and one whose queue overflows is closed with 4408. See docs
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -19,37 +18,22 @@ from contextlib import aclosing, suppress
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from pydantic import ValidationError
+from fastapi import WebSocket, WebSocketDisconnect
 
 from studyrag.api.generations import Generation, GenerationHub, channel
-from studyrag.api.ratelimit import RateLimiter, client_key
-from studyrag.api.schemas import WSMessageFrame, WSResumeFrame, WSTypingFrame, check_message
+from studyrag.api.ws.frames import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NOT_FOUND,
+    CLOSE_OVERFLOW,
+    dumps,
+    error_frame,
+    generation_frames,
+)
 from studyrag.backends.broker.base import Broker
 from studyrag.config import Settings
-from studyrag.errors import (
-    BrokerUnavailable,
-    ConversationNotFound,
-    InvalidChatRequest,
-    InvalidFrame,
-    MessageNotFound,
-    PayloadTooLarge,
-    RateLimited,
-    StudyRAGError,
-    TooManyConnections,
-)
+from studyrag.errors import BrokerUnavailable, MessageNotFound, StudyRAGError, TooManyConnections
 
 log = logging.getLogger(__name__)
-
-router = APIRouter(tags=["chat"])
-
-# Close codes (docs/protocol.md).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # server shutdown
-CLOSE_INTERNAL = 1011  # the broker could not be reached
-CLOSE_TRY_AGAIN = 1013  # too many connections for the conversation or the address
-CLOSE_NOT_FOUND = 4404  # unknown or deleted conversation
-CLOSE_OVERFLOW = 4408  # send queue overflow, or a client that stopped reading
 
 # A client joining mid-answer may send `resume` first; live tokens wait this long for it.
 JOIN_GRACE = 0.2
@@ -58,53 +42,6 @@ CLOSE_TIMEOUT = 2.0
 # A writer that has not sent anything for this many ping intervals while frames wait is dead.
 STALL_INTERVALS = 3
 _MAX_CURSORS = 8
-CLIENT_TYPES = ("message", "ping", "pong", "typing", "stop", "resume")
-
-
-def dumps(frame: dict[str, Any]) -> str:
-    """One frame as compact JSON."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def error_frame(exc: StudyRAGError, **extra: Any) -> dict[str, Any]:
-    """The house error shape as a frame; RATE_001 also carries retry_after at the top."""
-    frame = {"type": "error", **exc.to_dict(None), **extra}
-    if isinstance(exc, RateLimited):
-        frame["retry_after"] = round(exc.retry_after, 1)
-    return frame
-
-
-def generation_frames(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The WebSocket frames for one buffered engine event (see docs/protocol.md)."""
-    data, type_, mid = message["data"], message["type"], message.get("message_id")
-    if type_ == "start":
-        return [
-            {"type": "user_message", "message": data["user_message"]},
-            {
-                "type": "stream_start",
-                "message_id": data["assistant_message_id"],
-                "conversation_id": data["conversation"]["id"],
-            },
-        ]
-    if type_ == "sources":
-        return [{"type": "sources", "message_id": mid, "sources": data["sources"]}]
-    if type_ == "token":
-        return [
-            {"type": "stream_chunk", "message_id": mid, "seq": data["seq"], "delta": data["delta"]}
-        ]
-    if type_ == "done":
-        return [
-            {
-                "type": "stream_end",
-                "message_id": mid,
-                "message": data["message"],
-                "metadata": data["metadata"],
-            },
-            {"type": "conversation_updated", "conversation": data["conversation"]},
-        ]
-    if type_ == "error":
-        return [{"type": "error", "request_id": None, **data}]
-    return []
 
 
 class _Close:
@@ -553,154 +490,3 @@ class WebSocketManager:
 
 def _as_message(gen: Generation, event: Any) -> dict[str, Any]:
     return {"message_id": gen.message_id, "type": event.type, "data": event.data, "id": event.id}
-
-
-# --- the endpoint ------------------------------------------------------------------------
-@router.websocket("/ws/chat/{conversation_id}")
-async def chat_socket(websocket: WebSocket, conversation_id: str) -> None:
-    """One client of one conversation: see docs/protocol.md for frames and close codes."""
-    services = websocket.app.state.services
-    runtime = websocket.app.state.chat_runtime
-    manager: WebSocketManager = runtime.ws
-    await websocket.accept()
-    try:
-        await services.conversations.get(conversation_id)
-        client = await manager.connect(websocket, conversation_id)
-    except StudyRAGError as exc:
-        runtime.hub.metrics.error(exc.error_code)
-        code = {
-            ConversationNotFound: CLOSE_NOT_FOUND,
-            TooManyConnections: CLOSE_TRY_AGAIN,
-        }.get(type(exc), CLOSE_INTERNAL)
-        with suppress(WebSocketDisconnect, OSError, RuntimeError):
-            await websocket.send_text(dumps(error_frame(exc)))
-            await websocket.close(code, exc.message[:120])
-        return
-    session = _Session(client, manager, runtime.hub, runtime.limiter, services.settings)
-    client.reader = asyncio.current_task()
-    try:
-        await session.read()
-    except asyncio.CancelledError:
-        if client.kill is None or client.reader is None:
-            raise  # not ours: the server is going down
-        client.reader.uncancel()
-        with suppress(Exception):
-            await asyncio.wait_for(websocket.close(*client.kill), timeout=CLOSE_TIMEOUT)
-    finally:
-        manager.disconnect(client)
-
-
-class _Session:
-    """The reading side of one connection: validates frames and acts on them."""
-
-    def __init__(
-        self,
-        client: WSClient,
-        manager: WebSocketManager,
-        hub: GenerationHub,
-        limiter: RateLimiter,
-        settings: Settings,
-    ) -> None:
-        self.client = client
-        self.manager = manager
-        self.hub = hub
-        self.limiter = limiter
-        self.settings = settings
-
-    async def read(self) -> None:
-        """Until the client goes away; a bad frame is answered, never fatal."""
-        websocket = self.client.websocket
-        max_bytes = self.settings.api.ws_max_frame_bytes
-        while True:
-            try:
-                message = await websocket.receive()
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                return
-            if message["type"] == "websocket.disconnect":
-                return
-            self.client.last_seen = time.time()
-            raw: str | bytes | None = message.get("text")
-            if raw is None:
-                raw = message.get("bytes") or b""
-            size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8"))
-            try:
-                if size > max_bytes:
-                    raise PayloadTooLarge(
-                        f"The frame has {size} bytes; the limit is {max_bytes}.",
-                        details={"size": size, "limit": max_bytes},
-                        hint="Send a shorter message.",
-                    )
-                await self.handle(_parse(raw))
-            except StudyRAGError as exc:
-                self.hub.metrics.error(exc.error_code)
-                self.manager.send(self.client, error_frame(exc))
-
-    async def handle(self, frame: dict[str, Any]) -> None:
-        """Act on one valid frame."""
-        type_ = frame["type"]
-        if type_ != "resume":
-            self.manager.attach(self.client)
-        try:
-            if type_ == "message":
-                await self._message(WSMessageFrame.model_validate(frame))
-            elif type_ == "ping":
-                self.manager.send(self.client, {"type": "pong", "ts": time.time()})
-            elif type_ == "pong":
-                pass
-            elif type_ == "typing":
-                typing = WSTypingFrame.model_validate(frame)
-                await self.manager.broadcast(
-                    self.client.conversation_id,
-                    {"type": "typing", "client_id": self.client.id, "is_typing": typing.is_typing},
-                    exclude=self.client.id,
-                )
-            elif type_ == "stop":
-                if await self.hub.stop(self.client.conversation_id) is None:
-                    raise MessageNotFound(
-                        "No answer is being generated in this conversation.",
-                        hint="Nothing to stop.",
-                    )
-            elif type_ == "resume":
-                resume = WSResumeFrame.model_validate(frame)
-                self.manager.resume(self.client, resume.message_id, resume.last_seq)
-        except ValidationError as exc:
-            errors = [
-                {"field": ".".join(str(x) for x in e["loc"]), "problem": e["msg"]}
-                for e in exc.errors()
-            ]
-            raise InvalidChatRequest(
-                f"Invalid {type_} frame: {errors[0]['field']}: {errors[0]['problem']}.",
-                details={"errors": errors},
-                hint="Fix the listed fields and send the frame again.",
-            ) from None
-
-    async def _message(self, frame: WSMessageFrame) -> None:
-        question = check_message(frame.content, self.settings)
-        # The address, not this socket's id: reconnecting must not reset the budget.
-        await self.limiter.check(client_key(self.client.websocket))
-        await self.hub.start_answer(
-            question,
-            conversation_id=self.client.conversation_id,
-            options=frame.engine_kwargs(self.settings),
-        )
-
-
-def _parse(raw: str | bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidFrame(
-            "The frame is not valid JSON.", hint='Send a JSON object such as {"type": "ping"}.'
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise InvalidFrame(
-            "A frame is a JSON object with a string `type`.",
-            hint=f"Known types: {', '.join(CLIENT_TYPES)}.",
-        )
-    if data["type"] not in CLIENT_TYPES:
-        raise InvalidFrame(
-            f"Unknown frame type {data['type'][:40]!r}.",
-            details={"type": data["type"][:40], "known": list(CLIENT_TYPES)},
-            hint=f"Known types: {', '.join(CLIENT_TYPES)}.",
-        )
-    return data

@@ -21,14 +21,17 @@ from studyrag.api.deps import ServicesDep
 from studyrag.api.generations import BufferedEvent, Generation
 from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep, CountingRoute
-from studyrag.api.schemas import (
+from studyrag.chat.engine import (
     ABSOLUTE_MAX_MESSAGE_CHARS,
-    ChatFilters,
-    ChatOptions,
-    SearchModeName,
+    MAX_ANSWER_TOKENS,
+    MAX_ANSWER_TOP_K,
     check_message,
 )
+from studyrag.chat.prompts import TEMPLATE_NAME_MAX_CHARS
 from studyrag.errors import InvalidChatRequest, MessageNotFound
+from studyrag.retrieval.types import SearchMode
+from studyrag.schemas.chat import ChatOptions
+from studyrag.schemas.search import SearchFiltersIn
 
 router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=CountingRoute)
 
@@ -104,10 +107,10 @@ async def stream(
     services: ServicesDep,
     runtime: ChatRuntimeDep,
     message: str | None = Query(default=None, max_length=ABSOLUTE_MAX_MESSAGE_CHARS),
-    template: str | None = Query(default=None, min_length=1, max_length=100),
-    top_k: int | None = Query(default=None, ge=1, le=50),
-    max_tokens: int | None = Query(default=None, ge=1, le=32_768),
-    search_mode: SearchModeName | None = None,
+    template: str | None = Query(default=None, min_length=1, max_length=TEMPLATE_NAME_MAX_CHARS),
+    top_k: int | None = Query(default=None, ge=1, le=MAX_ANSWER_TOP_K),
+    max_tokens: int | None = Query(default=None, ge=1, le=MAX_ANSWER_TOKENS),
+    search_mode: SearchMode | None = None,
     document_ids: list[str] | None = Query(default=None),
     file_types: list[str] | None = Query(default=None),
     last_event_id: str | None = Query(default=None, max_length=100),
@@ -125,7 +128,7 @@ async def stream(
             top_k=top_k,
             max_tokens=max_tokens,
             search_mode=search_mode,
-            filters=ChatFilters(document_ids=document_ids, file_types=file_types)
+            filters=SearchFiltersIn(document_ids=document_ids, file_types=file_types)
             if document_ids or file_types
             else None,
         )

@@ -1,0 +1,84 @@
+"""Every router of the API, combined in one place: app.py includes `api_router`.
+
+Each router comes with its area's error classes, so a request refused before its route runs
+(invalid, too large) gets the code of the area it was meant for: CHAT_006, SEARCH_002 or
+DOC_006; CHAT_010 or REQUEST_002. A new area adds one line to AREAS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.routing import Match, Route, WebSocketRoute
+from starlette.types import Scope
+
+from studyrag.api.errors import NO_AREA, AreaErrors
+from studyrag.api.routes import (
+    chat,
+    chunks,
+    documents,
+    health,
+    jobs,
+    notebook_ws,
+    notebooks,
+    search,
+    sse,
+    ws,
+)
+from studyrag.errors import (
+    InvalidChatRequest,
+    InvalidDocumentRequest,
+    InvalidNotebook,
+    InvalidSearchRequest,
+    PayloadTooLarge,
+)
+
+CHAT_ERRORS = AreaErrors(invalid=InvalidChatRequest, too_large=PayloadTooLarge)
+
+AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
+    (health.router, NO_AREA),
+    (notebooks.router, AreaErrors(invalid=InvalidNotebook)),
+    # Uploads have their own, file-sized limit.
+    (notebooks.upload_router, AreaErrors(invalid=InvalidDocumentRequest, too_large=None)),
+    (documents.router, AreaErrors(invalid=InvalidDocumentRequest, too_large=None)),
+    (chunks.router, AreaErrors(invalid=InvalidDocumentRequest)),
+    (jobs.router, NO_AREA),
+    (notebook_ws.router, NO_AREA),
+    (search.router, AreaErrors(invalid=InvalidSearchRequest)),
+    (chat.router, CHAT_ERRORS),
+    (sse.router, CHAT_ERRORS),
+    (ws.router, CHAT_ERRORS),
+)
+
+api_router = APIRouter()
+_AREA_OF_ENDPOINT: dict[Callable[..., Any], AreaErrors] = {}
+for _router, _errors in AREAS:
+    api_router.include_router(_router)
+    for _route in _router.routes:
+        if isinstance(_route, Route | WebSocketRoute):
+            _AREA_OF_ENDPOINT[_route.endpoint] = _errors
+
+
+def area_of(scope: Scope) -> AreaErrors:
+    """The error classes of the area whose route serves (or would serve) this request."""
+    endpoint = scope.get("endpoint")
+    if endpoint is None:  # not routed yet: the body limit runs before routing
+        endpoint = _match(scope)
+    return _AREA_OF_ENDPOINT.get(endpoint, NO_AREA) if endpoint is not None else NO_AREA
+
+
+def _match(scope: Scope) -> Callable[..., Any] | None:
+    """The endpoint of the route for this path, for this method or (failing that) another."""
+    # The areas' own routers, not api_router: they hold the routes with their full paths
+    # (api_router adds no prefix), whatever the framework keeps for included routers.
+    partial = None
+    for router, _ in AREAS:
+        for route in router.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                return child.get("endpoint")
+            if match is Match.PARTIAL and partial is None:
+                partial = child.get("endpoint")
+    return partial

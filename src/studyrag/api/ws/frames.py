@@ -1,0 +1,104 @@
+"""WebSocket frames (docs/protocol.md): close codes, encoding, client frame decoding and checks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from studyrag.errors import InvalidChatRequest, InvalidFrame, RateLimited, StudyRAGError
+
+# Close codes.
+CLOSE_GOING_AWAY = 1001  # server shutdown
+CLOSE_INTERNAL = 1011  # the broker could not be reached
+CLOSE_TRY_AGAIN = 1013  # too many connections for the conversation or the address
+CLOSE_NOT_FOUND = 4404  # unknown or deleted conversation
+CLOSE_OVERFLOW = 4408  # send queue overflow, or a client that stopped reading
+
+CLIENT_TYPES = ("message", "ping", "pong", "typing", "stop", "resume")
+
+FrameT = TypeVar("FrameT", bound=BaseModel)
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    """One frame as compact JSON."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def error_frame(exc: StudyRAGError) -> dict[str, Any]:
+    """The house error shape as a frame; RATE_001 also carries retry_after at the top."""
+    frame = {"type": "error", **exc.to_dict(None)}
+    if isinstance(exc, RateLimited):
+        frame["retry_after"] = round(exc.retry_after, 1)
+    return frame
+
+
+def generation_frames(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The WebSocket frames for one buffered engine event (see docs/protocol.md)."""
+    data, type_, mid = message["data"], message["type"], message.get("message_id")
+    if type_ == "start":
+        return [
+            {"type": "user_message", "message": data["user_message"]},
+            {
+                "type": "stream_start",
+                "message_id": data["assistant_message_id"],
+                "conversation_id": data["conversation"]["id"],
+            },
+        ]
+    if type_ == "sources":
+        return [{"type": "sources", "message_id": mid, "sources": data["sources"]}]
+    if type_ == "token":
+        return [
+            {"type": "stream_chunk", "message_id": mid, "seq": data["seq"], "delta": data["delta"]}
+        ]
+    if type_ == "done":
+        return [
+            {
+                "type": "stream_end",
+                "message_id": mid,
+                "message": data["message"],
+                "metadata": data["metadata"],
+            },
+            {"type": "conversation_updated", "conversation": data["conversation"]},
+        ]
+    if type_ == "error":
+        return [{"type": "error", "request_id": None, **data}]
+    return []
+
+
+def parse(raw: str | bytes) -> dict[str, Any]:
+    """A client frame as a dict with a known `type`; InvalidFrame (CHAT_009) otherwise."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidFrame(
+            "The frame is not valid JSON.", hint='Send a JSON object such as {"type": "ping"}.'
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise InvalidFrame(
+            "A frame is a JSON object with a string `type`.",
+            hint=f"Known types: {', '.join(CLIENT_TYPES)}.",
+        )
+    if data["type"] not in CLIENT_TYPES:
+        raise InvalidFrame(
+            f"Unknown frame type {data['type'][:40]!r}.",
+            details={"type": data["type"][:40], "known": list(CLIENT_TYPES)},
+            hint=f"Known types: {', '.join(CLIENT_TYPES)}.",
+        )
+    return data
+
+
+def validate(model: type[FrameT], frame: dict[str, Any]) -> FrameT:
+    """The frame as `model`; InvalidChatRequest (CHAT_006) naming every bad field."""
+    try:
+        return model.model_validate(frame)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(x) for x in e["loc"]), "problem": e["msg"]} for e in exc.errors()
+        ]
+        raise InvalidChatRequest(
+            f"Invalid {frame['type']} frame: {errors[0]['field']}: {errors[0]['problem']}.",
+            details={"errors": errors},
+            hint="Fix the listed fields and send the frame again.",
+        ) from None
