@@ -113,6 +113,16 @@ async def open_services(
             semantic=SemanticIndex(embedder, vectors),
             settings=settings.search,
         )
+        conversations = ConversationManager(db)
+        conversations.on_change = lambda kind, conv: events.emit(
+            {
+                "type": kind,
+                "notebook_id": conv.notebook_id,
+                "conversation": conv.model_dump(mode="json"),
+            },
+            notebook_id=conv.notebook_id,
+            job_id=None,
+        )
         services = Services(
             settings=settings,
             db=db,
@@ -121,7 +131,7 @@ async def open_services(
             vectors=vectors,
             pipeline=pipeline,
             search=search,
-            conversations=ConversationManager(db),
+            conversations=conversations,
             notebooks=notebooks,
             jobs=jobs,
             broker=broker,

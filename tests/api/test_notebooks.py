@@ -370,6 +370,10 @@ async def test_notebook_delete_removes_everything_everywhere(
     services = live.app.state.services
     doc = await services.documents.get(doc_id)
     original = services.originals.path(doc.sha256)
+    conv = await http.post(
+        "/api/chat/conversations", json={"title": "doomed chat", "notebook_id": nb["id"]}
+    )
+    assert conv.status_code == 201 and conv.json()["notebook_id"] == nb["id"]
     assert original.is_file() and await services.vectors.get_ids(where={"document_id": doc_id})
 
     response = await http.delete(f"/api/notebooks/{nb['id']}")
@@ -382,3 +386,56 @@ async def test_notebook_delete_removes_everything_everywhere(
     assert await services.vectors.get_ids(where={"document_id": doc_id}) == []
     names = {n["name"] for n in (await http.get("/api/notebooks")).json()["items"]}
     assert "Doomed" not in names
+    assert_error(await http.get(f"/api/chat/conversations/{conv.json()['id']}"), 404, "CHAT_005")
+
+
+async def test_chat_is_scoped_to_the_conversations_notebook(
+    live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    rocks = await create_notebook(http, "Rocks only")
+    stars = await create_notebook(http, "Stars only")
+    for nb, name, text in ((rocks, "rocks.md", GEOLOGY), (stars, "stars.md", ASTRONOMY)):
+        await wait_job(http, (await upload(http, nb["id"], (name, text.encode())))["job_id"])
+    async with notebook_socket(live, rocks["id"]) as rocks_ws:
+        answer = await http.post(
+            "/api/chat/message",
+            json={
+                "message": "What is basalt, and who discovered the first pulsar?",
+                "notebook_id": rocks["id"],
+                "max_tokens": 8,
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["conversation"]["notebook_id"] == rocks["id"]
+        assert {s["filename"] for s in body["sources"]} == {"rocks.md"}
+        created = await rocks_ws.until(lambda e: e["type"] == "conversation_created")
+        assert created["conversation"]["id"] == body["conversation"]["id"]
+    cid = body["conversation"]["id"]
+    # A follow-up in the same conversation stays in its notebook, named or not.
+    follow = await http.post(
+        "/api/chat/message",
+        json={"message": "Tell me about pulsars.", "conversation_id": cid, "max_tokens": 8},
+    )
+    assert {s["filename"] for s in follow.json()["sources"]} <= {"rocks.md"}
+    refused = await http.post(
+        "/api/chat/message",
+        json={"message": "Pulsars?", "conversation_id": cid, "notebook_id": stars["id"]},
+    )
+    assert_error(refused, 422, "CHAT_006")
+    listed = await http.get("/api/chat/conversations", params={"notebook_id": rocks["id"]})
+    assert [c["id"] for c in listed.json()["items"]] == [cid]
+    other = await http.get("/api/chat/conversations", params={"notebook_id": stars["id"]})
+    assert other.json()["items"] == []
+    # Source selection: a conversation in Stars limited to no matching document cites nothing
+    # from elsewhere.
+    chosen = await http.post(
+        "/api/chat/message",
+        json={
+            "message": "Who discovered the first pulsar?",
+            "notebook_id": stars["id"],
+            "filters": {"document_ids": ["no-such-document"]},
+            "max_tokens": 8,
+        },
+    )
+    assert chosen.status_code == 200 and chosen.json()["sources"] == []

@@ -6,6 +6,7 @@ import base64
 import binascii
 import builtins
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -64,17 +65,57 @@ class ConversationManager:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.repo = ConversationRepo(db)
+        from studyrag.db.notebooks import NotebookRepo
+
+        # Conversations belong to a notebook; without one named, the default notebook
+        # (which is never deleted, so its id is kept once read).
+        self.notebooks = NotebookRepo(db)
+        self._default_notebook: str | None = None
+        # Told of every conversation created, changed or deleted (the notebook's events).
+        self.on_change: Callable[[str, ConversationPublic], None] | None = None
+
+    def _changed(self, kind: str, conversation: ConversationPublic) -> ConversationPublic:
+        if self.on_change is not None:
+            self.on_change(kind, conversation)
+        return conversation
+
+    async def default_notebook(self) -> str:
+        if self._default_notebook is None:
+            self._default_notebook = (await self.notebooks.ensure_default()).id
+        return self._default_notebook
+
+    async def scope(self, conversation_id: str | None, notebook_id: str | None) -> str:
+        """The notebook a turn runs in: its conversation's, else the one named (checked),
+        else the default. CHAT_006 when a conversation is asked for in another notebook."""
+        if conversation_id is not None:
+            owner = await self.repo.notebook_of(conversation_id)
+            if notebook_id and owner and notebook_id != owner:
+                raise InvalidChatRequest(
+                    "This conversation belongs to another notebook.",
+                    details={"notebook_id": owner},
+                    hint="Leave notebook_id out, or start a new conversation in that notebook.",
+                )
+            if owner:
+                return owner
+        if notebook_id:
+            return (await self.notebooks.get(notebook_id)).id
+        return await self.default_notebook()
 
     # --- conversations -------------------------------------------------------------------
     async def create(
-        self, title: str | None = None, metadata: dict[str, Any] | None = None
+        self,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        notebook_id: str | None = None,
     ) -> ConversationPublic:
-        """Start an empty, active conversation."""
+        """Start an empty, active conversation (in the default notebook unless named)."""
         row = await self.repo.create(
             title=_check_title(title) if title is not None else DEFAULT_TITLE,
             metadata=dict(metadata or {}),
+            notebook_id=await self.scope(None, notebook_id),
         )
-        return ConversationPublic.from_row(row)
+        return self._changed("conversation_created", ConversationPublic.from_row(row))
 
     async def get(
         self, conversation_id: str, *, include_deleted: bool = False
@@ -86,6 +127,7 @@ class ConversationManager:
     async def list(
         self,
         *,
+        notebook_id: str | None = None,
         status: str | None = None,
         title_search: str | None = None,
         created_after: datetime | None = None,
@@ -111,6 +153,7 @@ class ConversationManager:
                 hint=f"Use one of: {', '.join(CONVERSATION_STATUSES)}.",
             )
         rows, total, more = await self.repo.list(
+            notebook_id=notebook_id,
             status=status,
             title_contains=title_search.strip() if title_search else None,
             created_after=as_utc(created_after),
@@ -147,11 +190,14 @@ class ConversationManager:
             metadata=metadata,
             status=status,
         )
-        return ConversationPublic.from_row(row)
+        return self._changed("conversation_updated", ConversationPublic.from_row(row))
 
     async def soft_delete(self, conversation_id: str) -> None:
         """Mark the conversation deleted; it is hidden at once and purged by cleanup()."""
         await self.repo.soft_delete(conversation_id)
+        if self.on_change is not None:
+            row = await self.repo.get(conversation_id, include_deleted=True)
+            self._changed("conversation_deleted", ConversationPublic.from_row(row))
 
     # --- messages ------------------------------------------------------------------------
     async def add_message(
@@ -189,6 +235,7 @@ class ConversationManager:
         *,
         history_limit: int,
         answer_metadata: dict[str, Any] | None = None,
+        notebook_id: str = "",
     ) -> Turn:
         """Store a question and its answer's (incomplete) placeholder in one transaction.
 
@@ -205,9 +252,15 @@ class ConversationManager:
             title=derive_title(question),
             history_limit=history_limit,
             answer_metadata=dict(answer_metadata or {}),
+            notebook_id=notebook_id or await self.default_notebook(),
+        )
+        conversation = ConversationPublic.from_row(rows.conversation)
+        self._changed(
+            "conversation_created" if conversation_id is None else "conversation_updated",
+            conversation,
         )
         return Turn(
-            conversation=ConversationPublic.from_row(rows.conversation),
+            conversation=conversation,
             history=[MessagePublic.from_row(m) for m in rows.history],
             user=MessagePublic.from_row(rows.user),
             assistant=MessagePublic.from_row(rows.assistant),

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -247,6 +247,7 @@ class ChatEngine:
         search_mode: str | None = None,
         filters: SearchFilters | None = None,
         max_tokens: int | None = None,
+        notebook_id: str | None = None,
     ) -> ChatResult:
         """Answer `message` in one go; a failed answer raises its StudyRAGError."""
         done: DoneEvent | None = None
@@ -258,6 +259,7 @@ class ChatEngine:
             search_mode=search_mode,
             filters=filters,
             max_tokens=max_tokens,
+            notebook_id=notebook_id,
         )
         async with aclosing(events):
             async for event in events:
@@ -283,8 +285,13 @@ class ChatEngine:
         search_mode: str | None = None,
         filters: SearchFilters | None = None,
         max_tokens: int | None = None,
+        notebook_id: str | None = None,
     ) -> AsyncGenerator[ChatEvent, None]:
-        """Answer `message` as events; closing the iterator stops and keeps a partial answer."""
+        """Answer `message` as events; closing the iterator stops and keeps a partial answer.
+
+        Retrieval is scoped to the conversation's notebook (a new conversation is made in
+        `notebook_id`, or the default notebook), and within it to `filters`.
+        """
         chat = self.settings.chat
         question = check_message(message or "", self.settings)
         tpl = self.template(template or chat.template)
@@ -302,6 +309,10 @@ class ChatEngine:
         # Half the window for the answer at most, or no source could ever fit.
         budget = min(budget, max(16, self.model.context_window // 2))
 
+        scope = await self.conversations.scope(conversation_id, notebook_id)
+        filters = (
+            replace(filters, notebook_id=scope) if filters else SearchFilters(notebook_id=scope)
+        )
         answer_meta = {"template": tpl.name}
         retrieval: asyncio.Task[_Retrieved] | None = None
         if conversation_id is None or not chat.rewrite_followups:
@@ -314,6 +325,7 @@ class ChatEngine:
                 question,
                 history_limit=chat.history_messages,
                 answer_metadata=answer_meta,
+                notebook_id=scope,
             )
         except BaseException:
             if retrieval is not None:
@@ -554,6 +566,8 @@ class ChatEngine:
     async def _suggestions(self, filters: SearchFilters | None) -> tuple[list[str], list[str]]:
         """A few document titles and frequent terms of the indexed chunks."""
         where = [Document.status == "completed"]
+        if filters is not None and filters.notebook_id:
+            where.append(Document.notebook_id == filters.notebook_id)
         if filters is not None and filters.document_ids:
             where.append(Document.id.in_(filters.document_ids))
         if filters is not None and filters.file_types:

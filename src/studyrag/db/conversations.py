@@ -82,11 +82,14 @@ class ConversationRepo:
         self.db = db
 
     # --- conversations -------------------------------------------------------------------
-    async def create(self, *, title: str, metadata: dict[str, Any]) -> Conversation:
-        """Insert an empty, active conversation."""
+    async def create(
+        self, *, title: str, metadata: dict[str, Any], notebook_id: str
+    ) -> Conversation:
+        """Insert an empty, active conversation in a notebook."""
         now = utcnow()
         row = Conversation(
             id=new_id(),
+            notebook_id=notebook_id,
             title=title,
             status="active",
             meta=dict(metadata),
@@ -103,9 +106,16 @@ class ConversationRepo:
         async with self.db.session() as s:
             return await _conversation(s, conversation_id, include_deleted=include_deleted)
 
+    async def notebook_of(self, conversation_id: str) -> str:
+        """The notebook a (not deleted) conversation belongs to; CHAT_005 when unknown."""
+        async with self.db.session() as s:
+            row = await _conversation(s, conversation_id, include_deleted=False)
+        return row.notebook_id
+
     async def list(
         self,
         *,
+        notebook_id: str | None = None,
         status: str | None,
         title_contains: str | None,
         created_after: datetime | None,
@@ -122,6 +132,8 @@ class ConversationRepo:
         `status`, active and archived conversations match (never deleted ones).
         """
         where: builtins.list[ColumnElement[bool]] = []
+        if notebook_id is not None:
+            where.append(Conversation.notebook_id == notebook_id)
         if status is None:
             where.append(Conversation.status != "deleted")
         else:
@@ -248,17 +260,20 @@ class ConversationRepo:
         title: str,
         history_limit: int,
         answer_metadata: dict[str, Any],
+        notebook_id: str = "",
     ) -> TurnRows:
         """A question and its answer's (incomplete) placeholder, in one transaction.
 
-        Creates the conversation (named `title`) when `conversation_id` is None; an existing
-        one still under the default title is renamed `title`.
+        Creates the conversation (named `title`, in `notebook_id`) when `conversation_id` is
+        None; an existing one still under the default title is renamed `title`.
         """
         if conversation_id is None:
-            return await self._turn(None, question, title, history_limit, answer_metadata)
+            return await self._turn(
+                None, question, title, history_limit, answer_metadata, notebook_id
+            )
         cid = conversation_id
         return await _retrying(
-            cid, lambda: self._turn(cid, question, title, history_limit, answer_metadata)
+            cid, lambda: self._turn(cid, question, title, history_limit, answer_metadata, "")
         )
 
     async def _turn(
@@ -268,6 +283,7 @@ class ConversationRepo:
         title: str,
         history_limit: int,
         answer_metadata: dict[str, Any],
+        notebook_id: str,
     ) -> TurnRows:
         now = utcnow()
         history: builtins.list[Message] = []
@@ -276,6 +292,7 @@ class ConversationRepo:
             if conversation_id is None:
                 conv = Conversation(
                     id=new_id(),
+                    notebook_id=notebook_id,
                     title=title,
                     status="active",
                     meta={},

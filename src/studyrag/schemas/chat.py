@@ -28,6 +28,9 @@ class ChatOptions(BaseModel):
     filters: SearchFiltersIn | None = None
     # At most the server's STUDYRAG_LLM__MAX_TOKENS; a lower value asks for a shorter answer.
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_ANSWER_TOKENS)
+    # A new conversation's notebook (the default one when absent); an existing conversation
+    # answers from its own notebook, and naming another is refused (CHAT_006).
+    notebook_id: str | None = Field(default=None, min_length=1, max_length=64)
 
     def engine_kwargs(self, settings: Settings) -> dict[str, Any]:
         """Keyword arguments for ChatEngine.stream_message."""
@@ -38,6 +41,7 @@ class ChatOptions(BaseModel):
             "search_mode": self.search_mode,
             "filters": self.filters.to_search() if self.filters else None,
             "max_tokens": min(self.max_tokens, cap) if self.max_tokens else cap,
+            "notebook_id": self.notebook_id,
         }
 
 

@@ -21,6 +21,8 @@ class ConversationCreate(BaseModel):
 
     title: str | None = Field(default=None, max_length=TITLE_MAX_CHARS)
     metadata: dict[str, Any] | None = None
+    # The notebook it belongs to; the default notebook when absent.
+    notebook_id: str | None = Field(default=None, min_length=1, max_length=64)
     # The prompt template this conversation's answers use unless a message names another.
     template: str | None = Field(default=None, min_length=1, max_length=TEMPLATE_NAME_MAX_CHARS)
 
@@ -39,6 +41,7 @@ class ConversationPublic(PublicModel):
     """A conversation as the API, the WebSocket frames and the CLI show it."""
 
     id: str
+    notebook_id: str | None = None
     title: str
     status: str
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -53,6 +56,7 @@ class ConversationPublic(PublicModel):
         """Copy a row, normalising timestamps to UTC."""
         return cls(
             id=row.id,
+            notebook_id=row.notebook_id,
             title=row.title,
             status=row.status,
             metadata=dict(row.meta or {}),

@@ -84,6 +84,7 @@ async def post_message(
 @router.get("/conversations")
 async def list_conversations(
     services: ServicesDep,
+    notebook_id: str | None = Query(default=None, max_length=64, description="Of one notebook"),
     status: Literal["active", "archived", "deleted"] | None = None,
     q: str | None = Query(default=None, max_length=TITLE_MAX_CHARS, description="Title contains"),
     created_after: datetime | None = None,
@@ -95,7 +96,10 @@ async def list_conversations(
     offset: int = Query(default=0, ge=0),
 ) -> ConversationPage:
     """Conversations by latest activity; follow next_cursor for the next page."""
+    if notebook_id is not None:
+        await services.notebooks.repo.get(notebook_id)
     page = await services.conversations.list(
+        notebook_id=notebook_id,
         status=status,
         title_search=q,
         created_after=created_after,
@@ -127,7 +131,9 @@ async def create_conversation(
     if body.template is not None:
         metadata["template"] = body.template
     check_template(metadata.get("template"), services.chat)
-    return await services.conversations.create(title=body.title, metadata=metadata)
+    return await services.conversations.create(
+        title=body.title, metadata=metadata, notebook_id=body.notebook_id
+    )
 
 
 @router.get("/conversations/{conversation_id}")
