@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import anyio
-from sqlalchemy import select
 
 from studyrag.backends.llm.base import ChatMessage, ChatModel, GenerationStats, TokenDelta
 from studyrag.chat.citations import mark_cited, resolve_citations, strip_markers
@@ -33,7 +32,6 @@ from studyrag.chat.prompts import (
     rewrite_prompt,
 )
 from studyrag.config import Settings
-from studyrag.db.models import Chunk, Document
 from studyrag.errors import (
     GenerationFailed,
     InvalidChatRequest,
@@ -565,33 +563,9 @@ class ChatEngine:
 
     async def _suggestions(self, filters: SearchFilters | None) -> tuple[list[str], list[str]]:
         """A few document titles and frequent terms of the indexed chunks."""
-        where = [Document.status == "completed"]
-        if filters is not None and filters.notebook_id:
-            where.append(Document.notebook_id == filters.notebook_id)
-        if filters is not None and filters.document_ids:
-            where.append(Document.id.in_(filters.document_ids))
-        if filters is not None and filters.file_types:
-            where.append(Document.file_type.in_(filters.file_types))
-        async with self.conversations.db.session() as s:
-            docs = (
-                await s.execute(
-                    select(Document.filename, Document.meta)
-                    .where(*where)
-                    .order_by(Document.updated_at.desc())
-                    .limit(SUGGESTED_TITLES)
-                )
-            ).all()
-            texts = list(
-                (
-                    await s.scalars(
-                        select(Chunk.text)
-                        .join(Document, Document.id == Chunk.document_id)
-                        .where(*where)
-                        .order_by(Chunk.id.desc())
-                        .limit(_TERM_SAMPLE_CHUNKS)
-                    )
-                ).all()
-            )
+        docs, texts = await self.search.repo.samples(
+            filters, titles=SUGGESTED_TITLES, chunks=_TERM_SAMPLE_CHUNKS
+        )
         titles = [str((meta or {}).get("title") or name) for name, meta in docs]
         terms = await anyio.to_thread.run_sync(_frequent_terms, texts)
         return titles, terms

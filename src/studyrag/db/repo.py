@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from studyrag.db.models import Chunk, Document
 from studyrag.db.session import Database, fetch_all
 from studyrag.errors import DocumentNotFound
+from studyrag.retrieval.types import SearchFilters
 
 # Statuses a document passes through; only "completed" documents are searchable.
 QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED, DELETING = (
@@ -357,6 +358,38 @@ class DocumentRepo:
                 )
             )
         return chunk, doc, prev_id, next_id
+
+    async def samples(
+        self, filters: SearchFilters | None, *, titles: int, chunks: int
+    ) -> tuple[builtins.list[tuple[str, dict[str, Any]]], builtins.list[str]]:
+        """Recent (filename, metadata) and chunk texts of the completed documents in scope:
+        what "nothing relevant was found" suggests asking about instead."""
+        where = [Document.status == COMPLETED]
+        if filters is not None and filters.notebook_id:
+            where.append(Document.notebook_id == filters.notebook_id)
+        if filters is not None and filters.document_ids:
+            where.append(Document.id.in_(filters.document_ids))
+        if filters is not None and filters.file_types:
+            where.append(Document.file_type.in_(filters.file_types))
+        async with self.db.session() as s:
+            docs = (
+                await s.execute(
+                    select(Document.filename, Document.meta)
+                    .where(*where)
+                    .order_by(Document.updated_at.desc())
+                    .limit(titles)
+                )
+            ).all()
+            texts = (
+                await s.scalars(
+                    select(Chunk.text)
+                    .join(Document, Document.id == Chunk.document_id)
+                    .where(*where)
+                    .order_by(Chunk.id.desc())
+                    .limit(chunks)
+                )
+            ).all()
+        return [(str(name), dict(meta or {})) for name, meta in docs], builtins.list(texts)
 
     async def stats(self) -> dict[str, Any]:
         async with self.db.session() as s:
