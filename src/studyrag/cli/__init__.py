@@ -8,10 +8,12 @@ from __future__ import annotations
 import typer
 
 from studyrag.cli import chat, conversations, documents, ingest, models, search, serve
+from studyrag.cli.common import data_dir_note
 
 app = typer.Typer(
     name="studyrag",
-    help="Chat with your study documents: ingest, search, ask. Offline by default.",
+    help="Chat with your study documents: ingest, search, ask. Offline by default.\n\n"
+    f"Data directory: {data_dir_note()}; any command takes --data-dir DIR.",
     no_args_is_help=True,
     add_completion=False,
 )

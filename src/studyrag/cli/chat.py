@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from studyrag.cli.common import DataDir, JsonOut, console, emit, err_console, run_command
+from studyrag.cli.common import (
+    DataDir,
+    JsonOut,
+    console,
+    emit,
+    err_console,
+    require_documents,
+    run_command,
+    show_error,
+    start_embedder,
+)
 
 if TYPE_CHECKING:
     from studyrag.services import Services
@@ -92,7 +102,8 @@ def print_sources(done: dict[str, Any]) -> None:
 def ask(
     question: Annotated[str, typer.Argument(help="Your question.")],
     conversation: Annotated[
-        str | None, typer.Option("--conversation", "-c", help="Continue this conversation.")
+        str | None,
+        typer.Option("--conversation", "-c", help="Continue this conversation (id or its start)."),
     ] = None,
     template: Annotated[
         str | None, typer.Option(help="Prompt template, e.g. RAG_DETAILED.")
@@ -108,10 +119,14 @@ def ask(
     """Ask a question; the answer streams with numbered citations, then its sources."""
 
     async def go(services: Services) -> dict[str, Any]:
+        await require_documents(services)
+        conv_id = conversation and await services.conversations.resolve_id_prefix(conversation)
+        if mode in (None, "hybrid", "semantic"):
+            await start_embedder(services)
         return await answer(
             services,
             question,
-            conversation_id=conversation,
+            conversation_id=conv_id,
             template=template,
             mode=mode,
             top_k=top_k,
@@ -135,7 +150,8 @@ def ask(
 
 def chat(
     conversation: Annotated[
-        str | None, typer.Option("--conversation", "-c", help="Continue this conversation.")
+        str | None,
+        typer.Option("--conversation", "-c", help="Continue this conversation (id or its start)."),
     ] = None,
     template: Annotated[str | None, typer.Option(help="Prompt template.")] = None,
     data_dir: DataDir = None,
@@ -145,9 +161,12 @@ def chat(
     async def go(services: Services) -> None:
         from studyrag.errors import StudyRAGError
 
-        current = conversation
-        if current:
-            await services.conversations.get(current)
+        current = conversation and await services.conversations.resolve_id_prefix(conversation)
+        try:
+            await require_documents(services)
+        except StudyRAGError as exc:
+            show_error(exc)  # the REPL still starts: documents may be added meanwhile
+        await start_embedder(services)
         console.print("[bold]StudyRAG chat[/] — ask about your documents. /new, /quit")
         while True:
             try:
@@ -176,7 +195,8 @@ def chat(
                     stream_to=console,
                 )
             except StudyRAGError as exc:
-                err_console.print(f"\n[bold red]error[/] [{exc.error_code}] {exc.message}")
+                err_console.print()
+                show_error(exc)
                 continue
             current = done["conversation"]["id"]
             console.print()

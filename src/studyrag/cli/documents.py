@@ -6,11 +6,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from studyrag.cli.common import DataDir, JsonOut, console, delete_each, emit, run_command
+from studyrag.cli.common import (
+    DataDir,
+    JsonOut,
+    console,
+    delete_each,
+    emit,
+    run_command,
+    short_ids,
+)
 from studyrag.cli.ingest import ingest_json, print_ingest
 
 if TYPE_CHECKING:
     from studyrag.services import Services
+
+_ID_HELP = "A document id, or any unique start of one (at least 4 characters)."
 
 app = typer.Typer(help="List, show, delete or reindex ingested documents.", no_args_is_help=True)
 
@@ -24,19 +34,28 @@ def documents_list(
     """List documents."""
 
     async def go(services: Services) -> Any:
-        return await services.documents.list(status=status, limit=10_000)
+        docs, total = await services.documents.list(status=status, limit=10_000)
+        return docs, total, services.settings.data_dir
 
-    docs, total = run_command(data_dir, go, as_json=as_json)
+    docs, total, where = run_command(data_dir, go, as_json=as_json)
     if as_json:
         for d in docs:
             emit(doc_json(d))
         return
+    if not docs:
+        which = f"{status} documents" if status else "documents"
+        console.print(f"No {which} in {where}.", highlight=False, soft_wrap=True)
+        if not status:
+            console.print("Add some with [bold]studyrag ingest PATH[/].")
+        return
     from rich.table import Table
 
+    short = short_ids(d.id for d in docs)
     table = Table("id", "filename", "type", "status", "chunks", "error")
+    table.columns[0].no_wrap = True
     for d in docs:
         table.add_row(
-            d.id,
+            short[d.id],
             d.filename,
             d.file_type,
             d.status,
@@ -44,7 +63,12 @@ def documents_list(
             f"[{d.error_code}] {d.error}" if d.error_code else "",
         )
     console.print(table)
-    console.print(f"[dim]{total} documents[/]")
+    console.print(
+        f"[dim]{total} documents in {where} · `studyrag documents show ID` takes any unique "
+        "start of an id[/]",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def doc_json(d: Any) -> dict[str, Any]:
@@ -58,13 +82,16 @@ def doc_json(d: Any) -> dict[str, Any]:
 
 
 @app.command("show")
-def documents_show(document_id: str, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+def documents_show(
+    document_id: Annotated[str, typer.Argument(help=_ID_HELP)],
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
     """Show one document and where its chunks are."""
 
     async def go(services: Services) -> Any:
-        return await services.documents.get(document_id), await services.documents.chunks_for(
-            document_id
-        )
+        doc_id = await services.documents.resolve_id_prefix(document_id)
+        return await services.documents.get(doc_id), await services.documents.chunks_for(doc_id)
 
     doc, chunks = run_command(data_dir, go, as_json=as_json)
     data = doc_json(doc)
@@ -105,26 +132,32 @@ def documents_show(document_id: str, data_dir: DataDir = None, as_json: JsonOut 
 
 @app.command("delete")
 def documents_delete(
-    document_ids: list[str], data_dir: DataDir = None, as_json: JsonOut = False
+    document_ids: Annotated[list[str], typer.Argument(help=_ID_HELP)],
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
 ) -> None:
     """Delete documents and every chunk of them."""
 
     async def go(services: Services) -> None:
-        await delete_each(document_ids, services.pipeline.delete_document, "document_id", as_json)
+        ids = [await services.documents.resolve_id_prefix(d) for d in document_ids]
+        await delete_each(ids, services.pipeline.delete_document, "document_id", as_json)
 
     run_command(data_dir, go, as_json=as_json)
 
 
 @app.command("reindex")
 def documents_reindex(
-    document_ids: Annotated[list[str] | None, typer.Argument(help="Ids; none = all.")] = None,
+    document_ids: Annotated[
+        list[str] | None, typer.Argument(help="Ids or unique id starts; none = all.")
+    ] = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Recompute embeddings with the current embedding model."""
 
     async def go(services: Services) -> list[Any]:
-        ids = document_ids or await services.documents.all_ids(status="completed")
+        ids = [await services.documents.resolve_id_prefix(d) for d in document_ids or []]
+        ids = ids or await services.documents.all_ids(status="completed")
         out = []
         for d in ids:
             r = await services.pipeline.reindex(d)

@@ -6,7 +6,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from studyrag.cli.common import DataDir, JsonOut, console, emit, run_command
+from studyrag.cli.common import (
+    DataDir,
+    JsonOut,
+    console,
+    emit,
+    empty_library,
+    run_command,
+    start_embedder,
+)
 
 if TYPE_CHECKING:
     from studyrag.services import Services
@@ -20,7 +28,8 @@ def search(
         list[str] | None, typer.Option("--file-type", help="Only these types (pdf, md, ...).")
     ] = None,
     document: Annotated[
-        list[str] | None, typer.Option("--document", help="Only these document ids.")
+        list[str] | None,
+        typer.Option("--document", help="Only these documents (ids or unique id starts)."),
     ] = None,
     group: Annotated[bool, typer.Option("--group", help="Best passage per document.")] = False,
     data_dir: DataDir = None,
@@ -31,7 +40,16 @@ def search(
     async def go(services: Services) -> Any:
         from studyrag.retrieval.types import SearchFilters
 
-        filters = SearchFilters(document_ids=document or None, file_types=file_type or None)
+        ids = [await services.documents.resolve_id_prefix(d) for d in document or []]
+        filters = SearchFilters(document_ids=ids or None, file_types=file_type or None)
+        problem = await empty_library(services)
+        if problem is not None:
+            # The request is checked first (an empty query is still SEARCH_001), lexically:
+            # loading the embedding model to search nothing would take seconds.
+            await services.search.search(query, mode="lexical", top_k=top_k, filters=filters)
+            raise problem
+        if mode in ("hybrid", "semantic"):
+            await start_embedder(services)
         return await services.search.search(
             query, mode=mode, top_k=top_k, filters=filters, group_by_document=group
         )

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from studyrag.cli.common import DataDir, settings_for, setup_logging
+from studyrag.cli.common import DataDir, err_console, settings_for, setup_logging
 
 
 def serve(
@@ -20,6 +20,7 @@ def serve(
 
     settings = settings_for(data_dir)
     setup_logging(settings.log_level)
+    err_console.print(f"StudyRAG data directory: {settings.data_dir}", highlight=False)
     run_server(
         create_app(settings),
         host=host or settings.api.host,
