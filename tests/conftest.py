@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -12,6 +15,13 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # Tests must never pick up a developer's configuration or data.
 for _key in [k for k in os.environ if k.startswith("STUDYRAG_")]:
     del os.environ[_key]
+# Nor write into the user's data directory (the default when no data_dir is given): the
+# default and the user data directory itself point into a temporary folder, for this
+# process and every CLI subprocess it starts.
+_TEST_HOME = tempfile.mkdtemp(prefix="studyrag-tests-")
+atexit.register(shutil.rmtree, _TEST_HOME, ignore_errors=True)
+os.environ["XDG_DATA_HOME"] = os.path.join(_TEST_HOME, "xdg-data")
+os.environ["STUDYRAG_DATA_DIR"] = os.path.join(_TEST_HOME, "default-data-dir")
 
 import pytest  # noqa: E402
 

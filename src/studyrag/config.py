@@ -14,6 +14,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from studyrag.data_dir import default_data_dir
 from studyrag.retrieval.types import SearchMode
 
 CONFIG_FILENAME = "config.toml"
@@ -142,7 +143,7 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    data_dir: Path = Path("data")
+    data_dir: Path = Field(default_factory=default_data_dir)
     config_file: Path | None = None
     log_level: str = "INFO"
     embeddings: EmbeddingsSettings = Field(default_factory=EmbeddingsSettings)
@@ -201,7 +202,7 @@ class _TomlSource(PydanticBaseSettingsSource):
         init, env = self._init(), self._env()
         path = init.get("config_file") or env.get("config_file")
         if not path:
-            data_dir = Path(init.get("data_dir") or env.get("data_dir") or "data")
+            data_dir = Path(init.get("data_dir") or env.get("data_dir") or default_data_dir())
             path = data_dir.expanduser() / CONFIG_FILENAME
         path = Path(path)
         if not path.is_file():

@@ -127,6 +127,14 @@ class BackendUnavailable(SearchError):
     status_code = 503
 
 
+class EmptyLibrary(SearchError):
+    """Nothing is searchable yet: no document has finished ingesting."""
+
+    error_code = "SEARCH_004"
+    status_code = 404
+    default_hint = "Add documents with `studyrag ingest PATH` or POST /api/documents."
+
+
 # --- chat --------------------------------------------------------------------------------
 class ChatError(StudyRAGError):
     error_code = "CHAT_000"
@@ -208,6 +216,24 @@ class RequestTooLarge(StudyRAGError):
 
     error_code = "REQUEST_002"
     status_code = 413
+
+
+class AmbiguousId(StudyRAGError):
+    """An id prefix that matches several documents or conversations."""
+
+    error_code = "REQUEST_003"
+    status_code = 400
+    default_hint = "Give more characters of the id."
+
+    def __init__(self, kind: str, prefix: str, candidates: list[tuple[str, str]]) -> None:
+        listed = "; ".join(f"{cid} ({label})" for cid, label in candidates)
+        super().__init__(
+            f"Several {kind}s have ids starting with {prefix!r}: {listed}.",
+            details={
+                "prefix": prefix,
+                "candidates": [{"id": cid, "name": label} for cid, label in candidates],
+            },
+        )
 
 
 class RouteNotFound(StudyRAGError):

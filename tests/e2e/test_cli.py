@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from studyrag.config import Settings
 from studyrag.services import open_services
@@ -23,14 +25,28 @@ pytestmark = pytest.mark.slow
 EXE = str(Path(sys.executable).with_name("studyrag"))
 
 
-def run(*args: str, data_dir: Path, check: bool = False) -> subprocess.CompletedProcess[str]:
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: no STUDYRAG_* of the caller, offline models."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYRAG_")}
     env["HF_HUB_OFFLINE"] = "1"
+    env.update(extra)
+    return env
+
+
+def run(
+    *args: str,
+    data_dir: Path | None,
+    check: bool = False,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `studyrag ARGS [--data-dir DIR]` to completion."""
     proc = subprocess.run(
-        [EXE, *args, "--data-dir", str(data_dir)],
+        [EXE, *args, *(["--data-dir", str(data_dir)] if data_dir else [])],
         capture_output=True,
         text=True,
-        env=env,
+        env=env or cli_env(),
+        cwd=cwd,
         timeout=300,
     )
     if check:
@@ -42,18 +58,65 @@ def lines(stdout: str) -> list[dict]:
     return [json.loads(x) for x in stdout.splitlines() if x.strip()]
 
 
+def wait_until_in_flight(proc: subprocess.Popen[str] | subprocess.Popen[bytes], db: Path) -> None:
+    """Return once one document is completed and another is being processed."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=1) as conn:
+                    status = dict(
+                        conn.execute("SELECT status, count(*) FROM documents GROUP BY status")
+                    )
+            except sqlite3.Error:
+                status = {}
+            if status.get("completed", 0) >= 1 and status.get("processing", 0) >= 1:
+                return
+        assert proc.poll() is None, "ingestion finished before it could be stopped"
+        time.sleep(0.05)
+    pytest.fail("never saw a document in processing")
+
+
+async def assert_nothing_half_indexed(data: Path) -> list[str]:
+    """Completed documents are whole everywhere, the others have no chunk anywhere; statuses."""
+    from tests.e2e.test_ingest_search import counts
+
+    async with open_services(Settings(data_dir=data)) as services:
+        docs, _ = await services.documents.list(limit=1000)
+        for d in docs:
+            expected = d.chunk_count if d.status == "completed" else 0
+            assert await counts(services, d.id) == (expected,) * 3, d.filename
+        completed = sum(d.chunk_count for d in docs if d.status == "completed")
+        async with services.db.session() as s:
+            rows = await s.execute(
+                text("SELECT (SELECT count(*) FROM chunks), (SELECT count(*) FROM chunks_fts)")
+            )
+            assert tuple(rows.one()) == (completed, completed)
+        assert await services.vectors.count() == completed
+        return [d.status for d in docs]
+
+
 def test_ingest_search_documents_json(tmp_path: Path) -> None:
     folder = write_corpus(tmp_path / "notes")
     (folder / "bad.xyz").write_text("nope")
     data = tmp_path / "data"
     proc = run("ingest", str(folder), "--json", data_dir=data)
-    assert proc.returncode == 1, "a failed file must show in the exit code"
+    assert proc.returncode == 0, proc.stderr
     rows = {r["filename"]: r for r in lines(proc.stdout)}
     assert set(rows) == {"biology.pdf", "history.md", "chemistry.txt", "bad.xyz"}
     for row in rows.values():
         assert set(row) >= {"document_id", "filename", "status", "error_code", "chunks"}
-    assert rows["bad.xyz"]["error_code"] == "DOC_001"
+    # Met in a folder, an unsupported file is skipped, not stored as a failed document...
+    assert (rows["bad.xyz"]["status"], rows["bad.xyz"]["document_id"]) == ("skipped", None)
     assert rows["biology.pdf"]["status"] == "completed" and rows["biology.pdf"]["chunks"] > 0
+    # ...named explicitly, it is an error, and the exit code says so.
+    named = run("ingest", str(folder / "bad.xyz"), "--json", data_dir=data)
+    assert named.returncode == 1, "a failed file must show in the exit code"
+    assert (lines(named.stdout)[0]["status"], lines(named.stdout)[0]["error_code"]) == (
+        "rejected",
+        "DOC_001",
+    )
+    del rows["bad.xyz"]  # stored nowhere, either way
 
     again = run("ingest", str(folder / "history.md"), "--json", data_dir=data, check=True)
     assert lines(again.stdout)[0]["status"] == "duplicate"
@@ -113,10 +176,39 @@ def test_empty_query_is_search_001(tmp_path: Path) -> None:
 
 
 def test_progress_bar_and_summary(tmp_path: Path) -> None:
-    proc = run("ingest", str(write_corpus(tmp_path / "notes")), data_dir=tmp_path / "data")
+    folder = write_corpus(tmp_path / "notes")
+    (folder / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (folder / "deep").mkdir()
+    (folder / "deep" / "data.xyz").write_text("nope")
+    data = tmp_path / "data"
+    proc = run("ingest", str(folder), data_dir=data)
     assert proc.returncode == 0, proc.stderr
-    assert "3 ingested, 0 already present, 0 failed" in proc.stderr
-    assert "✓ biology.pdf" in proc.stdout
+    assert re.search(
+        r"3 ingested, 0 already present, 0 failed, 2 skipped, \d+ chunks in [\d.]+ s", proc.stderr
+    ), proc.stderr
+    skipped = next(x for x in proc.stderr.splitlines() if x.startswith("skipped ("))
+    assert skipped.startswith("skipped (not a type StudyRAG reads): ")
+    assert sorted(skipped.split(": ", 1)[1].split(", ")) == ["1 .png", "1 .xyz"]
+    assert f"library: {data}" in proc.stderr
+    assert 'studyrag search "' in proc.stderr and 'studyrag ask "' in proc.stderr
+    assert "3/3 files" in proc.stderr  # the bar's final state
+    for name in ("biology.pdf", "history.md", "chemistry.txt"):
+        assert f"✓ {name}" in proc.stdout
+    assert "photo.png" not in proc.stdout
+    listed = lines(run("documents", "list", "--json", data_dir=data, check=True).stdout)
+    assert {d["filename"] for d in listed} == {"biology.pdf", "history.md", "chemistry.txt"}
+
+    again = run("ingest", str(folder), data_dir=data)
+    assert again.returncode == 0, again.stderr
+    assert "0 ingested, 3 already present, 0 failed, 2 skipped, 0 chunks" in again.stderr
+    assert "= history.md — unchanged, already ingested as history.md" in again.stdout
+
+    (tmp_path / "empty").mkdir()
+    nothing = run("ingest", str(tmp_path / "empty"), data_dir=data)
+    assert nothing.returncode == 1 and "No files found" in nothing.stderr
+    only_skipped = run("ingest", str(folder / "deep"), data_dir=data)
+    assert only_skipped.returncode == 1
+    assert "No file that can be ingested" in only_skipped.stderr
 
 
 def test_sigkill_mid_ingestion_leaves_nothing_half_indexed(tmp_path: Path) -> None:
@@ -135,45 +227,64 @@ def test_sigkill_mid_ingestion_leaves_nothing_half_indexed(tmp_path: Path) -> No
         stderr=subprocess.DEVNULL,
         env=env,
     )
-    db = data / "studyrag.db"
-    deadline = time.monotonic() + 240
     try:
         # Kill once one document is done and the next one is in flight.
-        while time.monotonic() < deadline:
-            if db.exists():
-                try:
-                    with sqlite3.connect(db, timeout=1) as conn:
-                        status = dict(
-                            conn.execute("SELECT status, count(*) FROM documents GROUP BY status")
-                        )
-                except sqlite3.Error:
-                    status = {}
-                if status.get("completed", 0) >= 1 and status.get("processing", 0) >= 1:
-                    break
-            assert proc.poll() is None, "ingestion finished before it could be killed"
-            time.sleep(0.05)
-        else:
-            pytest.fail("never saw a document in processing")
+        wait_until_in_flight(proc, data / "studyrag.db")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
 
-    async def check() -> None:
-        async with open_services(Settings(data_dir=data)) as services:
-            docs, _ = await services.documents.list()
-            assert {d.status for d in docs} <= {"completed", "failed"}
-            assert any(d.status == "failed" and d.error_code == "DOC_005" for d in docs)
-            from tests.e2e.test_ingest_search import counts
-
-            for d in docs:
-                expected = d.chunk_count if d.status == "completed" else 0
-                assert await counts(services, d.id) == (expected,) * 3, d.filename
-            total_vectors = await services.vectors.count()
-            assert total_vectors == sum(d.chunk_count for d in docs if d.status == "completed")
-
-    asyncio.run(check())
+    # The next start repairs it: what was in flight goes back to the queue (its original is
+    # kept), with no chunk left anywhere.
+    statuses = asyncio.run(assert_nothing_half_indexed(data))
+    assert set(statuses) <= {"completed", "queued"} and "queued" in statuses
 
     # Ingesting again completes what was interrupted.
     again = run("ingest", str(folder), "--json", data_dir=data)
     assert again.returncode == 0
     assert {r["status"] for r in lines(again.stdout)} <= {"completed", "duplicate"}
+
+
+def test_ctrl_c_stops_the_batch_and_rolls_back_what_was_in_flight(tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    topics = ["enzymes", "glaciers", "sonnets", "tariffs", "neurons", "volcanoes", "treaties"]
+    for i in range(400):
+        topic = topics[i % len(topics)]
+        (folder / f"note{i:03}.md").write_text(
+            f"# Note {i} on {topic}\n\nFact {i}: {topic} matter because of reason {i * 13}. "
+            f"Students often confuse {topic} with item {i * 7} in the lecture of week {i % 12}.\n"
+        )
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [EXE, "ingest", str(folder), "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        # Interrupt once a batch is done and the next files are in flight.
+        wait_until_in_flight(proc, data / "studyrag.db")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == 130, err
+    said = " ".join(err.split())
+    assert "Stopping…" in said and "Stopped by Ctrl-C" in said and "are queued" in said
+    assert "Run the same command again" in said
+    assert "✓ note000.md" in out
+
+    listed = lines(run("documents", "list", "--json", data_dir=data, check=True).stdout)
+    done = sum(1 for d in listed if d["status"] == "completed")
+    assert 0 < done < 400, "the run was not interrupted"
+    assert {d["status"] for d in listed} <= {"completed", "queued"}, "nothing half-indexed"
+    statuses = asyncio.run(assert_nothing_half_indexed(data))
+    assert "processing" not in statuses
+
+    again = run("ingest", str(folder), data_dir=data)
+    assert again.returncode == 0, again.stderr
+    assert f"{400 - done} ingested, {done} already present, 0 failed" in again.stderr

@@ -124,6 +124,10 @@ class ConversationManager:
         row = await self.repo.get(conversation_id, include_deleted=include_deleted)
         return ConversationPublic.from_row(row)
 
+    async def resolve_id_prefix(self, prefix: str) -> str:
+        """The full id of the one conversation whose id starts with `prefix` (≥ 4 chars)."""
+        return await self.repo.resolve_id_prefix(prefix)
+
     async def list(
         self,
         *,

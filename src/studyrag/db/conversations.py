@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from studyrag.db.models import Conversation, Message, new_id, utcnow
+from studyrag.db.repo import resolve_prefix
 from studyrag.db.session import Database
 from studyrag.errors import ConversationNotFound, MessageNotFound
 
@@ -105,6 +106,22 @@ class ConversationRepo:
         """The row, or ConversationNotFound (CHAT_005) when unknown or deleted."""
         async with self.db.session() as s:
             return await _conversation(s, conversation_id, include_deleted=include_deleted)
+
+    async def resolve_id_prefix(self, prefix: str) -> str:
+        """The id of the one conversation (not deleted) whose id starts with `prefix`.
+
+        A full id or at least 4 characters, as git: ConversationNotFound (CHAT_005) when none
+        matches, AmbiguousId (REQUEST_003) with the candidates when several do.
+        """
+        return await resolve_prefix(
+            self.db,
+            prefix,
+            id_column=Conversation.id,
+            label_column=Conversation.title,
+            visible=Conversation.status != "deleted",
+            kind="conversation",
+            not_found=ConversationNotFound,
+        )
 
     async def notebook_of(self, conversation_id: str) -> str:
         """The notebook a (not deleted) conversation belongs to; CHAT_005 when unknown."""

@@ -9,13 +9,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from studyrag.db.models import Chunk, Document
 from studyrag.db.session import Database, fetch_all
-from studyrag.errors import DocumentNotFound
+from studyrag.errors import AmbiguousId, DocumentNotFound, StudyRAGError
 from studyrag.retrieval.types import SearchFilters
+
+# As git: an id may be shortened to any unique prefix of at least this many characters.
+MIN_ID_PREFIX = 4
+# Candidates an ambiguous prefix lists.
+_MAX_CANDIDATES = 10
 
 # Statuses a document passes through; only "completed" documents are searchable.
 QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED, DELETING = (
@@ -71,6 +77,22 @@ class DocumentRepo:
         if doc is None or doc.status == DELETING:
             raise DocumentNotFound(f"No document with id {document_id!r}.")
         return doc
+
+    async def resolve_id_prefix(self, prefix: str) -> str:
+        """The id of the one document whose id starts with `prefix` (a full id or ≥ 4 chars).
+
+        Raises DocumentNotFound (DOC_004) when none matches, AmbiguousId (REQUEST_003) with the
+        candidates when several do.
+        """
+        return await resolve_prefix(
+            self.db,
+            prefix,
+            id_column=Document.id,
+            label_column=Document.filename,
+            visible=Document.status != DELETING,
+            kind="document",
+            not_found=DocumentNotFound,
+        )
 
     async def get_content(self, document_id: str) -> str:
         """The extracted text that chunk offsets point into."""
@@ -400,6 +422,42 @@ class DocumentRepo:
             )
             chunks = int(await s.scalar(select(func.count()).select_from(Chunk)) or 0)
         return {"documents_by_status": by_status, "chunks": chunks}
+
+
+async def resolve_prefix(
+    db: Database,
+    prefix: str,
+    *,
+    id_column: InstrumentedAttribute[str],
+    label_column: InstrumentedAttribute[str],
+    visible: ColumnElement[bool],
+    kind: str,
+    not_found: type[StudyRAGError],
+) -> str:
+    """The one id of `id_column` among `visible` rows that starts with `prefix`.
+
+    Shared by documents and conversations: `not_found` when none matches or the prefix is
+    shorter than MIN_ID_PREFIX, AmbiguousId listing (id, label) candidates when several do.
+    """
+    prefix = prefix.strip().lower()
+    if len(prefix) < MIN_ID_PREFIX:
+        raise not_found(
+            f"No {kind} with id {prefix!r}.",
+            hint=f"An id may be shortened to its first {MIN_ID_PREFIX} or more characters.",
+        )
+    stmt = (
+        select(id_column, label_column)
+        .where(id_column.startswith(prefix, autoescape=True), visible)
+        .order_by(id_column)
+        .limit(_MAX_CANDIDATES)
+    )
+    async with db.session() as s:
+        rows = [(str(i), str(label)) for i, label in (await s.execute(stmt)).all()]
+    if not rows:
+        raise not_found(f"No {kind} id starts with {prefix!r}.")
+    if len(rows) > 1:
+        raise AmbiguousId(kind, prefix, rows)
+    return rows[0][0]
 
 
 def _searchable_sqlite(conn: Any, ids: builtins.list[int]) -> builtins.list[tuple[Any, ...]]:

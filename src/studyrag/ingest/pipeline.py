@@ -152,6 +152,26 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
+def walk_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """(files to ingest, unsupported files met while walking folders).
+
+    A file named explicitly is kept whatever its type, so ingesting it still says why it
+    cannot be ingested (DOC_001); one merely found in a folder is only counted as skipped.
+    """
+    files: list[Path] = []
+    skipped: list[Path] = []
+    for p in paths:
+        p = p.expanduser()
+        if p.is_dir():
+            for f in expand_paths([p]):
+                (files if f.suffix.lower() in SUPPORTED_SUFFIXES else skipped).append(f)
+        else:
+            files.append(p)
+    kept = list(dict.fromkeys(files))
+    named = set(kept)
+    return kept, [f for f in dict.fromkeys(skipped) if f not in named]
+
+
 def check_upload(filename: str, size: int | None, settings: IngestSettings) -> None:
     """DOC_002 / DOC_001 for a file that must not even be stored."""
     if size is not None and size > settings.max_file_size_bytes:

@@ -1,0 +1,5 @@
+"""`python -m studyrag.cli` runs the command line."""
+
+from studyrag.cli import main
+
+main()

@@ -1,0 +1,207 @@
+"""`studyrag ask` (one question) and `studyrag chat` (a REPL that keeps the conversation)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from studyrag.cli.common import (
+    DataDir,
+    JsonOut,
+    console,
+    emit,
+    err_console,
+    require_documents,
+    run_command,
+    show_error,
+    start_embedder,
+)
+
+if TYPE_CHECKING:
+    from studyrag.services import Services
+
+
+async def answer(
+    services: Services,
+    question: str,
+    *,
+    conversation_id: str | None,
+    template: str | None,
+    mode: str | None,
+    top_k: int | None,
+    max_tokens: int | None,
+    stream_to: Console | None,
+) -> dict[str, Any]:
+    """Run one question through the engine; print tokens as they come when asked to."""
+    from contextlib import aclosing
+
+    from studyrag.chat.engine import DoneEvent, ErrorEvent, TokenEvent
+    from studyrag.errors import GenerationFailed
+
+    assert services.chat is not None
+    events = services.chat.stream_message(
+        question,
+        conversation_id=conversation_id,
+        template=template,
+        search_mode=mode,
+        top_k=top_k,
+        max_tokens=max_tokens,
+    )
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TokenEvent) and stream_to is not None:
+                stream_to.print(event.delta, end="", markup=False, highlight=False, soft_wrap=True)
+            elif isinstance(event, ErrorEvent):
+                raise event.exception or GenerationFailed(event.message)
+            elif isinstance(event, DoneEvent):
+                return event.to_dict()
+    raise GenerationFailed("The answer ended without a result.")
+
+
+def ask_json(done: dict[str, Any]) -> dict[str, Any]:
+    """An answer as the JSON line `ask --json` prints."""
+    message = done["message"]
+    keys = (
+        "index",
+        "document_id",
+        "filename",
+        "page",
+        "section",
+        "chunk_id",
+        "score",
+        "excerpt",
+        "cited",
+    )
+    return {
+        "answer": message["content"],
+        "conversation_id": done["conversation"]["id"],
+        "message_id": message["id"],
+        "status": message.get("status"),
+        "sources": [{k: s.get(k) for k in keys} for s in message.get("sources", [])],
+        "metadata": done["metadata"],
+    }
+
+
+def print_sources(done: dict[str, Any]) -> None:
+    """The numbered sources under an answer."""
+    sources = done["message"].get("sources", [])
+    if not sources:
+        return
+    console.print("\n[bold]Sources[/]")
+    for s in sources:
+        where = s["filename"] + (f", p. {s['page']}" if s.get("page") else "")
+        if s.get("section"):
+            where += f" — {s['section']}"
+        tag = "" if s.get("cited", True) else " [dim](context only)[/]"
+        console.print(f"  [{s['index']}] [cyan]{where}[/]{tag}", highlight=False)
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="Your question.")],
+    conversation: Annotated[
+        str | None,
+        typer.Option("--conversation", "-c", help="Continue this conversation (id or its start)."),
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Prompt template, e.g. RAG_DETAILED.")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="hybrid, semantic or lexical.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Passages to retrieve.")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Answer length cap.")
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Ask a question; the answer streams with numbered citations, then its sources."""
+
+    async def go(services: Services) -> dict[str, Any]:
+        await require_documents(services)
+        conv_id = conversation and await services.conversations.resolve_id_prefix(conversation)
+        if mode in (None, "hybrid", "semantic"):
+            await start_embedder(services)
+        return await answer(
+            services,
+            question,
+            conversation_id=conv_id,
+            template=template,
+            mode=mode,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            stream_to=None if as_json else console,
+        )
+
+    done = run_command(data_dir, go, with_chat=True, as_json=as_json)
+    if as_json:
+        emit(ask_json(done))
+        return
+    console.print()
+    print_sources(done)
+    meta = done["metadata"]
+    stats = meta.get("stats") or {}
+    console.print(
+        f"[dim]conversation {done['conversation']['id']} · {meta.get('model', '')} via "
+        f"{meta.get('provider', '')} · {stats.get('completion_tokens', 0)} tokens[/]"
+    )
+
+
+def chat(
+    conversation: Annotated[
+        str | None,
+        typer.Option("--conversation", "-c", help="Continue this conversation (id or its start)."),
+    ] = None,
+    template: Annotated[str | None, typer.Option(help="Prompt template.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Interactive chat that keeps the conversation (/new starts over, /quit leaves)."""
+
+    async def go(services: Services) -> None:
+        from studyrag.errors import StudyRAGError
+
+        current = conversation and await services.conversations.resolve_id_prefix(conversation)
+        try:
+            await require_documents(services)
+        except StudyRAGError as exc:
+            show_error(exc)  # the REPL still starts: documents may be added meanwhile
+        await start_embedder(services)
+        console.print("[bold]StudyRAG chat[/] — ask about your documents. /new, /quit")
+        while True:
+            try:
+                line = await asyncio.to_thread(console.input, "[bold green]you>[/] ")
+            except EOFError:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/quit", "/exit", "/q"):
+                break
+            if line == "/new":
+                current = None
+                console.print("[dim]new conversation[/]")
+                continue
+            console.print("[bold blue]studyrag>[/] ", end="")
+            try:
+                done = await answer(
+                    services,
+                    line,
+                    conversation_id=current,
+                    template=template,
+                    mode=None,
+                    top_k=None,
+                    max_tokens=None,
+                    stream_to=console,
+                )
+            except StudyRAGError as exc:
+                err_console.print()
+                show_error(exc)
+                continue
+            current = done["conversation"]["id"]
+            console.print()
+            print_sources(done)
+        if current:
+            console.print(f"[dim]conversation {current} saved[/]")
+
+    run_command(data_dir, go, with_chat=True)

@@ -1,0 +1,206 @@
+"""What every command shares: consoles, options, settings, logging, running and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from studyrag.data_dir import ENV_VAR, default_data_dir
+
+if TYPE_CHECKING:
+    from studyrag.config import Settings
+    from studyrag.errors import EmptyLibrary, StudyRAGError
+    from studyrag.services import Services
+
+T = TypeVar("T")
+
+console = Console()
+# Not wrapped by rich: messages carry paths and commands that must stay whole when piped.
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def data_dir_note() -> str:
+    """Which data directory a command uses when not given --data-dir, and how to change it."""
+    source = f"from ${ENV_VAR}" if os.environ.get(ENV_VAR) else f"${ENV_VAR} overrides it"
+    return f"{default_data_dir()} ({source})"
+
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help=f"Where StudyRAG keeps its data; default: {data_dir_note()}.",
+        show_default=False,
+    ),
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+
+
+def settings_for(data_dir: Path | None) -> Settings:
+    """Settings from --data-dir (when given), the environment and the saved TOML file."""
+    from studyrag.config import load_settings
+
+    return load_settings(data_dir=data_dir)
+
+
+def setup_logging(level: str = "WARNING") -> None:
+    """Log to stderr through rich; offline model loading; quiet chatty libraries."""
+    from rich.logging import RichHandler
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
+    )
+    for noisy in ("chromadb", "httpx", "sentence_transformers", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def emit(obj: dict[str, Any]) -> None:
+    """Write one JSON object as one line of stdout."""
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# Errors whose shared hint names HTTP routes: what a CLI user is told instead.
+_CLI_HINTS = {
+    "DOC_004": "List documents with `studyrag documents list`.",
+    "DOC_007": "Wait until its ingestion finishes (`studyrag documents show ID`), then try again.",
+    "CHAT_005": "List conversations with `studyrag conversations list`, or start one with "
+    '`studyrag ask "..."`.',
+    "SEARCH_004": "Add documents with `studyrag ingest PATH`.",
+}
+
+
+def cli_hint(exc: StudyRAGError) -> str:
+    """The error's hint in CLI words: a class's default hint may name HTTP routes."""
+    if exc.hint and exc.hint == type(exc).default_hint:
+        return _CLI_HINTS.get(exc.error_code, exc.hint)
+    return exc.hint
+
+
+def show_error(exc: StudyRAGError, *, as_json: bool = False) -> None:
+    """An error as the house JSON shape on stdout, or as a message and a hint on stderr."""
+    hint = cli_hint(exc)
+    if as_json:
+        body = exc.to_dict()
+        if hint:
+            body["details"]["hint"] = hint
+        emit(body)
+        return
+    err_console.print(f"[bold red]error[/] [{exc.error_code}] {exc.message}", highlight=False)
+    if hint:
+        err_console.print(f"  [dim]{hint}[/]", highlight=False)
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]], *, as_json: bool = False) -> T:
+    """Run a coroutine; a StudyRAGError becomes a clear message and exit code 1."""
+    from studyrag.errors import StudyRAGError
+
+    try:
+        return asyncio.run(coro_fn())
+    except StudyRAGError as exc:
+        show_error(exc, as_json=as_json)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def run_command(
+    data_dir: Path | None,
+    fn: Callable[[Services], Awaitable[T]],
+    *,
+    as_json: bool = False,
+    with_chat: bool = False,
+) -> T:
+    """The body of most commands: logging, settings, services open for `fn`, errors shown."""
+    setup_logging()
+    settings = settings_for(data_dir)
+    return run(lambda: with_services(settings, fn, with_chat=with_chat), as_json=as_json)
+
+
+async def with_services(
+    settings: Settings, fn: Callable[[Services], Awaitable[T]], *, with_chat: bool = False
+) -> T:
+    """Open the services for one command, run `fn` with them, close them."""
+    from studyrag.services import open_services
+
+    async with open_services(settings, with_chat=with_chat) as services:
+        return await fn(services)
+
+
+async def delete_each(
+    ids: list[str], delete: Callable[[str], Awaitable[Any]], key: str, as_json: bool
+) -> None:
+    """Delete items one by one, reporting each."""
+    for item in ids:
+        await delete(item)
+        if as_json:
+            emit({key: item, "status": "deleted", "error_code": None})
+        else:
+            console.print(f"[green]deleted[/] {item}")
+
+
+@contextlib.contextmanager
+def loading(message: str) -> Iterator[None]:
+    """A spinner with `message` on stderr while something slow loads, only on a terminal."""
+    if not err_console.is_terminal:
+        yield
+        return
+    with err_console.status(message):
+        yield
+
+
+async def start_embedder(services: Services) -> None:
+    """Load the embedding model now, saying so: the first load takes seconds."""
+    with loading("Loading the embedding model…"):
+        await services.embedder.start()
+
+
+async def empty_library(services: Services) -> EmptyLibrary | None:
+    """EmptyLibrary (SEARCH_004), naming the data directory, when nothing is searchable."""
+    from studyrag.errors import EmptyLibrary
+
+    _, completed = await services.documents.list(status="completed", limit=1)
+    if completed:
+        return None
+    _, total = await services.documents.list(limit=1)
+    where = services.settings.data_dir
+    if total:
+        return EmptyLibrary(
+            f"None of the {total} documents in {where} has finished ingesting.",
+            hint="See why with `studyrag documents list`, then `studyrag ingest PATH` again.",
+        )
+    return EmptyLibrary(f"The library in {where} is empty: no document has been ingested yet.")
+
+
+async def require_documents(services: Services) -> None:
+    """Raise EmptyLibrary when nothing is searchable yet."""
+    problem = await empty_library(services)
+    if problem is not None:
+        raise problem
+
+
+def short_ids(ids: Iterable[str], *, min_len: int = 8) -> dict[str, str]:
+    """Each id cut to the shortest length (≥ min_len) that keeps the listed ids apart."""
+    unique = list(dict.fromkeys(ids))
+    length = min_len
+    while length < max((len(i) for i in unique), default=0):
+        if len({i[:length] for i in unique}) == len(unique):
+            break
+        length += 2
+    return {i: i[:length] for i in unique}

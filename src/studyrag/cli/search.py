@@ -1,0 +1,88 @@
+"""`studyrag search`: ranked passages with page, section and score."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from studyrag.cli.common import (
+    DataDir,
+    JsonOut,
+    console,
+    emit,
+    empty_library,
+    run_command,
+    start_embedder,
+)
+
+if TYPE_CHECKING:
+    from studyrag.services import Services
+
+
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    mode: Annotated[str, typer.Option(help="hybrid, semantic or lexical.")] = "hybrid",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many passages.")] = 5,
+    file_type: Annotated[
+        list[str] | None, typer.Option("--file-type", help="Only these types (pdf, md, ...).")
+    ] = None,
+    document: Annotated[
+        list[str] | None,
+        typer.Option("--document", help="Only these documents (ids or unique id starts)."),
+    ] = None,
+    group: Annotated[bool, typer.Option("--group", help="Best passage per document.")] = False,
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Search ingested documents: ranked passages with page, section and score."""
+
+    async def go(services: Services) -> Any:
+        from studyrag.retrieval.types import SearchFilters
+
+        ids = [await services.documents.resolve_id_prefix(d) for d in document or []]
+        filters = SearchFilters(document_ids=ids or None, file_types=file_type or None)
+        problem = await empty_library(services)
+        if problem is not None:
+            # The request is checked first (an empty query is still SEARCH_001), lexically:
+            # loading the embedding model to search nothing would take seconds.
+            await services.search.search(query, mode="lexical", top_k=top_k, filters=filters)
+            raise problem
+        if mode in ("hybrid", "semantic"):
+            await start_embedder(services)
+        return await services.search.search(
+            query, mode=mode, top_k=top_k, filters=filters, group_by_document=group
+        )
+
+    response = run_command(data_dir, go, as_json=as_json)
+    if as_json:
+        for r in response.results:
+            emit(
+                {
+                    "rank": r.rank,
+                    "score": r.score,
+                    "document_id": r.document_id,
+                    "filename": r.filename,
+                    "page": r.page,
+                    "section": r.section,
+                    "chunk_id": r.chunk_id,
+                    "text": r.text,
+                    "snippet": r.snippet,
+                    "start": r.start,
+                    "end": r.end,
+                }
+            )
+        return
+    if not response.results:
+        console.print("[yellow]No matching passages.[/] Try other words or `--mode semantic`.")
+        return
+    for r in response.results:
+        where = (
+            r.filename
+            + (f", p. {r.page}" if r.page else "")
+            + (f" — {r.section}" if r.section else "")
+        )
+        console.print(f"[bold]{r.rank}.[/] [cyan]{where}[/]  [dim]score {r.score:.3f}[/]")
+        snippet = r.snippet.replace("[", "\\[").replace("<mark>", "[bold yellow]")
+        console.print("   " + snippet.replace("</mark>", "[/]"))
+    console.print(f"[dim]{response.mode} search, {response.timings.get('total_ms', 0):.0f} ms[/]")

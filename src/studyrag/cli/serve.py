@@ -1,0 +1,31 @@
+"""`studyrag serve`: the HTTP, SSE and WebSocket server."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from studyrag.cli.common import DataDir, err_console, settings_for, setup_logging
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Start the HTTP/WebSocket server."""
+    from studyrag.app import create_app
+    from studyrag.app import serve as run_server
+
+    settings = settings_for(data_dir)
+    setup_logging(settings.log_level)
+    err_console.print(f"StudyRAG data directory: {settings.data_dir}", highlight=False)
+    run_server(
+        create_app(settings),
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        log_level=settings.log_level.lower(),
+        ws_max_size=settings.api.ws_max_frame_bytes * 4,
+        timeout_graceful_shutdown=10,
+    )
