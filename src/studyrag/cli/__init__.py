@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import typer
 
-from studyrag.cli import chat, conversations, documents, ingest, models, search, serve
+from studyrag.cli import (
+    chat,
+    conversations,
+    documents,
+    ingest,
+    models,
+    notebooks,
+    search,
+    serve,
+)
 from studyrag.cli.common import data_dir_note
 
 app = typer.Typer(
@@ -17,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(notebooks.app, name="notebooks")
 app.command()(ingest.ingest)
 app.command()(search.search)
 app.add_typer(documents.app, name="documents")

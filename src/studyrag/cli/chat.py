@@ -11,6 +11,7 @@ from rich.console import Console
 from studyrag.cli.common import (
     DataDir,
     JsonOut,
+    NotebookOpt,
     console,
     emit,
     err_console,
@@ -34,6 +35,7 @@ async def answer(
     top_k: int | None,
     max_tokens: int | None,
     stream_to: Console | None,
+    notebook_id: str | None = None,
 ) -> dict[str, Any]:
     """Run one question through the engine; print tokens as they come when asked to."""
     from contextlib import aclosing
@@ -49,6 +51,7 @@ async def answer(
         search_mode=mode,
         top_k=top_k,
         max_tokens=max_tokens,
+        notebook_id=notebook_id,
     )
     async with aclosing(events):
         async for event in events:
@@ -113,14 +116,18 @@ def ask(
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Answer length cap.")
     ] = None,
+    notebook: NotebookOpt = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Ask a question; the answer streams with numbered citations, then its sources."""
 
     async def go(services: Services) -> dict[str, Any]:
-        await require_documents(services)
         conv_id = conversation and await services.conversations.resolve_id_prefix(conversation)
+        scope = await services.conversations.scope(
+            conv_id or None, await services.notebooks.resolve_id(notebook) if notebook else None
+        )
+        await require_documents(services, scope)
         if mode in (None, "hybrid", "semantic"):
             await start_embedder(services)
         return await answer(
@@ -132,6 +139,7 @@ def ask(
             top_k=top_k,
             max_tokens=max_tokens,
             stream_to=None if as_json else console,
+            notebook_id=scope,
         )
 
     done = run_command(data_dir, go, with_chat=True, as_json=as_json)
@@ -154,6 +162,7 @@ def chat(
         typer.Option("--conversation", "-c", help="Continue this conversation (id or its start)."),
     ] = None,
     template: Annotated[str | None, typer.Option(help="Prompt template.")] = None,
+    notebook: NotebookOpt = None,
     data_dir: DataDir = None,
 ) -> None:
     """Interactive chat that keeps the conversation (/new starts over, /quit leaves)."""
@@ -162,8 +171,11 @@ def chat(
         from studyrag.errors import StudyRAGError
 
         current = conversation and await services.conversations.resolve_id_prefix(conversation)
+        scope = await services.conversations.scope(
+            current or None, await services.notebooks.resolve_id(notebook) if notebook else None
+        )
         try:
-            await require_documents(services)
+            await require_documents(services, scope)
         except StudyRAGError as exc:
             show_error(exc)  # the REPL still starts: documents may be added meanwhile
         await start_embedder(services)
@@ -193,6 +205,7 @@ def chat(
                     top_k=None,
                     max_tokens=None,
                     stream_to=console,
+                    notebook_id=scope,
                 )
             except StudyRAGError as exc:
                 err_console.print()

@@ -44,6 +44,15 @@ DataDir = Annotated[
     ),
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+NotebookOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--notebook",
+        "-n",
+        help="Notebook name or id (default: the default notebook).",
+        show_default=False,
+    ),
+]
 
 
 def settings_for(data_dir: Path | None) -> Settings:
@@ -171,26 +180,34 @@ async def start_embedder(services: Services) -> None:
         await services.embedder.start()
 
 
-async def empty_library(services: Services) -> EmptyLibrary | None:
-    """EmptyLibrary (SEARCH_004), naming the data directory, when nothing is searchable."""
+async def empty_library(services: Services, notebook_id: str | None = None) -> EmptyLibrary | None:
+    """EmptyLibrary (SEARCH_004), naming the notebook and the data directory, when nothing in
+    the notebook (the default one when None) is searchable."""
     from studyrag.errors import EmptyLibrary
 
-    _, completed = await services.documents.list(status="completed", limit=1)
+    nb = await services.notebooks.resolve(notebook_id)
+    _, completed = await services.documents.list(notebook_id=nb.id, status="completed", limit=1)
     if completed:
         return None
-    _, total = await services.documents.list(limit=1)
+    _, total = await services.documents.list(notebook_id=nb.id, limit=1)
     where = services.settings.data_dir
+    flag = "" if nb.is_default else f' --notebook "{nb.name}"'
     if total:
         return EmptyLibrary(
-            f"None of the {total} documents in {where} has finished ingesting.",
-            hint="See why with `studyrag documents list`, then `studyrag ingest PATH` again.",
+            f"None of the {total} documents of the notebook {nb.name!r} (in {where}) has "
+            "finished ingesting.",
+            hint=f"See why with `studyrag documents list{flag}`, then "
+            f"`studyrag ingest PATH{flag}` again.",
         )
-    return EmptyLibrary(f"The library in {where} is empty: no document has been ingested yet.")
+    return EmptyLibrary(
+        f"The notebook {nb.name!r} (in {where}) is empty: no document has been ingested yet.",
+        hint=f"Add documents with `studyrag ingest PATH{flag}`.",
+    )
 
 
-async def require_documents(services: Services) -> None:
-    """Raise EmptyLibrary when nothing is searchable yet."""
-    problem = await empty_library(services)
+async def require_documents(services: Services, notebook_id: str | None = None) -> None:
+    """Raise EmptyLibrary when nothing in the notebook is searchable yet."""
+    problem = await empty_library(services, notebook_id)
     if problem is not None:
         raise problem
 

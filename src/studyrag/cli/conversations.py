@@ -9,6 +9,7 @@ import typer
 from studyrag.cli.common import (
     DataDir,
     JsonOut,
+    NotebookOpt,
     console,
     delete_each,
     emit,
@@ -28,13 +29,17 @@ app = typer.Typer(help="List, show or delete conversations.", no_args_is_help=Tr
 def conversations_list(
     status: Annotated[str | None, typer.Option(help="active, archived or deleted.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many (≤ 100).")] = 50,
+    notebook: NotebookOpt = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
 ) -> None:
-    """List conversations, most recently updated first."""
+    """List a notebook's conversations (the default one unless --notebook), newest first."""
 
     async def go(services: Services) -> Any:
-        page = await services.conversations.list(status=status, limit=limit)
+        notebook_id = await services.notebooks.resolve_id(notebook)
+        page = await services.conversations.list(
+            notebook_id=notebook_id, status=status, limit=limit
+        )
         return page, services.settings.data_dir
 
     page, where = run_command(data_dir, go, as_json=as_json)

@@ -9,6 +9,7 @@ import typer
 from studyrag.cli.common import (
     DataDir,
     JsonOut,
+    NotebookOpt,
     console,
     delete_each,
     emit,
@@ -28,13 +29,17 @@ app = typer.Typer(help="List, show, delete or reindex ingested documents.", no_a
 @app.command("list")
 def documents_list(
     status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    notebook: NotebookOpt = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
 ) -> None:
-    """List documents."""
+    """List the documents of a notebook (the default one unless --notebook)."""
 
     async def go(services: Services) -> Any:
-        docs, total = await services.documents.list(status=status, limit=10_000)
+        notebook_id = await services.notebooks.resolve_id(notebook)
+        docs, total = await services.documents.list(
+            notebook_id=notebook_id, status=status, limit=10_000
+        )
         return docs, total, services.settings.data_dir
 
     docs, total, where = run_command(data_dir, go, as_json=as_json)

@@ -20,6 +20,7 @@ import typer
 from studyrag.cli.common import (
     DataDir,
     JsonOut,
+    NotebookOpt,
     console,
     emit,
     err_console,
@@ -61,6 +62,7 @@ class _Run:
 
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to ingest.")],
+    notebook: NotebookOpt = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -83,7 +85,9 @@ def ingest(
         raise typer.Exit(1)
     started = time.perf_counter()
     outcome = run_command(
-        data_dir, lambda services: _ingest(services, files, skipped, as_json), as_json=as_json
+        data_dir,
+        lambda services: _ingest(services, files, skipped, as_json, notebook),
+        as_json=as_json,
     )
     outcome.seconds = time.perf_counter() - started
     for r in (outcome.results or outcome.finished) if as_json else []:
@@ -101,10 +105,15 @@ def ingest(
 
 
 async def _ingest(
-    services: Services, files: list[Path], skipped: list[Path], as_json: bool
+    services: Services,
+    files: list[Path],
+    skipped: list[Path],
+    as_json: bool,
+    notebook_ref: str | None = None,
 ) -> _Run:
     """Run the pipeline over `files` with a progress bar; Ctrl-C stops it cleanly."""
     outcome = _Run(files, skipped)
+    notebook = await services.notebooks.resolve_id(notebook_ref)
     # Loaded before the bar starts, under its own message: it takes seconds.
     await start_embedder(services)
     bar = None if as_json else _progress_bar()
@@ -128,7 +137,6 @@ async def _ingest(
             bar.update(task_id, stage=f"{step.step} {step.filename} {step.percent:.0f}%")
 
     loop = asyncio.get_running_loop()
-    notebook = await services.notebooks.default_id()
     work = asyncio.create_task(
         services.pipeline.ingest_paths(files, notebook_id=notebook, progress=on_progress)
     )

@@ -9,6 +9,7 @@ import typer
 from studyrag.cli.common import (
     DataDir,
     JsonOut,
+    NotebookOpt,
     console,
     emit,
     empty_library,
@@ -32,6 +33,7 @@ def search(
         typer.Option("--document", help="Only these documents (ids or unique id starts)."),
     ] = None,
     group: Annotated[bool, typer.Option("--group", help="Best passage per document.")] = False,
+    notebook: NotebookOpt = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -41,8 +43,12 @@ def search(
         from studyrag.retrieval.types import SearchFilters
 
         ids = [await services.documents.resolve_id_prefix(d) for d in document or []]
-        filters = SearchFilters(document_ids=ids or None, file_types=file_type or None)
-        problem = await empty_library(services)
+        filters = SearchFilters(
+            document_ids=ids or None,
+            file_types=file_type or None,
+            notebook_id=await services.notebooks.resolve_id(notebook),
+        )
+        problem = await empty_library(services, filters.notebook_id)
         if problem is not None:
             # The request is checked first (an empty query is still SEARCH_001), lexically:
             # loading the embedding model to search nothing would take seconds.
