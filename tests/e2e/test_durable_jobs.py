@@ -102,5 +102,16 @@ def test_sigkill_mid_job_then_restart_completes_the_document(tmp_path: Path) -> 
             json={"query": "comet1999", "notebook_id": nb["id"], "mode": "lexical"},
         ).json()["results"]
         assert hits and hits[0]["document_id"] == doc_id and "comet1999" in hits[0]["text"]
+        # The CLI asks this server instead of loading the models itself.
+        cli = subprocess.run(
+            [EXE, "search", "comet1999", "-n", "Survey", "--mode", "lexical"]
+            + ["--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("STUDYRAG_")},
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert "survey.txt" in cli.stdout and f"by the server at {base}" in cli.stdout
     assert "requeued" in log.read_text()
     assert not (data_dir / local_server.FILENAME).exists()  # withdrawn on a clean stop
