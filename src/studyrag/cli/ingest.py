@@ -118,12 +118,18 @@ async def _ingest(
     await start_embedder(services)
     bar = None if as_json else _progress_bar()
     task_id = bar.add_task("ingesting", total=len(files), stage="") if bar else None
+    from studyrag.ingest.pipeline import STEP_PERCENT
+
     read = 0
+    # Documents of the batch being embedded, and how far each is through its embedding.
+    embedding: dict[str, float] = {}
+    begin, end = STEP_PERCENT["embedding"], STEP_PERCENT["storing"]
 
     def on_progress(step: Step) -> None:
         nonlocal read
         if step.final:
             outcome.finished.append(step)
+        embedding.pop(step.document_id or "", None)
         if bar is None or task_id is None:
             return
         if step.final:
@@ -133,8 +139,12 @@ async def _ingest(
             # Files are read ahead of the embedding batches: this moves while the bar waits.
             read += 1
             bar.update(task_id, stage=f"reading {read}/{len(files)}: {step.filename}")
-        elif step.step in ("embedding", "storing"):
-            bar.update(task_id, stage=f"{step.step} {step.filename} {step.percent:.0f}%")
+        elif step.step == "embedding" and step.document_id:
+            embedding[step.document_id] = (step.percent - begin) / (end - begin)
+            share = 100 * sum(embedding.values()) / len(embedding)
+            bar.update(task_id, stage=f"embedding {len(embedding)} files {share:.0f}%")
+        elif step.step == "storing":
+            bar.update(task_id, stage=f"storing {step.filename}")
 
     loop = asyncio.get_running_loop()
     work = asyncio.create_task(
@@ -212,10 +222,10 @@ def _progress_bar() -> Progress:
         MofNCompleteColumn(),
         TextColumn("files"),
         TimeElapsedColumn(),
-        _OverallEta(),
+        _OverallEta(table_column=Column(no_wrap=True)),
         TextColumn(
             "[dim]{task.fields[stage]}",
-            table_column=Column(no_wrap=True, overflow="ellipsis", min_width=10),
+            table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
         ),
         console=err_console,
         # Lines printed to stdout while the bar is live go above it, on a terminal only, so
@@ -227,7 +237,8 @@ def _progress_bar() -> Progress:
 
 def _live_line(step: Step) -> str:
     if step.step == "completed":
-        return f"[green]✓[/] {step.filename} — {step.chunks} chunks  [dim]{step.document_id}[/]"
+        chunks = f"{step.chunks} chunk" + ("" if step.chunks == 1 else "s")
+        return f"[green]✓[/] {step.filename} — {chunks}  [dim]{step.document_id}[/]"
     if step.step == "duplicate":
         return f"[yellow]=[/] {step.filename} — unchanged, {step.error}"
     if step.step == "cancelled":
