@@ -113,5 +113,17 @@ def test_sigkill_mid_job_then_restart_completes_the_document(tmp_path: Path) -> 
         )
         assert cli.returncode == 0, cli.stderr
         assert "survey.txt" in cli.stdout and f"by the server at {base}" in cli.stdout
+        asked = subprocess.run(
+            [EXE, "ask", "What does note 7 record?", "-n", "Survey", "--max-tokens", "8"]
+            + ["--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={k: v for k, v in os.environ.items() if not k.startswith("STUDYRAG_")},
+        )
+        assert asked.returncode == 0, asked.stderr
+        assert f"answered by the server at {base}" in asked.stdout
+        convs = httpx.get(f"{base}/api/chat/conversations", params={"notebook_id": nb["id"]})
+        assert len(convs.json()["items"]) == 1  # the server stored the CLI's question
     assert "requeued" in log.read_text()
     assert not (data_dir / local_server.FILENAME).exists()  # withdrawn on a clean stop

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from studyrag import local_server
 from studyrag.cli.common import (
     DataDir,
     JsonOut,
@@ -17,6 +18,7 @@ from studyrag.cli.common import (
     err_console,
     require_documents,
     run_command,
+    settings_for,
     show_error,
     start_embedder,
 )
@@ -142,7 +144,17 @@ def ask(
             notebook_id=scope,
         )
 
-    done = run_command(data_dir, go, with_chat=True, as_json=as_json)
+    # A server running for this data directory has both models loaded: ask it, streaming.
+    done = via = None
+    if conversation is None:
+        via = local_server.find(settings_for(data_dir).data_dir)
+        if via is not None:
+            options = {"template": template, "search_mode": mode, "top_k": top_k}
+            options["max_tokens"] = max_tokens
+            done = _ask_server(via, question, notebook, options, as_json=as_json)
+    if done is None:
+        via = None
+        done = run_command(data_dir, go, with_chat=True, as_json=as_json)
     if as_json:
         emit(ask_json(done))
         return
@@ -152,8 +164,71 @@ def ask(
     stats = meta.get("stats") or {}
     console.print(
         f"[dim]conversation {done['conversation']['id']} · {meta.get('model', '')} via "
-        f"{meta.get('provider', '')} · {stats.get('completion_tokens', 0)} tokens[/]"
+        f"{meta.get('provider', '')} · {stats.get('completion_tokens', 0)} tokens"
+        + (f" · answered by the server at {via}" if via else "")
+        + "[/]"
     )
+
+
+def _ask_server(
+    url: str, question: str, notebook: str | None, options: dict[str, Any], *, as_json: bool
+) -> dict[str, Any] | None:
+    """Stream the answer from the server (SSE); None to answer in this process instead
+    (server unreachable, or an empty notebook, which the local path explains)."""
+    import json
+
+    import httpx
+
+    from studyrag.errors import StudyRAGError
+
+    def fail(error: dict[str, Any]) -> None:
+        exc = StudyRAGError(str(error.get("message")), details=error.get("details") or {})
+        exc.error_code = str(error.get("error_code"))
+        show_error(exc, as_json=as_json)
+        raise typer.Exit(1)
+
+    printed = False
+    try:
+        with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=600)) as http:
+            books = http.get("/api/notebooks").json()["items"]
+            wanted = " ".join((notebook or "").split()).casefold()
+            match = [
+                b
+                for b in books
+                if (b["is_default"] if not wanted else wanted in (b["name"].casefold(), b["id"]))
+                or (len(wanted) >= 4 and b["id"].startswith(wanted))
+            ]
+            if len(match) != 1 or not match[0]["documents_completed"]:
+                return None
+            created = http.post("/api/chat/conversations", json={"notebook_id": match[0]["id"]})
+            if created.status_code != 201:
+                return None
+            params = {"message": question, **{k: v for k, v in options.items() if v}}
+            cid = created.json()["id"]
+            with http.stream("GET", f"/api/chat/stream/{cid}", params=params) as stream:
+                if stream.status_code != 200:
+                    stream.read()
+                    fail(stream.json())
+                event = ""
+                for line in stream.iter_lines():
+                    if line.startswith("event:"):
+                        event = line.split(":", 1)[1].strip()
+                    elif line.startswith("data:"):
+                        data = json.loads(line.split(":", 1)[1])
+                        if event == "token" and not as_json:
+                            printed = True
+                            console.print(
+                                data["delta"], end="", markup=False, highlight=False, soft_wrap=True
+                            )
+                        elif event == "error":
+                            fail(data)
+                        elif event == "done":
+                            return dict(data)
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        if printed:  # half an answer is on screen: asking again here would repeat it
+            fail({"error_code": "CHAT_001", "message": f"The server stopped answering: {exc}"})
+        return None
+    return None
 
 
 def chat(
