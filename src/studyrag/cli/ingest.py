@@ -58,6 +58,8 @@ class _Run:
     queued: int = 0
     stopped: bool = False
     seconds: float = 0.0
+    # The notebook the files went to; empty for the default one.
+    notebook: str = ""
 
 
 def ingest(
@@ -113,7 +115,9 @@ async def _ingest(
 ) -> _Run:
     """Run the pipeline over `files` with a progress bar; Ctrl-C stops it cleanly."""
     outcome = _Run(files, skipped)
-    notebook = await services.notebooks.resolve_id(notebook_ref)
+    target = await services.notebooks.resolve(notebook_ref)
+    notebook = target.id
+    outcome.notebook = "" if target.is_default else target.name
     # Loaded before the bar starts, under its own message: it takes seconds.
     await start_embedder(services)
     bar = None if as_json else _progress_bar()
@@ -274,10 +278,13 @@ def _print_summary(outcome: _Run, data_dir: Path) -> None:
             highlight=False,
         )
         return
-    err_console.print(f"[dim]library: {data_dir}[/]", highlight=False)
+    where = f", notebook {outcome.notebook!r}" if outcome.notebook else ""
+    err_console.print(f"[dim]library: {data_dir}{where}[/]", highlight=False)
     if counts["ingested"] or counts["already present"]:
+        flag = f' --notebook "{outcome.notebook}"' if outcome.notebook else ""
         err_console.print(
-            'Next: [bold]studyrag search "your words"[/] or [bold]studyrag ask "your question"[/]',
+            f'Next: [bold]studyrag search "your words"{flag}[/] or '
+            f'[bold]studyrag ask "your question"{flag}[/]',
             highlight=False,
         )
 
