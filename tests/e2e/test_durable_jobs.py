@@ -55,6 +55,17 @@ def serve(data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen[byt
                 proc.wait()
 
 
+def studyrag(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """A CLI command on `data_dir`, to completion."""
+    return subprocess.run(
+        [EXE, *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith("STUDYRAG_")},
+    )
+
+
 def test_sigkill_mid_job_then_restart_completes_the_document(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
@@ -103,23 +114,19 @@ def test_sigkill_mid_job_then_restart_completes_the_document(tmp_path: Path) -> 
         ).json()["results"]
         assert hits and hits[0]["document_id"] == doc_id and "comet1999" in hits[0]["text"]
         # The CLI asks this server instead of loading the models itself.
-        cli = subprocess.run(
-            [EXE, "search", "comet1999", "-n", "Survey", "--mode", "lexical"]
-            + ["--data-dir", str(data_dir)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={k: v for k, v in os.environ.items() if not k.startswith("STUDYRAG_")},
+        cli = studyrag(
+            "search", "comet1999", "-n", "Survey", "--mode", "lexical", data_dir=data_dir
         )
         assert cli.returncode == 0, cli.stderr
         assert "survey.txt" in cli.stdout and f"by the server at {base}" in cli.stdout
-        asked = subprocess.run(
-            [EXE, "ask", "What does note 7 record?", "-n", "Survey", "--max-tokens", "8"]
-            + ["--data-dir", str(data_dir)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={k: v for k, v in os.environ.items() if not k.startswith("STUDYRAG_")},
+        asked = studyrag(
+            "ask",
+            "What does note 7 record?",
+            "-n",
+            "Survey",
+            "--max-tokens",
+            "8",
+            data_dir=data_dir,
         )
         assert asked.returncode == 0, asked.stderr
         assert f"answered by the server at {base}" in asked.stdout

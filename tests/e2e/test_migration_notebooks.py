@@ -3,7 +3,6 @@ chunk, conversation and vector, moved into the default notebook, on SQLite and P
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from studyrag.config import DatabaseSettings, Settings
 from studyrag.db.session import MIGRATIONS_DIR, Database
 from studyrag.retrieval.types import SearchFilters
 from studyrag.services import open_services
-from tests.contracts.test_sql_store import PG_ADMIN, _pg_available
+from tests.e2e.test_postgres import temporary_pg_database
 
 pytestmark = pytest.mark.slow
 
@@ -80,20 +79,8 @@ async def database(request: pytest.FixtureRequest) -> AsyncIterator[DatabaseSett
     if request.param == "sqlite":
         yield DatabaseSettings()
         return
-    if not await _pg_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
-    import asyncpg
-
-    name = f"studyrag_mig_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    try:
-        yield DatabaseSettings(url=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}")
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with temporary_pg_database("studyrag_mig") as url:
+        yield DatabaseSettings(url=url)
 
 
 async def test_upgrade_from_0002_moves_everything_into_the_default_notebook(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,14 @@ from tests.e2e.test_ingest_search import write_corpus
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
+@asynccontextmanager
+async def temporary_pg_database(prefix: str) -> AsyncIterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards; skips without one."""
     if not await _pg_available():
         pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
     import asyncpg
 
-    name = f"studyrag_e2e_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(PG_ADMIN)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
@@ -32,6 +34,12 @@ async def pg_url() -> AsyncIterator[str]:
         admin = await asyncpg.connect(PG_ADMIN)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async with temporary_pg_database("studyrag_e2e") as url:
+        yield url
 
 
 async def test_ingest_search_delete_and_conversations_on_postgres(
