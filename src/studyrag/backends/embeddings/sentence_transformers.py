@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,32 @@ _MODELS_LOCK = threading.Lock()
 # threads at once), so a search stays interactive while a course is being ingested.
 _DOCUMENTS_LOCK = threading.Lock()
 _QUERIES_LOCK = threading.Lock()
+# Document batches run on one thread of lower CPU priority (nice +10; torch's OpenMP
+# workers, created by that thread, inherit it): when a query or the event loop wants a
+# core, the kernel gives it to them, and idle cores still go to the batch.
+_DOCUMENT_NICE = 10
+_document_executor: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _DOCUMENT_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same priority then
+        log.debug("document embedding runs at normal priority")
+
+
+def document_executor() -> ThreadPoolExecutor:
+    """The one low-priority thread that encodes document batches."""
+    global _document_executor
+    with _EXECUTOR_LOCK:
+        if _document_executor is None:
+            _document_executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="studyrag-embed", initializer=_lower_priority
+            )
+        return _document_executor
+
+
 _QUERY_VIEWS: dict[tuple[str, str], Any] = {}
 
 
@@ -154,7 +182,10 @@ class SentenceTransformersEmbedder(Embedder):
         if not texts:
             return []
         await self.start()
-        return await anyio.to_thread.run_sync(lambda: self._encode(texts, query=False))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            document_executor(), lambda: self._encode(texts, query=False)
+        )
 
     async def embed_query(self, text: str) -> list[float]:
         await self.start()
