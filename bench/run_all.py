@@ -8,6 +8,7 @@ import sys
 BENCHES = [
     ["bench.retrieval_quality"],
     ["bench.ingest_throughput"],
+    ["bench.ingest_folder"],
     ["bench.search_latency"],
     ["bench.chat_latency"],
     ["bench.ws_fanout"],

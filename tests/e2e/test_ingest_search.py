@@ -38,11 +38,21 @@ def make_pdf(path: Path) -> Path:
 def write_corpus(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     make_pdf(folder / "biology.pdf")
+    # Each section holds a few sentences: enough to stand alone as a chunk (a section under a
+    # quarter of the chunk size joins its neighbour).
     (folder / "history.md").write_text(
         "# European History\n\n## The French Revolution\n\n"
-        "The French Revolution began in 1789 with the storming of the Bastille.\n\n"
+        "The French Revolution began in 1789 with the storming of the Bastille. The Estates "
+        "General had been summoned to solve a financial crisis, and the Third Estate declared "
+        "itself a National Assembly. The monarchy was abolished in 1792, and the Terror "
+        "followed. Napoleon Bonaparte seized power in 1799 and later crowned himself "
+        "emperor of the French.\n\n"
         "## The Industrial Revolution\n\n"
-        "Steam engines powered the textile mills of Manchester in the nineteenth century.\n",
+        "Steam engines powered the textile mills of Manchester in the nineteenth century. "
+        "Coal from northern England fed the engines, and canals and then railways carried "
+        "goods to the ports. Workers moved from the countryside into fast-growing towns, "
+        "where factory hours were long. Children worked in the mills until laws limited "
+        "their hours in the 1830s and 1840s.\n",
         encoding="utf-8",
     )
     (folder / "chemistry.txt").write_text(

@@ -4,9 +4,20 @@ A chunk is always exactly ``doc.text[start:end]``; those offsets are what citati
 highlight. Consecutive spans that share (section, page) are packed whole, greedily, up to
 ``chunk_size`` tokens. A chunk crosses a (section, page) boundary only when a group holds
 nothing but headings: they label what follows, so they are attached to the next group when
-that group is in the same section or one of its subsections. Content never shares a chunk
+that group is in the same section or one of its subsections; and it crosses a section
+boundary when it is too small to stand alone (below). Content never shares a chunk
 across a page break, however small: the page is what a citation points the reader at, and
 a fact cited on the wrong page is a wrong citation.
+
+A chunk too small to stand alone (under ``chunk_size / 4`` tokens: a title, a one-line
+section) joins its neighbour on the same page, the following chunk first, else the previous
+one, when the joined chunk stays within ``chunk_size``: it would cost an embedding, an index
+row and a top-k slot like any chunk for a quarter of one's text at most, and a few words
+alone match a query by their words, not by a meaning. Small neighbours accumulate up to
+``chunk_size``. Inside one section, a small run of spans that cannot be packed with the
+next span leads that span's windows instead, as headings do. A chunk that joins sections is
+labelled with the deepest section holding all of its content (their common path), headings
+aside: a citation may be coarse, never wrong.
 
 A span longer than ``chunk_size`` is cut into windows of at most ``chunk_size`` tokens that
 overlap by ``chunk_overlap`` tokens, preferring sentence ends near the limit, then word
@@ -24,6 +35,9 @@ from studyrag.ingest.loaders.base import ExtractedDocument, Span
 # How far back from the size limit a sentence end is preferred to a plain word boundary.
 _SENTENCE_LOOKBACK_FRACTION = 4
 _SENTENCE_END = frozenset(".!?。！？")
+# A chunk under chunk_size / _SMALL_FRACTION tokens is too small to stand alone: the share
+# of a chunk the windows already give up to end at a sentence (_SENTENCE_LOOKBACK_FRACTION).
+_SMALL_FRACTION = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +91,28 @@ class _Cut:
     end: int
     page: int | None
     tokens: int
+    content: int  # tokens of content, headings aside
+    section: tuple[str, ...]
+
+    def joined(self, after: _Cut) -> _Cut:
+        """This cut and the content cut right after it as one chunk (they must not overlap)."""
+        section = after.section
+        if self.content:
+            # The deepest section holding all of the content: coarse, never wrong.
+            common = 0
+            for mine, theirs in zip(self.section, after.section, strict=False):
+                if mine != theirs:
+                    break
+                common += 1
+            section = section[:common]
+        return _Cut(
+            self.start,
+            after.end,
+            after.page,
+            self.tokens + after.tokens,
+            self.content + after.content,
+            section,
+        )
 
 
 def _groups(doc: ExtractedDocument, tokenizer: Tokenizer) -> Iterator[_Group]:
@@ -123,17 +159,22 @@ def _content_page(pieces: list[_Piece]) -> int | None:
     return max(weights, key=weights.__getitem__)
 
 
-def _whole(pieces: list[_Piece]) -> _Cut:
+def _whole(pieces: list[_Piece], section: tuple[str, ...]) -> _Cut:
+    content = sum(piece.count for piece in pieces if not piece.is_heading)
     return _Cut(
         pieces[0].span.start,
         pieces[-1].span.end,
         _content_page(pieces),
         sum(piece.count for piece in pieces),
+        content,
+        section,
     )
 
 
-def _windows(pieces: list[_Piece], text: str, chunk_size: int, overlap: int) -> Iterator[_Cut]:
-    """Cut the tokens of `pieces` (one long span, maybe after headings) into windows."""
+def _windows(
+    pieces: list[_Piece], text: str, chunk_size: int, overlap: int, section: tuple[str, ...]
+) -> Iterator[_Cut]:
+    """Cut the tokens of `pieces` (one long span, maybe after a few short ones) into windows."""
     # Offsets relative to `base`; the common case (one span, no headings) shifts nothing.
     base = pieces[0].span.start
     if len(pieces) == 1:
@@ -142,8 +183,17 @@ def _windows(pieces: list[_Piece], text: str, chunk_size: int, overlap: int) -> 
         tokens = [
             (s + p.span.start - base, e + p.span.start - base) for p in pieces for s, e in p.offsets
         ]
+    # Content tokens before each token index, so a window's content weight is a difference.
+    content_before = [0]
+    for piece in pieces:
+        for _ in range(piece.count):
+            content_before.append(content_before[-1] + (not piece.is_heading))
     page = _content_page(pieces)
     n = len(tokens)
+
+    def cut_of(a: int, b: int) -> _Cut:
+        content = content_before[b] - content_before[a]
+        return _Cut(base + tokens[a][0], base + tokens[b - 1][1], page, b - a, content, section)
 
     def word_start(i: int) -> bool:
         return i == 0 or i >= n or tokens[i][0] > tokens[i - 1][1]
@@ -158,7 +208,7 @@ def _windows(pieces: list[_Piece], text: str, chunk_size: int, overlap: int) -> 
     a = 0
     while True:
         if n - a <= chunk_size:
-            yield _Cut(base + tokens[a][0], base + tokens[-1][1], page, n - a)
+            yield cut_of(a, n)
             return
         hard = a + chunk_size
         lowest = a + overlap + 1  # the next window must start after this one does
@@ -169,7 +219,7 @@ def _windows(pieces: list[_Piece], text: str, chunk_size: int, overlap: int) -> 
         if cut is None:
             # A cut inside a word would split it into pieces the tokenizer never produces.
             cut = next((c for c in range(hard, lowest - 1, -1) if word_start(c)), hard)
-        yield _Cut(base + tokens[a][0], base + tokens[cut - 1][1], page, cut - a)
+        yield cut_of(a, cut)
         if overlap == 0:
             a = cut
             continue
@@ -183,6 +233,8 @@ def _windows(pieces: list[_Piece], text: str, chunk_size: int, overlap: int) -> 
 
 def _pack(group: _Group, text: str, chunk_size: int, overlap: int) -> Iterator[_Cut]:
     """Pack whole spans greedily; split spans that alone exceed chunk_size."""
+    section = group.section
+    small = chunk_size // _SMALL_FRACTION
     pack: list[_Piece] = []
     pack_tokens = 0
     for piece in group.pieces:
@@ -190,21 +242,83 @@ def _pack(group: _Group, text: str, chunk_size: int, overlap: int) -> Iterator[_
             pack.append(piece)
             pack_tokens += piece.count
             continue
+        if pack and pack_tokens < small:
+            # Too small to stand alone (a title before its text): it leads the first window.
+            yield from _windows([*pack, piece], text, chunk_size, overlap, section)
+            pack, pack_tokens = [], 0
+            continue
         # Trailing headings label what follows: they move on with the next piece.
         cut = len(pack)
         while cut > 0 and pack[cut - 1].is_heading:
             cut -= 1
         if cut:
-            yield _whole(pack[:cut])
+            yield _whole(pack[:cut], section)
         carry = pack[cut:]
         carry_tokens = sum(p.count for p in carry)
         if carry_tokens + piece.count <= chunk_size:
             pack, pack_tokens = [*carry, piece], carry_tokens + piece.count
         else:
-            yield from _windows([*carry, piece], text, chunk_size, overlap)
+            yield from _windows([*carry, piece], text, chunk_size, overlap, section)
             pack, pack_tokens = [], 0
     if pack:
-        yield _whole(pack)
+        yield _whole(pack, section)
+
+
+def _joined_small(cuts: Iterator[_Cut], chunk_size: int) -> Iterator[_Cut]:
+    """Join each chunk too small to stand alone to its neighbours on the same page; streams.
+
+    Consecutive small chunks accumulate up to chunk_size, then join the following chunk if
+    it still fits (a short section usually introduces what follows); a small chunk that
+    cannot go forward joins the previous one if that fits. Headings label what follows, so a
+    chunk never ends with them: nothing joins a chunk of headings only, which joins only the
+    one after it.
+    """
+    small = chunk_size // _SMALL_FRACTION
+
+    def fits(first: _Cut, second: _Cut) -> bool:
+        # Windows of one span overlap; those never fit together anyway.
+        return (
+            second.content > 0
+            and first.page == second.page
+            and first.end <= second.start
+            and first.tokens + second.tokens <= chunk_size
+        )
+
+    def settled(previous: _Cut | None, stuck: _Cut) -> tuple[_Cut | None, _Cut]:
+        """(cut to yield, new previous) once `stuck` cannot join what follows it."""
+        if previous is not None and stuck.tokens < small and fits(previous, stuck):
+            return None, previous.joined(stuck)
+        return previous, stuck
+
+    previous: _Cut | None = None  # held back: a small chunk after it may still join it
+    pending: _Cut | None = None  # small chunks so far, waiting to join what follows
+    for cut in cuts:
+        if cut.tokens == 0:
+            continue  # only characters the tokenizer ignores: nothing to embed or find
+        if pending is not None:
+            if fits(pending, cut):
+                joined = pending.joined(cut)
+                if cut.tokens < small:
+                    pending = joined
+                    continue
+                pending, cut = None, joined
+            else:
+                done, previous = settled(previous, pending)
+                pending = None
+                if done is not None:
+                    yield done
+        if cut.tokens < small:
+            pending = cut
+            continue
+        if previous is not None:
+            yield previous
+        previous = cut
+    if pending is not None:
+        done, previous = settled(previous, pending)
+        if done is not None:
+            yield done
+    if previous is not None:
+        yield previous
 
 
 def chunk_document(
@@ -222,20 +336,20 @@ def chunk_document(
             f"chunk_overlap must be >= 0 and < chunk_size ({chunk_size}), got {chunk_overlap}"
         )
     text = doc.text
-    drafts: list[ChunkDraft] = []
-    for group in _merged(_groups(doc, tokenizer), chunk_size):
-        for cut in _pack(group, text, chunk_size, chunk_overlap):
-            if cut.tokens == 0:
-                continue  # only characters the tokenizer ignores: nothing to embed or find
-            drafts.append(
-                ChunkDraft(
-                    text=text[cut.start : cut.end],
-                    start=cut.start,
-                    end=cut.end,
-                    page=cut.page,
-                    section=group.section,
-                    token_count=cut.tokens,
-                    index=len(drafts),
-                )
-            )
-    return drafts
+    cuts = (
+        cut
+        for group in _merged(_groups(doc, tokenizer), chunk_size)
+        for cut in _pack(group, text, chunk_size, chunk_overlap)
+    )
+    return [
+        ChunkDraft(
+            text=text[cut.start : cut.end],
+            start=cut.start,
+            end=cut.end,
+            page=cut.page,
+            section=cut.section,
+            token_count=cut.tokens,
+            index=index,
+        )
+        for index, cut in enumerate(_joined_small(cuts, chunk_size))
+    ]

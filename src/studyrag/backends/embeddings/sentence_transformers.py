@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import functools
 import importlib.util
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -70,6 +74,25 @@ def query_view(model: Any) -> Any:
     transformer.processor = copy.deepcopy(transformer.processor)
     view._modules[first] = transformer
     return view
+
+
+@functools.cache
+def _heap_trimmer() -> Callable[[], object] | None:
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return functools.partial(trim, 0)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory a batch freed back to the OS (glibc keeps it otherwise)."""
+    trim = _heap_trimmer()
+    if trim is not None:
+        trim()
 
 
 def resolve_model_path(name: str) -> str:
@@ -176,6 +199,12 @@ class SentenceTransformersEmbedder(Embedder):
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
+            if not query:
+                # A batch of 64 passages of 256 tokens needs ~0.5 GB of activations, and
+                # glibc keeps what torch frees (RSS grew to 3.46 GB over 2,591 abstracts
+                # when batches ran on varying threads). Trimming costs ~40 ms a batch;
+                # queries are too small to need it.
+                release_freed_memory()
         return vectors.tolist()  # type: ignore[no-any-return,unused-ignore]
 
     async def embed_documents(self, texts: list[str]) -> list[list[float]]:
