@@ -241,6 +241,15 @@ async def test_original_file_ranges_text_and_chunk_views(
     assert_error(outside, 416, "DOC_010")
     md = await http.get(f"/api/documents/{md_id}/file")
     assert md.content == GEOLOGY.encode() and md.headers["content-type"].startswith("text/markdown")
+    assert md.headers["content-security-policy"] == "default-src 'none'; sandbox"
+    # An uploaded page is served as text: its script never runs as a page of this origin.
+    page = b"<html><body><p>Mica is a sheet silicate.</p><script>alert(1)</script></body></html>"
+    html_job = await upload(http, nb["id"], ("evil.html", page))
+    await wait_job(http, html_job["job_id"])
+    served = await http.get(f"/api/documents/{html_job['documents'][0]['document_id']}/file")
+    assert served.content == page
+    assert served.headers["content-type"].startswith("text/plain")
+    assert "sandbox" in served.headers["content-security-policy"]
 
     detail = (await http.get(f"/api/documents/{md_id}")).json()
     first = detail["chunks"][0]

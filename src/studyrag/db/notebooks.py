@@ -146,6 +146,15 @@ class NotebookRepo:
             )
         return bool(getattr(result, "rowcount", 0))
 
+    async def reactivate(self, notebook_id: str) -> None:
+        """A notebook whose deletion failed becomes visible again."""
+        async with self.db.session() as s:
+            await s.execute(
+                update(Notebook)
+                .where(Notebook.id == notebook_id, Notebook.status == NB_DELETING)
+                .values(status=ACTIVE, updated_at=datetime.now(UTC))
+            )
+
     async def delete_row(self, notebook_id: str) -> None:
         async with self.db.session() as s:
             await s.execute(delete(Notebook).where(Notebook.id == notebook_id))

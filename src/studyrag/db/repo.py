@@ -196,22 +196,20 @@ class DocumentRepo:
             )
 
     async def same_name(
-        self, notebook_id: str, filename: str, exclude_id: str
+        self, notebook_id: str, filename: str, exclude_id: str, *, before: datetime | None
     ) -> builtins.list[Document]:
-        """Other finished versions of a file name in a notebook (a new upload replaces them)."""
+        """Older finished versions of a file name in a notebook (a newer upload replaces
+        them; an older one that finishes later never replaces a newer one)."""
+        where = [
+            Document.notebook_id == notebook_id,
+            Document.filename == filename,
+            Document.id != exclude_id,
+            Document.status.in_((COMPLETED, FAILED, CANCELLED)),
+        ]
+        if before is not None:
+            where.append(Document.created_at < before)
         async with self.db.session() as s:
-            return builtins.list(
-                (
-                    await s.scalars(
-                        select(Document).where(
-                            Document.notebook_id == notebook_id,
-                            Document.filename == filename,
-                            Document.id != exclude_id,
-                            Document.status.in_((COMPLETED, FAILED, CANCELLED)),
-                        )
-                    )
-                ).all()
-            )
+            return builtins.list((await s.scalars(select(Document).where(*where))).all())
 
     async def sha_in_use(self, sha256: str) -> bool:
         """Whether any document (in any notebook) still refers to these bytes."""

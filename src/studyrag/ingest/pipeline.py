@@ -131,6 +131,8 @@ class _Prepared:
     drafts: list[ChunkDraft]
     result: IngestResult
     context: str = ""
+    # When it was uploaded: only older versions of its file name are retired.
+    created_at: Any = None
 
 
 def expand_paths(paths: Iterable[Path]) -> list[Path]:
@@ -207,6 +209,9 @@ class IngestionPipeline:
         self.vectors = vectors
         self.settings = settings
         self.originals = originals
+        # One at a time per sha256 in this process: dedupe (check, then create) and
+        # releasing an original (unused?, then remove) must not interleave.
+        self._sha_locks: dict[str, asyncio.Lock] = {}
 
     @property
     def chunk_size(self) -> int:
@@ -260,6 +265,23 @@ class IngestionPipeline:
         source_path: str = "",
     ) -> IngestResult:
         """Queue an original already in the store; a duplicate in the notebook is not."""
+        async with self._sha_lock(sha):
+            return await self._register(sha, size, filename, notebook_id, job_id, source_path)
+
+    def _sha_lock(self, sha: str) -> asyncio.Lock:
+        if len(self._sha_locks) > 10_000:
+            self._sha_locks = {k: v for k, v in self._sha_locks.items() if v.locked()}
+        return self._sha_locks.setdefault(sha, asyncio.Lock())
+
+    async def _register(
+        self,
+        sha: str,
+        size: int,
+        filename: str,
+        notebook_id: str,
+        job_id: str | None,
+        source_path: str,
+    ) -> IngestResult:
         result = IngestResult(filename=filename, path=source_path, status="queued")
         existing = await self.repo.find_by_sha(sha, notebook_id=notebook_id)
         if (
@@ -297,15 +319,19 @@ class IngestionPipeline:
             progress=0.0,
             owner=process_owner(),
         )
-        for old_sha in dropped:
-            await self.release_original(old_sha)
         result.document_id = doc.id
+        for old_sha in dropped:
+            if old_sha != sha:
+                await self.release_original(old_sha)
         return result
 
     async def release_original(self, sha256: str) -> None:
         """Remove an original once no document refers to it any more."""
-        if sha256 and not await self.repo.sha_in_use(sha256):
-            await self.originals.remove(sha256)
+        if not sha256:
+            return
+        async with self._sha_lock(sha256):
+            if not await self.repo.sha_in_use(sha256):
+                await self.originals.remove(sha256)
 
     # --- processing --------------------------------------------------------------------
     async def ingest_paths(
@@ -450,7 +476,16 @@ class IngestionPipeline:
         except Exception as exc:
             return await self._fail(result, doc.id, exc, report)
         context = document_context(doc.filename, extracted.metadata.get("title"), drafts)
-        return _Prepared(doc.id, doc.file_type, doc.notebook_id, extracted, drafts, result, context)
+        return _Prepared(
+            doc.id,
+            doc.file_type,
+            doc.notebook_id,
+            extracted,
+            drafts,
+            result,
+            context,
+            created_at=doc.created_at,
+        )
 
     @staticmethod
     def _check(document_id: str, cancelled: CancelCheck) -> None:
@@ -583,7 +618,10 @@ class IngestionPipeline:
         p.result.chunks = len(ids)
         # The same file name with new content replaces the old version, now that the new
         # one is searchable (never before: the notebook is never without the file).
-        for old in await self.repo.same_name(p.notebook_id, p.result.filename, p.document_id):
+        older = await self.repo.same_name(
+            p.notebook_id, p.result.filename, p.document_id, before=p.created_at
+        )
+        for old in older:
             try:
                 await self.delete_document(old.id)
             except StudyRAGError as exc:
@@ -735,7 +773,12 @@ class IngestionPipeline:
             vectors,
             [vector_metadata(doc.id, doc.notebook_id, doc.file_type, c.index) for c in chunks],
         )
-        await self.repo.set_status(document_id, COMPLETED, embedding_model=self.embedder.model_name)
+        if not await self.repo.set_status(
+            document_id, COMPLETED, expect=COMPLETED, embedding_model=self.embedder.model_name
+        ):
+            # Deleted meanwhile: the vectors just written must not outlive it.
+            await self.vectors.delete(where={"document_id": document_id})
+            raise DocumentBusy(f"{doc.filename} was deleted while it was being reindexed.")
         result.status = "completed"
         result.chunks = len(chunks)
         result.timings["embed"] = time.perf_counter() - t
@@ -752,31 +795,39 @@ class IngestionPipeline:
         for doc in await self.repo.by_status([QUEUED, PROCESSING, DELETING]):
             if not owner_gone(doc.owner, doc.updated_at):
                 continue  # another live process is working on it
-            if doc.status == DELETING:
-                await self._finish_delete(doc)
-                repaired["deleted"] += 1
-                continue
-            if doc.status == PROCESSING:
-                await self.vectors.delete(where={"document_id": doc.id})
-                await self.repo.delete_chunks(doc.id)
-            if self.originals.exists(doc.sha256):
-                await self.repo.set_status(
-                    doc.id, QUEUED, expect=doc.status, owner=None, step="queued", progress=0.0
-                )
-                repaired["requeued"] += 1
-                continue
-            await self.repo.set_status(
-                doc.id,
-                FAILED,
-                step="failed",
-                error_code=IngestionFailed.error_code,
-                error="Ingestion was interrupted (the process stopped); ingest the file again.",
-                chunk_count=0,
-            )
-            repaired["interrupted"] += 1
+            try:
+                await self._repair(doc, repaired)
+            except StudyRAGError as exc:
+                # A store that is down must not stop the start: the next start retries.
+                log.warning("could not repair %s (%s): %s", doc.id, doc.filename, exc.message)
         if any(repaired.values()):
             log.warning("reconciled after an unclean stop: %s", repaired)
         return repaired
+
+    async def _repair(self, doc: Document, repaired: dict[str, int]) -> None:
+        """Finish a half-done delete, or put an interrupted ingestion back (or fail it)."""
+        if doc.status == DELETING:
+            await self._finish_delete(doc)
+            repaired["deleted"] += 1
+            return
+        if doc.status == PROCESSING:
+            await self.vectors.delete(where={"document_id": doc.id})
+            await self.repo.delete_chunks(doc.id)
+        if self.originals.exists(doc.sha256):
+            await self.repo.set_status(
+                doc.id, QUEUED, expect=doc.status, owner=None, step="queued", progress=0.0
+            )
+            repaired["requeued"] += 1
+            return
+        await self.repo.set_status(
+            doc.id,
+            FAILED,
+            step="failed",
+            error_code=IngestionFailed.error_code,
+            error="Ingestion was interrupted (the process stopped); ingest the file again.",
+            chunk_count=0,
+        )
+        repaired["interrupted"] += 1
 
 
 _REGISTER_SLICE = 128

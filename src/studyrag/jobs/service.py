@@ -95,10 +95,15 @@ class JobService:
                 continue
             orphans.setdefault(doc.notebook_id, []).append(doc.id)
         for notebook_id, ids in orphans.items():
-            job = await self.jobs.create(kind=INGEST, notebook_id=notebook_id, resumed=True)
-            await self.documents.assign_job(ids, job.id)
-            await self.runner.submit(job.id)
+            await self.adopt(notebook_id, ids)
             log.info("resuming %d queued document(s) of notebook %s", len(ids), notebook_id)
+
+    async def adopt(self, notebook_id: str, document_ids: list[str]) -> Job:
+        """A job for queued documents that have none (a stop, or a request that went away)."""
+        job = await self.jobs.create(kind=INGEST, notebook_id=notebook_id, resumed=True)
+        await self.documents.assign_job(document_ids, job.id)
+        await self.runner.submit(job.id)
+        return job
 
     # --- creating jobs -----------------------------------------------------------------
     async def upload(self, notebook_id: str, files: Sequence[Upload]) -> UploadAccepted:
@@ -106,10 +111,28 @@ class JobService:
         the model. A refused file (type, size) is reported and stored nowhere."""
         await self.notebooks.get(notebook_id)
         job = await self.jobs.create(kind=INGEST, notebook_id=notebook_id)
-        settings = self.pipeline.settings
         answer: list[UploadedDocument] = []
         queued = 0
+        try:
+            await self._store_uploads(notebook_id, job.id, files, answer)
+        finally:
+            # Whatever stopped the loop (a client gone, a full disk), the job ends or runs.
+            queued = sum(1 for a in answer if a.status == "queued")
+            if queued:
+                await self.runner.submit(job.id)
+            else:
+                await self.jobs.set_status(job.id, JOB_COMPLETED)
+        return UploadAccepted(
+            job_id=job.id if queued else None, notebook_id=notebook_id, documents=answer
+        )
+
+    async def _store_uploads(
+        self, notebook_id: str, job_id: str, files: Sequence[Upload], answer: list[UploadedDocument]
+    ) -> None:
+        settings = self.pipeline.settings
         for f in files:
+            # Checked per file: a deletion that starts meanwhile must not get new documents.
+            await self.notebooks.get(notebook_id)
             try:
                 check_upload(f.filename, f.size, settings)
                 sha, size = await self.pipeline.originals.save_stream(
@@ -120,7 +143,7 @@ class JobService:
                     size=size,
                     filename=f.filename,
                     notebook_id=notebook_id,
-                    job_id=job.id,
+                    job_id=job_id,
                 )
             except DocumentError as exc:
                 answer.append(
@@ -134,15 +157,7 @@ class JobService:
                 continue
             answer.append(_uploaded(result))
             if result.status == "queued":
-                queued += 1
                 await self._announce_added(result.document_id)
-        if queued:
-            await self.runner.submit(job.id)
-        else:
-            await self.jobs.set_status(job.id, JOB_COMPLETED)
-        return UploadAccepted(
-            job_id=job.id if queued else None, notebook_id=notebook_id, documents=answer
-        )
 
     async def retry(self, document_id: str) -> Job:
         """Queue a failed or cancelled document again, as a new job."""
@@ -250,6 +265,9 @@ class JobService:
             log.exception("job %s (%s) failed", job_id, job.kind)
             message = exc.message if isinstance(exc, StudyRAGError) else type(exc).__name__
             await self.jobs.set_status(job_id, JOB_FAILED, error=message)
+            if job.kind == DELETE_NOTEBOOK and job.notebook_id:
+                # Visible again, so the user sees what is left and can delete it again.
+                await self.notebooks.reactivate(job.notebook_id)
         else:
             final = JOB_CANCELLED if job_id in self._cancelled_jobs else JOB_COMPLETED
             await self.jobs.set_status(job_id, final, expect=[JOB_RUNNING])
@@ -321,21 +339,27 @@ class JobService:
                 raise NotebookBusy("Documents of the notebook are still being ingested.")
             await asyncio.sleep(0.2)
         docs, total = await self.documents.list(notebook_id=notebook_id, limit=1_000_000)
-        for done, doc in enumerate(docs, start=1):
-            await self.pipeline.delete_document(doc.id)
-            self._emit_deleted(doc.id, notebook_id, job_id=job.id)
-            self.events.emit(
-                {
-                    "type": "job_progress",
-                    "job_id": job.id,
-                    "notebook_id": notebook_id,
-                    "done": done,
-                    "total": total,
-                    "progress": round(100.0 * done / max(1, total), 1),
-                },
-                notebook_id=notebook_id,
-                job_id=job.id,
-            )
+        done = 0
+        while docs:
+            for doc in docs:
+                await self.pipeline.delete_document(doc.id)
+                done += 1
+                self._emit_deleted(doc.id, notebook_id, job_id=job.id)
+                self.events.emit(
+                    {
+                        "type": "job_progress",
+                        "job_id": job.id,
+                        "notebook_id": notebook_id,
+                        "done": done,
+                        "total": total,
+                        "progress": round(100.0 * done / max(1, total), 1),
+                    },
+                    notebook_id=notebook_id,
+                    job_id=job.id,
+                )
+            # Listed again: an upload that was storing files when the deletion began.
+            docs, more = await self.documents.list(notebook_id=notebook_id, limit=1_000_000)
+            total = done + more
         await self.notebooks.purge_conversations(notebook_id)
         await self.notebooks.delete_row(notebook_id)
         self.events.emit(

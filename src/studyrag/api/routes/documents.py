@@ -3,6 +3,7 @@ the kept original (with Range), windows of the extracted text and rendered PDF p
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 import re
 from typing import Any
@@ -44,7 +45,8 @@ MAX_TEXT_WINDOW = 200_000
 _CONTENT_TYPES = {
     "pdf": "application/pdf",
     "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    "html": "text/html; charset=utf-8",
+    # Served as text: an uploaded page must never run as a page of this origin.
+    "html": "text/plain; charset=utf-8",
     "markdown": "text/markdown; charset=utf-8",
     "text": "text/plain; charset=utf-8",
 }
@@ -76,7 +78,12 @@ async def upload(
     )
     if registered.status != "queued" or registered.document_id is None:
         return registered.to_dict() | {"path": None}
-    (result,) = await services.pipeline.process([registered.document_id])
+    try:
+        (result,) = await services.pipeline.process([registered.document_id])
+    except asyncio.CancelledError:
+        # The client went away: the document is back in the queue; a job finishes it.
+        await asyncio.shield(services.jobs.adopt(nb_id, [registered.document_id]))
+        raise
     if result.status == "failed":
         # Recorded as a failed document; the client gets the error with its id.
         raise _ERRORS.get(result.error_code or "", IngestionFailed)(
@@ -157,6 +164,8 @@ async def get_original(document_id: str, request: Request, services: ServicesDep
         "accept-ranges": "bytes",
         "content-disposition": _disposition(doc.filename),
         "x-content-type-options": "nosniff",
+        # Whatever the browser makes of it, nothing in it runs or loads anything.
+        "content-security-policy": "default-src 'none'; sandbox",
         "cache-control": "private, max-age=3600",
         "etag": f'"{doc.sha256}"',
     }
