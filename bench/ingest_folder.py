@@ -122,7 +122,7 @@ async def side_pipeline(
 
             def progress(p: Progress) -> None:
                 nonlocal done
-                if p.stage in ("done", "failed", "duplicate"):
+                if p.final:
                     done += 1
                     if done in marks:
                         by_files.append(
