@@ -69,7 +69,12 @@ class SearchSettings(BaseModel):
     mode: SearchMode = "hybrid"
     top_k: int = Field(default=10, ge=1, le=200)
     min_score: float = 0.0
+    # How hybrid search fuses the two rankings: "score" sums each list's sum-normalised
+    # scores, the lexical share following how much of the query its best match covers
+    # (retrieval/hybrid.py); "rrf" is reciprocal-rank fusion with constant rrf_k.
+    fusion: Literal["score", "rrf"] = "score"
     rrf_k: int = Field(default=60, ge=1)
+    # Multiply either method's per-mode weights (1 = no preference).
     semantic_weight: float = Field(default=1.0, ge=0)
     lexical_weight: float = Field(default=1.0, ge=0)
     # Candidates each mode contributes to the fusion.
@@ -106,9 +111,9 @@ class ChatSettings(BaseModel):
     history_messages: int = Field(default=6, ge=0)
     max_message_chars: int = Field(default=8000, ge=1)
     # A passage is relevant when its cosine similarity reaches min_similarity, or when it
-    # matched lexically and its fused hybrid score (RRF, normalised to [0, 1]) reaches
-    # relevance_threshold. RRF alone always ranks *something* first, so it cannot say
-    # "nothing relevant"; the cosine can.
+    # matched lexically and its fused hybrid score (normalised to [0, 1], 1 = best in every
+    # mode) reaches relevance_threshold. Fusion always ranks *something* first, so it cannot
+    # say "nothing relevant"; the cosine can.
     relevance_threshold: float = 0.25
     min_similarity: float = 0.3
     top_k: int = Field(default=5, ge=1, le=50)

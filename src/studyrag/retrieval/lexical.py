@@ -35,6 +35,17 @@ def query_terms(query: str) -> list[str]:
     return list(dict.fromkeys(kept or words))
 
 
+@dataclass(slots=True)
+class LexicalRanking:
+    """A lexical top k with what a full match of the query would score."""
+
+    candidates: list[Candidate]
+    # The BM25 score of an average-length chunk holding every query term once (the sum of
+    # the terms' idf): the scale that says how much of the query a candidate matches.
+    # None where the scores are not BM25 (PostgreSQL's ts_rank_cd) or the index is empty.
+    full_match: float | None = None
+
+
 class LexicalIndex:
     """BM25 over chunk text (weight 1) and section path (weight 0.5)."""
 
@@ -50,18 +61,30 @@ class LexicalIndex:
         self, query: str, *, top_k: int, filters: SearchFilters | None = None
     ) -> list[Candidate]:
         """Best chunks for `query`, best first; scores are positive, higher is better."""
+        return (await self._rank(query, top_k, filters, with_full_match=False)).candidates
+
+    async def rank(
+        self, query: str, *, top_k: int, filters: SearchFilters | None = None
+    ) -> LexicalRanking:
+        """The same top k as search(), with the score a full match of the query would get."""
+        return await self._rank(query, top_k, filters, with_full_match=True)
+
+    async def _rank(
+        self, query: str, top_k: int, filters: SearchFilters | None, *, with_full_match: bool
+    ) -> LexicalRanking:
         terms = query_terms(query)
         if not terms:
-            return []
-        if self.db.is_sqlite:
-            return await self._sqlite(terms, top_k, filters)
-        return await self._postgres(terms, top_k, filters)
+            return LexicalRanking([])
+        if not self.db.is_sqlite:
+            return LexicalRanking(await self._postgres(terms, top_k, filters))
 
-    async def _sqlite(
-        self, terms: list[str], top_k: int, filters: SearchFilters | None
-    ) -> list[Candidate]:
-        # All statements of one search in one worker thread, off the async engine.
-        return await self.db.read(lambda conn: self._sqlite_sync(conn, terms, top_k, filters))
+        # All statements of one search in one worker thread, off the async engine, so the
+        # full-match score and the top k come from one snapshot.
+        def run(conn: Any) -> LexicalRanking:
+            full = self._full_match(conn, terms) if with_full_match else None
+            return LexicalRanking(self._sqlite_sync(conn, terms, top_k, filters), full)
+
+        return await self.db.read(run)
 
     def _sqlite_sync(
         self, conn: Any, terms: list[str], top_k: int, filters: SearchFilters | None
@@ -122,12 +145,28 @@ class LexicalIndex:
         """Document frequencies of the terms, cached until the FTS index changes."""
         if len(terms) < 2:
             return None
+        rows, df = self._frequencies(conn, terms, min_rows=_SPLIT_MIN_ROWS)
+        if rows is None:
+            return None  # small index: scoring every match is cheaper than planning
+        return _Plan({t: _upper_bound(rows, df[t]) for t in terms})
+
+    def _full_match(self, conn: Any, terms: list[str]) -> float | None:
+        """Σ idf of the terms: the BM25 score of an average-length chunk holding each once."""
+        rows, df = self._frequencies(conn, terms, min_rows=1)
+        if rows is None:
+            return None
+        return sum(_idf(rows, df[t]) for t in terms)
+
+    def _frequencies(
+        self, conn: Any, terms: list[str], *, min_rows: int
+    ) -> tuple[int | None, dict[str, int]]:
+        """(rows, document frequency of each term); rows None below `min_rows` (nothing counted)."""
         # FTS5's averages record (id 1) starts with the row count; its structure record
         # (id 10) changes with every committed write, so it versions the cached counts.
         records = dict(fetch_all(conn, "SELECT id, block FROM chunks_fts_data WHERE id IN (1, 10)"))
         rows = _varint(records.get(1))
-        if rows is None or rows < _SPLIT_MIN_ROWS:
-            return None  # small index: scoring every match is cheaper than planning
+        if rows is None or rows < min_rows:
+            return None, {}
         with self._lock:
             if records.get(10) != self._version or rows != self._rows:
                 self._version, self._rows, self._df = records.get(10), rows, {}
@@ -146,7 +185,7 @@ class LexicalIndex:
                     if len(self._df) > _DF_CACHE_TERMS:
                         self._df = {}
                     self._df.update(counted)
-        return _Plan({t: _upper_bound(rows, df[t]) for t in terms})
+        return rows, df
 
     async def _postgres(
         self, terms: list[str], top_k: int, filters: SearchFilters | None
@@ -210,10 +249,15 @@ def _varint(record: bytes | None) -> int | None:
     return None
 
 
-def _upper_bound(rows: int, df: int) -> float:
-    """The most a term can add to a row's bm25() score (FTS5's own idf formula)."""
+def _idf(rows: int, df: int) -> float:
+    """FTS5's own idf, floored as FTS5 floors it (a term in most rows still counts a little)."""
     idf = math.log((rows - df + 0.5) / (df + 0.5)) if rows else 0.0
-    return max(idf, 1e-6) * (_K1 + 1)
+    return max(idf, 1e-6)
+
+
+def _upper_bound(rows: int, df: int) -> float:
+    """The most a term can add to a row's bm25() score."""
+    return _idf(rows, df) * (_K1 + 1)
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from typing import Any, get_args
 from studyrag.config import SearchSettings
 from studyrag.db.repo import DocumentRepo
 from studyrag.errors import EmptyQuery, InvalidSearchRequest
-from studyrag.retrieval.hybrid import reciprocal_rank_fusion
+from studyrag.retrieval.hybrid import fusion_weights, reciprocal_rank_fusion, score_fusion
 from studyrag.retrieval.lexical import LexicalIndex, query_terms
 from studyrag.retrieval.semantic import SemanticIndex
 from studyrag.retrieval.types import Candidate, SearchFilters, SearchMode, SearchResult
@@ -160,9 +160,9 @@ class SearchService:
         filters: SearchFilters | None,
         timings: dict[str, float],
     ) -> list[tuple[int, float, dict[str, float]]]:
-        async def timed(name: str, coro: Any) -> list[Candidate]:
+        async def timed(name: str, coro: Any) -> Any:
             t = time.perf_counter()
-            out: list[Candidate] = await coro
+            out = await coro
             timings[f"{name}_ms"] = round((time.perf_counter() - t) * 1000, 2)
             return out
 
@@ -172,18 +172,25 @@ class SearchService:
         if mode == "semantic":
             sem = await timed("semantic", self.semantic.search(query, top_k=want, filters=filters))
             return [(c.chunk_id, c.score, {"semantic": c.score}) for c in sem]
-        sem, lex = await asyncio.gather(
+        sem, ranked = await asyncio.gather(
             timed("semantic", self.semantic.search(query, top_k=want, filters=filters)),
-            timed("lexical", self.lexical.search(query, top_k=want, filters=filters)),
+            timed("lexical", self.lexical.rank(query, top_k=want, filters=filters)),
         )
-        return reciprocal_rank_fusion(
-            {"semantic": sem, "lexical": lex},
-            weights={
-                "semantic": self.settings.semantic_weight,
-                "lexical": self.settings.lexical_weight,
-            },
-            k=self.settings.rrf_k,
+        rankings: dict[str, list[Candidate]] = {"semantic": sem, "lexical": ranked.candidates}
+        settings = self.settings
+        if settings.fusion == "rrf":
+            return reciprocal_rank_fusion(
+                rankings,
+                weights={"semantic": settings.semantic_weight, "lexical": settings.lexical_weight},
+                k=settings.rrf_k,
+            )
+        weights = fusion_weights(
+            ranked.candidates,
+            ranked.full_match,
+            semantic_weight=settings.semantic_weight,
+            lexical_weight=settings.lexical_weight,
         )
+        return score_fusion(rankings, weights=weights)
 
 
 def _doc_meta(meta: dict[str, Any]) -> dict[str, Any]:
