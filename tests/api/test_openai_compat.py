@@ -207,6 +207,13 @@ def test_bad_requests_get_the_openai_error_shape(http: httpx.Client) -> None:
         json={"model": MODEL, "n": 2, "messages": [{"role": "user", "content": "hi"}]},
     )
     assert assert_openai_error(two, 422, "CHAT_006")["param"] == "n"
+    # Refused before parsing (the body limit, pure ASGI) still in OpenAI's shape.
+    huge = http.post(
+        "/v1/chat/completions",
+        headers=auth,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 100_000}]},
+    )
+    assert_openai_error(huge, 413, "CHAT_010")
     # The rest of the API keeps the house shape.
     house = http.post("/api/chat/message", json={"message": ""})
     assert set(house.json()) == {"error_code", "message", "details", "request_id"}
