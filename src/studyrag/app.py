@@ -19,7 +19,9 @@ from studyrag.api.errors import (
     install_error_handlers,
     max_body_bytes,
 )
+from studyrag.api.telemetry import RequestTelemetryMiddleware
 from studyrag.config import Settings, load_settings
+from studyrag.observability.metrics import Metrics
 
 if TYPE_CHECKING:
     from studyrag.services import Services
@@ -34,12 +36,20 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from studyrag.api.runtime import open_chat_runtime
+        from studyrag.observability.memory import MemoryWatch
         from studyrag.services import open_services
 
         cfg = settings or load_settings()
         async with AsyncExitStack() as stack:
+            watch = MemoryWatch(
+                ratio=cfg.log.memory_warn_ratio, interval=cfg.log.memory_check_seconds
+            )
+            metrics.memory_limit.set(watch.limit)
+            await watch.start()
+            stack.push_async_callback(watch.aclose)
+            app.state.memory_watch = watch
             services = await stack.enter_async_context(
-                open_services(cfg, with_chat=with_chat, with_jobs=True)
+                open_services(cfg, with_chat=with_chat, with_jobs=True, metrics=metrics)
             )
             app.state.services = services
             await _warm_up(services)
@@ -49,9 +59,14 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
             yield
 
     app = FastAPI(title="StudyRAG", version=__version__, lifespan=lifespan)
+    # One registry per app, never the process-wide default: several apps keep their counts.
+    metrics = Metrics()
+    app.state.metrics = metrics
     app.add_middleware(
         BodyLimitMiddleware, limit=lambda scope: _body_limit(scope, settings), area_of=area_of
     )
+    # Outside the body limit, so its 413s are timed and logged like any other answer.
+    app.add_middleware(RequestTelemetryMiddleware)
     # Added last, so it runs first: the request id is known when a body is refused.
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app, area_of=area_of)

@@ -131,6 +131,18 @@ class APISettings(BaseModel):
     ws_ping_interval: float = Field(default=20.0, gt=0)
     ws_max_frame_bytes: int = Field(default=64 * 1024, ge=256)
     sse_ping_interval: float = Field(default=15.0, gt=0)
+    # When set, /v1 (the OpenAI-compatible endpoint) requires `Authorization: Bearer <key>`.
+    key: str = ""
+
+
+class LogSettings(BaseModel):
+    """How the server logs, and when it warns about its memory."""
+
+    # "json": one JSON object per line with request id, route, status and duration.
+    format: Literal["text", "json"] = "text"
+    # Warn when the resident memory passes this share of what the process may use.
+    memory_warn_ratio: float = Field(default=0.8, gt=0, le=1)
+    memory_check_seconds: float = Field(default=30.0, gt=0)
 
 
 class BrokerSettings(BaseModel):
@@ -151,6 +163,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     config_file: Path | None = None
     log_level: str = "INFO"
+    log: LogSettings = Field(default_factory=LogSettings)
     embeddings: EmbeddingsSettings = Field(default_factory=EmbeddingsSettings)
     vectors: VectorSettings = Field(default_factory=VectorSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)

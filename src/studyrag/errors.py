@@ -261,6 +261,16 @@ class HTTPError(StudyRAGError):
         self.status_code = status_code
 
 
+# --- authentication ----------------------------------------------------------------------
+class Unauthorized(StudyRAGError):
+    """A request to a key-protected endpoint (/v1 with STUDYRAG_API__KEY set) without the key."""
+
+    error_code = "AUTH_001"
+    status_code = 401
+    default_hint = "Send `Authorization: Bearer <key>` with the server's STUDYRAG_API__KEY."
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
 # --- limits ------------------------------------------------------------------------------
 class RateLimited(StudyRAGError):
     error_code = "RATE_001"

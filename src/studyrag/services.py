@@ -23,6 +23,7 @@ from studyrag.jobs.events import EventPublisher
 from studyrag.jobs.inprocess import InProcessJobRunner
 from studyrag.jobs.service import JobService
 from studyrag.notebooks.service import NotebookService
+from studyrag.observability.metrics import Metrics
 from studyrag.retrieval.lexical import LexicalIndex
 from studyrag.retrieval.search import SearchService
 from studyrag.retrieval.semantic import SemanticIndex
@@ -49,6 +50,7 @@ class Services:
     jobs: JobService
     broker: Broker
     originals: OriginalStore
+    metrics: Metrics
     chat_model: ChatModel | None = None
     chat: ChatEngine | None = None
 
@@ -61,6 +63,7 @@ async def open_services(
     with_jobs: bool = False,
     chat_model: ChatModel | None = None,
     embedder: Embedder | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Services]:
     """Open the database (migrated and reconciled), the embedder, the vectors, maybe the LLM.
 
@@ -69,6 +72,7 @@ async def open_services(
     """
     from studyrag.chat.conversations import ConversationManager
 
+    metrics = metrics or Metrics()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         db = Database(settings.database_url, echo=settings.database.echo)
@@ -91,6 +95,7 @@ async def open_services(
             settings=settings.ingest,
             originals=originals,
             default_notebook=notebooks.default_id,
+            metrics=metrics,
         )
         await pipeline.reconcile()
         await _tag_old_vectors(notebook_repo, repo, vectors)
@@ -106,12 +111,14 @@ async def open_services(
             notebooks=notebook_repo,
             runner=runner,
             events=events,
+            metrics=metrics,
         )
         search = SearchService(
             repo=repo,
             lexical=LexicalIndex(db),
             semantic=SemanticIndex(embedder, vectors),
             settings=settings.search,
+            metrics=metrics,
         )
         conversations = ConversationManager(db)
         conversations.on_change = lambda kind, conv: events.emit(
@@ -136,6 +143,7 @@ async def open_services(
             jobs=jobs,
             broker=broker,
             originals=originals,
+            metrics=metrics,
         )
         if with_chat:
             from studyrag.backends.registry import build_chat_model
@@ -149,6 +157,7 @@ async def open_services(
                 search=search,
                 model=model,
                 settings=settings,
+                metrics=metrics,
             )
             # Cancelled answers finish their final write in the background: wait for it
             # before the database closes (callbacks run last-in, first-out).
@@ -156,6 +165,8 @@ async def open_services(
         if with_jobs:
             # Closed before the stores: running jobs stop at once and are resumed next time.
             await stack.enter_async_context(runner)
+            metrics.watch(metrics.jobs, lambda: float(runner.queued), state="queued")
+            metrics.watch(metrics.jobs, lambda: float(runner.running), state="running")
             await jobs.start()
             await jobs.resume_deletions()
         yield services

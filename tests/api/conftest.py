@@ -84,9 +84,11 @@ class LiveServer:
 
 
 @contextmanager
-def run_server(settings: Settings, *, ingest: bool = True) -> Iterator[LiveServer]:
+def run_server(
+    settings: Settings, *, ingest: bool = True, with_chat: bool = True
+) -> Iterator[LiveServer]:
     """Start create_app(settings) under uvicorn in a thread; stop it on exit."""
-    app = create_app(settings)
+    app = create_app(settings, with_chat=with_chat)
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="auto"

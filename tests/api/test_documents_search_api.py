@@ -42,7 +42,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict:
 def test_health_names_every_backend(client: httpx.Client) -> None:
     body = client.get("/health").json()
     assert body["status"] == "ok"
-    assert body["database"] == "sqlite"
+    assert body["database"]["dialect"] == "sqlite"
     assert body["embeddings"]["provider"] == "sentence-transformers"
     assert body["vectors"]["backend"] == "chroma"
     assert body["llm"]["provider"] == "llamacpp" and body["llm"]["status"] == "ok"

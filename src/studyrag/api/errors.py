@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,18 +29,31 @@ from studyrag.errors import (
     RouteNotFound,
     StudyRAGError,
 )
+from studyrag.observability.logs import request_id_var
 
 log = logging.getLogger(__name__)
 
 
+def house_body(error: StudyRAGError, request_id: str) -> dict[str, Any]:
+    """The one error shape (errors.py): error_code, message, details, request_id."""
+    return error.to_dict(request_id)
+
+
+ErrorBody = Callable[[StudyRAGError, str], dict[str, Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class AreaErrors:
-    """The error classes one area of the API refuses a request with before its route runs."""
+    """The error classes one area of the API refuses a request with before its route runs,
+    its name (the `area` label of the error metrics) and how its error bodies look."""
 
     # A body, path or query that fails validation.
     invalid: type[StudyRAGError] = InvalidRequest
     # A JSON body over the size limit; None when the area's routes limit their own (uploads).
     too_large: type[StudyRAGError] | None = RequestTooLarge
+    name: str = "none"
+    # Every area answers in the house shape but /v1, which speaks OpenAI's (docs/protocol.md).
+    body: ErrorBody = house_body
 
 
 # Paths no area claims (unknown routes) get the generic classes.
@@ -49,6 +63,13 @@ AreaOf = Callable[[Scope], AreaErrors]
 
 def request_id_of(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id") or "")
+
+
+def count_error(scope: Scope, code: str, area: str) -> None:
+    """Count an error reported to a client in the app's metrics."""
+    metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+    if metrics is not None:
+        metrics.error(code, area)
 
 
 class RequestIdMiddleware:
@@ -64,6 +85,9 @@ class RequestIdMiddleware:
         headers = dict(scope.get("headers") or [])
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
+        # Every log line written while serving this request (and by the tasks it starts)
+        # carries the id.
+        token = request_id_var.set(rid)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -72,6 +96,9 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+        # Not reset when an exception escapes: the handler that logs it (ServerErrorMiddleware,
+        # outside this one) still tags its line with the id. Each request has its own task.
+        request_id_var.reset(token)
 
 
 def max_body_bytes(settings: Settings) -> int:
@@ -97,7 +124,8 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        too_large = self.area_of(scope).too_large
+        area = self.area_of(scope)
+        too_large = area.too_large
         if too_large is None:
             await self.app(scope, receive, send)
             return
@@ -122,7 +150,8 @@ class BodyLimitMiddleware:
                 details={"limit": limit},
                 hint="Send a shorter message.",
             )
-            response = JSONResponse(error.to_dict(rid), status_code=error.status_code)
+            count_error(scope, error.error_code, area.name)
+            response = JSONResponse(area.body(error, rid), status_code=error.status_code)
             await response(scope, receive, send)
             return
         replay = iter(messages)
@@ -136,17 +165,24 @@ class BodyLimitMiddleware:
 def install_error_handlers(app: FastAPI, *, area_of: AreaOf) -> None:
     """Map StudyRAGError, validation errors and anything unexpected to the one shape."""
 
-    def respond(request: Request, error: StudyRAGError) -> JSONResponse:
-        return JSONResponse(error.to_dict(request_id_of(request)), status_code=error.status_code)
+    def respond(
+        request: Request, error: StudyRAGError, headers: dict[str, str] | None = None
+    ) -> JSONResponse:
+        area = area_of(request.scope)
+        count_error(request.scope, error.error_code, area.name)
+        return JSONResponse(
+            area.body(error, request_id_of(request)),
+            status_code=error.status_code,
+            headers=headers,
+        )
 
     @app.exception_handler(StudyRAGError)
     async def _studyrag(request: Request, exc: StudyRAGError) -> JSONResponse:
         headers = {}
         if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        return JSONResponse(
-            exc.to_dict(request_id_of(request)), status_code=exc.status_code, headers=headers
-        )
+        headers.update(getattr(exc, "headers", None) or {})
+        return respond(request, exc, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

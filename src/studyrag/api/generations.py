@@ -16,7 +16,7 @@ import bisect
 import logging
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, suppress
 from typing import TYPE_CHECKING, Any, cast
@@ -28,6 +28,7 @@ from studyrag.errors import (
     LLMUnavailable,
     StudyRAGError,
 )
+from studyrag.observability.metrics import Metrics
 
 if TYPE_CHECKING:
     from studyrag.chat.conversations import ConversationManager
@@ -42,6 +43,8 @@ STOP_WAIT = 15.0
 # A mirrored answer from another worker that has been silent this long is presumed lost.
 MIRROR_TIMEOUT = 120.0
 TERMINAL = ("done", "error")
+# The `area` label of the errors the chat transport reports (see Metrics.errors).
+CHAT_AREA = "chat"
 
 
 def channel(conversation_id: str) -> str:
@@ -166,31 +169,60 @@ class Generation:
 
 
 class ChatMetrics:
-    """Live counters since start-up for /api/chat/stats."""
+    """Live chat figures since start-up for /api/chat/stats, read from the metrics registry.
 
-    def __init__(self, window: int = 1000) -> None:
-        self.response_times: deque[float] = deque(maxlen=window)
-        self.tokens_generated = 0
-        self.errors_by_code: Counter[str] = Counter()
-        self.outcomes: Counter[str] = Counter()
+    Nothing is counted here: every figure is a sample of the registry GET /metrics renders,
+    so the two cannot disagree. Response times are the `studyrag_answer_duration_seconds`
+    histogram: count and mean exact, p95 estimated from its buckets as PromQL would.
+    """
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
 
     def error(self, code: str) -> None:
-        """Count one error reported to a client."""
-        self.errors_by_code[code] += 1
+        """Count one error reported to a chat client."""
+        self.metrics.error(code, CHAT_AREA)
+
+    def token(self) -> None:
+        """Count one answer piece streamed."""
+        self.metrics.answer_tokens.inc()
+
+    def finished(self, outcome: str, seconds: float | None) -> None:
+        """Count an answer's outcome; a complete one's duration goes into the histogram."""
+        self.metrics.answers.labels(outcome=outcome).inc()
+        if outcome == "complete" and seconds is not None:
+            self.metrics.answer_duration.observe(seconds)
+
+    @property
+    def tokens_generated(self) -> int:
+        return int(self.metrics.value("studyrag_answer_tokens_total"))
+
+    @property
+    def errors_by_code(self) -> dict[str, int]:
+        return {
+            labels["code"]: int(value)
+            for labels, value in self.metrics.samples("studyrag_errors_total")
+            if labels.get("area") == CHAT_AREA
+        }
 
     def snapshot(self) -> dict[str, Any]:
-        """Mean and p95 response time (seconds) of recent complete answers, and the counters."""
-        times = sorted(self.response_times)
-        p95 = times[max(0, int(round(0.95 * len(times))) - 1)] if times else None
+        """Mean and p95 response time (seconds) of complete answers, and the counters."""
+        m = self.metrics
+        count = int(m.value("studyrag_answer_duration_seconds_count"))
+        total = m.value("studyrag_answer_duration_seconds_sum")
+        p95 = m.quantile(0.95, "studyrag_answer_duration_seconds")
         return {
-            "answers": dict(self.outcomes),
+            "answers": {
+                labels["outcome"]: int(value)
+                for labels, value in m.samples("studyrag_answers_total")
+            },
             "response_time": {
-                "count": len(times),
-                "mean_seconds": round(sum(times) / len(times), 4) if times else None,
+                "count": count,
+                "mean_seconds": round(total / count, 4) if count else None,
                 "p95_seconds": round(p95, 4) if p95 is not None else None,
             },
             "tokens_generated": self.tokens_generated,
-            "errors_by_code": dict(self.errors_by_code),
+            "errors_by_code": self.errors_by_code,
         }
 
 
@@ -205,6 +237,7 @@ class GenerationHub:
         broker: Broker,
         retention: float = 300.0,
         keep_finished: int = 1000,
+        metrics: Metrics | None = None,
     ) -> None:
         self.chat = chat
         self.conversations = conversations
@@ -212,7 +245,10 @@ class GenerationHub:
         self.retention = retention
         self.keep_finished = keep_finished
         self.origin = uuid.uuid4().hex[:12]
-        self.metrics = ChatMetrics()
+        self.metrics = ChatMetrics(metrics)
+        self.metrics.metrics.watch(
+            self.metrics.metrics.generations_in_flight, lambda: float(self.in_flight)
+        )
         self._running: dict[str, Generation] = {}  # conversation id -> running answer
         self._gens: dict[str, Generation] = {}  # generation id -> every kept answer
         self._by_message: dict[str, Generation] = {}
@@ -424,7 +460,7 @@ class GenerationHub:
             gen.exception = getattr(event, "exception", None)
             self.metrics.error(str(data.get("error_code")))
         elif type_ == "token":
-            self.metrics.tokens_generated += 1
+            self.metrics.token()
         await self._append(gen, type_, data)
 
     async def _record_stopped(self, gen: Generation) -> None:
@@ -489,9 +525,8 @@ class GenerationHub:
         if self._running.get(gen.conversation_id) is gen:
             del self._running[gen.conversation_id]
         if gen.local:
-            self.metrics.outcomes[state] += 1
-            if state == "complete" and gen.finished_at is not None:
-                self.metrics.response_times.append(gen.finished_at - gen.started)
+            elapsed = gen.finished_at - gen.started if gen.finished_at is not None else None
+            self.metrics.finished(state, elapsed)
         self._finished.append(gen)
         self._prune()
 

@@ -15,14 +15,17 @@ from starlette.routing import Match, Route, WebSocketRoute
 from starlette.types import Scope
 
 from studyrag.api.errors import NO_AREA, AreaErrors
+from studyrag.api.generations import CHAT_AREA
 from studyrag.api.routes import (
     chat,
     chunks,
     documents,
     health,
     jobs,
+    metrics,
     notebook_ws,
     notebooks,
+    openai,
     search,
     sse,
     ws,
@@ -34,22 +37,35 @@ from studyrag.errors import (
     InvalidSearchRequest,
     PayloadTooLarge,
 )
+from studyrag.schemas.openai import openai_error_body
 
-CHAT_ERRORS = AreaErrors(invalid=InvalidChatRequest, too_large=PayloadTooLarge)
+CHAT_ERRORS = AreaErrors(invalid=InvalidChatRequest, too_large=PayloadTooLarge, name=CHAT_AREA)
+DOCUMENT_ERRORS = AreaErrors(invalid=InvalidDocumentRequest, too_large=None, name="documents")
 
 AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
-    (health.router, NO_AREA),
-    (notebooks.router, AreaErrors(invalid=InvalidNotebook)),
+    (health.router, AreaErrors(name="health")),
+    (metrics.router, AreaErrors(name="metrics")),
+    (notebooks.router, AreaErrors(invalid=InvalidNotebook, name="notebooks")),
     # Uploads have their own, file-sized limit.
-    (notebooks.upload_router, AreaErrors(invalid=InvalidDocumentRequest, too_large=None)),
-    (documents.router, AreaErrors(invalid=InvalidDocumentRequest, too_large=None)),
-    (chunks.router, AreaErrors(invalid=InvalidDocumentRequest)),
-    (jobs.router, NO_AREA),
-    (notebook_ws.router, NO_AREA),
-    (search.router, AreaErrors(invalid=InvalidSearchRequest)),
+    (notebooks.upload_router, DOCUMENT_ERRORS),
+    (documents.router, DOCUMENT_ERRORS),
+    (chunks.router, AreaErrors(invalid=InvalidDocumentRequest, name="documents")),
+    (jobs.router, AreaErrors(name="jobs")),
+    (notebook_ws.router, AreaErrors(name="notebooks")),
+    (search.router, AreaErrors(invalid=InvalidSearchRequest, name="search")),
     (chat.router, CHAT_ERRORS),
     (sse.router, CHAT_ERRORS),
     (ws.router, CHAT_ERRORS),
+    # The one area whose errors take another shape: OpenAI's {"error": {...}}.
+    (
+        openai.router,
+        AreaErrors(
+            invalid=InvalidChatRequest,
+            too_large=PayloadTooLarge,
+            name="openai",
+            body=openai_error_body,
+        ),
+    ),
 )
 
 api_router = APIRouter()

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import Response
+from starlette.requests import HTTPConnection
 
 from studyrag.api.generations import GenerationHub
 from studyrag.api.ratelimit import RateLimiter
 from studyrag.api.ws.manager import WebSocketManager
 from studyrag.backends.broker.base import Broker
-from studyrag.errors import InvalidChatRequest, StudyRAGError
 from studyrag.services import Services
 
 
@@ -35,7 +31,12 @@ async def open_chat_runtime(services: Services) -> AsyncIterator[ChatRuntime]:
     settings = services.settings
     async with AsyncExitStack() as stack:
         broker = services.broker
-        hub = GenerationHub(chat=services.chat, conversations=services.conversations, broker=broker)
+        hub = GenerationHub(
+            chat=services.chat,
+            conversations=services.conversations,
+            broker=broker,
+            metrics=services.metrics,
+        )
         stack.push_async_callback(hub.aclose)
         await hub.start()
         manager = WebSocketManager(broker=broker, hub=hub, settings=settings)
@@ -56,28 +57,3 @@ def get_chat_runtime(conn: HTTPConnection) -> ChatRuntime:
 
 
 ChatRuntimeDep = Annotated[ChatRuntime, Depends(get_chat_runtime)]
-
-
-class CountingRoute(APIRoute):
-    """Counts every error a chat route returns, by code, for /api/chat/stats."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def counted(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except StudyRAGError as exc:
-                _metrics(request, exc.error_code)
-                raise
-            except RequestValidationError:
-                _metrics(request, InvalidChatRequest.error_code)
-                raise
-
-        return counted
-
-
-def _metrics(request: Request, code: str) -> None:
-    runtime = getattr(request.app.state, "chat_runtime", None)
-    if runtime is not None:
-        runtime.hub.metrics.error(code)

@@ -38,6 +38,7 @@ from studyrag.errors import (
     MessageNotFound,
     StudyRAGError,
 )
+from studyrag.observability.metrics import Metrics
 from studyrag.retrieval.context import Context, build_context
 from studyrag.retrieval.lexical import STOPWORDS
 from studyrag.retrieval.search import MODES, SearchService
@@ -226,8 +227,10 @@ class ChatEngine:
         search: SearchService,
         model: ChatModel,
         settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
         self.conversations = conversations
+        self.metrics = metrics or Metrics()
         self.search = search
         self.model = model
         self.settings = settings
@@ -581,6 +584,8 @@ class ChatEngine:
             content, cited, removed = resolve_citations(raw, answer.sources)
             sources = mark_cited(answer.sources, cited)
             meta.update(cited=cited, removed_citations=removed)
+            if answer.stats is not None and answer.status == "complete":
+                self._observe(answer.stats)
             stats = answer.stats or self._partial_stats(answer)
             if answer.status == "incomplete":
                 stats.finish_reason = "cancelled"
@@ -612,6 +617,14 @@ class ChatEngine:
             )
         conv = await self.conversations.get(answer.message.conversation_id, include_deleted=True)
         return stored, conv.to_dict()
+
+    def _observe(self, stats: GenerationStats) -> None:
+        """The model's time to first token and speed, by provider and model."""
+        labels = {"provider": stats.provider, "model": stats.model}
+        if stats.time_to_first_token is not None:
+            self.metrics.time_to_first_token.labels(**labels).observe(stats.time_to_first_token)
+        if stats.completion_tokens:
+            self.metrics.tokens_per_second.labels(**labels).observe(stats.tokens_per_second)
 
     def _partial_stats(self, answer: _Answer) -> GenerationStats:
         total = time.perf_counter() - answer.started

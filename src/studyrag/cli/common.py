@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -62,21 +61,14 @@ def settings_for(data_dir: Path | None) -> Settings:
     return load_settings(data_dir=data_dir)
 
 
-def setup_logging(level: str = "WARNING") -> None:
-    """Log to stderr through rich; offline model loading; quiet chatty libraries."""
-    from rich.logging import RichHandler
+def setup_logging(level: str = "WARNING", fmt: str = "text") -> None:
+    """Log to stderr through rich (or JSON lines); offline model loading; quiet libraries."""
+    from studyrag.observability.logs import configure_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-        force=True,
-    )
-    for noisy in ("chromadb", "httpx", "sentence_transformers", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(level, fmt, console=err_console)
 
 
 def emit(obj: dict[str, Any]) -> None:

@@ -19,13 +19,17 @@ def serve(
     from studyrag.app import serve as run_server
 
     settings = settings_for(data_dir)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log.format)
     err_console.print(f"StudyRAG data directory: {settings.data_dir}", highlight=False)
     run_server(
         create_app(settings),
         host=host or settings.api.host,
         port=port or settings.api.port,
         log_level=settings.log_level.lower(),
+        # uvicorn's loggers go through ours (JSON or rich); the app logs each request itself,
+        # with its request id, route and duration, instead of uvicorn's access line.
+        log_config=None,
+        access_log=False,
         ws_max_size=settings.api.ws_max_frame_bytes * 4,
         timeout_graceful_shutdown=10,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-from sqlalchemy import event, make_url
+from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -59,6 +59,13 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
+
+    async def health(self) -> dict[str, Any]:
+        """A round trip to the store and its server version; raises when it does not answer."""
+        query = "select sqlite_version()" if self.is_sqlite else "show server_version"
+        async with self.engine.connect() as conn:
+            version = await conn.scalar(text(query))
+        return {"status": "ok", "dialect": self.dialect, "version": str(version)}
 
     async def migrate(self) -> None:
         """Apply every Alembic migration up to head."""

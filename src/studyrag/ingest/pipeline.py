@@ -50,6 +50,7 @@ from studyrag.ingest.loaders import SUPPORTED_SUFFIXES, get_loader
 from studyrag.ingest.loaders.base import ExtractedDocument
 from studyrag.ingest.originals import OriginalStore
 from studyrag.ingest.ownership import owner_gone, process_owner
+from studyrag.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +202,10 @@ class IngestionPipeline:
         settings: IngestSettings,
         originals: OriginalStore,
         default_notebook: Callable[[], Awaitable[str]],
+        metrics: Metrics | None = None,
     ) -> None:
         self.repo = repo
+        self.metrics = metrics or Metrics()
         # Where documents go when a caller names no notebook.
         self.default_notebook = default_notebook
         self.embedder = embedder
@@ -575,6 +578,7 @@ class IngestionPipeline:
                 await self._fail(p.result, p.document_id, exc, report)
                 continue
             p.result.timings["store"] = sql_time + upsert_share + time.perf_counter() - t
+            self._observe(p.result)
             report(
                 Progress(
                     p.result.filename,
@@ -671,7 +675,14 @@ class IngestionPipeline:
                 error=result.error,
             )
         )
+        self.metrics.ingest_documents.labels(status=status).inc()
         return result
+
+    def _observe(self, result: IngestResult) -> None:
+        """Record a completed document's step durations (extract, chunk, embed, store)."""
+        for step, seconds in result.timings.items():
+            self.metrics.ingest_step.labels(step=step).observe(seconds)
+        self.metrics.ingest_documents.labels(status=result.status).inc()
 
     async def _abandon(self, p: _Prepared) -> None:
         """A prepared document whose processing was stopped from outside goes back to queued."""

@@ -40,6 +40,16 @@ class JobRunner(ABC):
     async def wait_idle(self) -> None:
         """Return when no job is queued or running (CLI and tests)."""
 
+    @property
+    def queued(self) -> int:
+        """Jobs submitted here and waiting for a worker (0 where the runner cannot tell)."""
+        return 0
+
+    @property
+    def running(self) -> int:
+        """Jobs this process is running now."""
+        return 0
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Start taking jobs."""
 

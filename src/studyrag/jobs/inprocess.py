@@ -25,6 +25,14 @@ class InProcessJobRunner(JobRunner):
         self._idle.set()
         self._busy = 0
 
+    @property
+    def queued(self) -> int:
+        return max(0, len(self._pending) - self._busy)
+
+    @property
+    def running(self) -> int:
+        return self._busy
+
     async def start(self) -> None:
         if not self._tasks:
             self._tasks = [

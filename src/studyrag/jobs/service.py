@@ -36,6 +36,7 @@ from studyrag.ingest.ownership import owner_gone
 from studyrag.ingest.pipeline import IngestionPipeline, IngestResult, Progress, check_upload
 from studyrag.jobs.base import JobRunner
 from studyrag.jobs.events import EventPublisher
+from studyrag.observability.metrics import Metrics
 from studyrag.schemas.documents import (
     DocumentPublic,
     JobPublic,
@@ -71,6 +72,7 @@ class JobService:
         notebooks: NotebookRepo,
         runner: JobRunner,
         events: EventPublisher,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.documents = documents
@@ -78,6 +80,7 @@ class JobService:
         self.notebooks = notebooks
         self.runner = runner
         self.events = events
+        self.metrics = metrics or Metrics()
         runner.bind(self.run)
         # Documents and jobs asked to stop; checked by the pipeline at every step boundary.
         self._cancelled_docs: set[str] = set()
@@ -274,6 +277,7 @@ class JobService:
         finally:
             self._cancelled_jobs.discard(job_id)
         finished = await self.jobs.get(job_id)
+        self.metrics.jobs_finished.labels(kind=finished.kind, status=finished.status).inc()
         docs = await self.jobs.documents(job_id) if finished.kind == INGEST else []
         for doc in docs:
             self._cancelled_docs.discard(doc.id)

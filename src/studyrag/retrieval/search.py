@@ -11,6 +11,7 @@ from typing import Any, get_args
 from studyrag.config import SearchSettings
 from studyrag.db.repo import DocumentRepo
 from studyrag.errors import EmptyQuery, InvalidSearchRequest
+from studyrag.observability.metrics import Metrics
 from studyrag.retrieval.hybrid import fusion_weights, reciprocal_rank_fusion, score_fusion
 from studyrag.retrieval.lexical import LexicalIndex, query_terms
 from studyrag.retrieval.semantic import SemanticIndex
@@ -49,8 +50,10 @@ class SearchService:
         lexical: LexicalIndex,
         semantic: SemanticIndex,
         settings: SearchSettings,
+        metrics: Metrics | None = None,
     ) -> None:
         self.repo = repo
+        self.metrics = metrics or Metrics()
         self.lexical = lexical
         self.semantic = semantic
         self.settings = settings
@@ -134,7 +137,9 @@ class SearchService:
                 break
         results = results[:top_k]
         timings["fetch_ms"] = round((time.perf_counter() - t1) * 1000, 2)
-        timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        elapsed = time.perf_counter() - t0
+        timings["total_ms"] = round(elapsed * 1000, 2)
+        self.metrics.search_duration.labels(mode=mode).observe(elapsed)
         return SearchResponse(query=query, mode=mode, results=results, timings=timings)
 
     async def _index_filters(self, filters: SearchFilters | None) -> SearchFilters | None:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from studyrag.api.deps import ServicesDep
 from studyrag.api.errors import max_body_bytes
 from studyrag.api.ratelimit import client_key
-from studyrag.api.runtime import ChatRuntimeDep, CountingRoute
+from studyrag.api.runtime import ChatRuntimeDep
 from studyrag.chat.conversations import MAX_PAGE_SIZE, TITLE_MAX_CHARS
 from studyrag.chat.engine import ChatEngine, check_message
 from studyrag.chat.prompts import check_template_name
@@ -37,7 +37,7 @@ from studyrag.schemas.conversations import (
     MessagePage,
 )
 
-router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=CountingRoute)
+router = APIRouter(prefix="/api/chat", tags=["chat"])
 
 
 def limit_body(request: Request, services: ServicesDep) -> None:

@@ -1,31 +1,18 @@
-"""GET /health: which backends serve, and whether they answer."""
+"""GET /health: each backend's status, models and versions; 503 when a required one is down."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
-from studyrag import __version__
 from studyrag.api.deps import ServicesDep
+from studyrag.observability.health import health_report
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
-async def health(services: ServicesDep) -> dict[str, Any]:
-    """Status of the server and each backend."""
-    s = services
-    body: dict[str, Any] = {
-        "status": "ok",
-        "version": __version__,
-        "database": s.db.dialect,
-        "embeddings": {"provider": s.embedder.provider, "model": s.embedder.model_name},
-        "vectors": {"backend": s.vectors.backend},
-    }
-    if s.chat_model is not None:
-        llm = await s.chat_model.health_check()
-        body["llm"] = llm
-        if llm.get("status") != "ok":
-            body["status"] = "degraded"
-    return body
+@router.get("/health", response_class=JSONResponse)
+async def health(services: ServicesDep) -> JSONResponse:
+    """ok, degraded (the chat model is down) or unavailable (503: a required backend is)."""
+    status, body = await health_report(services)
+    return JSONResponse(body, status_code=status)

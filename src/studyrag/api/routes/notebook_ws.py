@@ -39,6 +39,8 @@ async def notebook_socket(websocket: WebSocket, notebook_id: str) -> None:
     first = asyncio.ensure_future(anext(subscription))
     await asyncio.sleep(0)
     reader = asyncio.ensure_future(_read(websocket))
+    connected = websocket.app.state.metrics.websocket_connections.labels(endpoint="notebook")
+    connected.inc()
     try:
         docs, _ = await services.documents.list(notebook_id=notebook_id, limit=1000)
         await websocket.send_json(
@@ -60,6 +62,7 @@ async def notebook_socket(websocket: WebSocket, notebook_id: str) -> None:
     except WebSocketDisconnect:
         return
     finally:
+        connected.dec()
         for task in (first, reader):
             task.cancel()
         with contextlib.suppress(Exception):

@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from studyrag.api.deps import ServicesDep
 from studyrag.api.generations import BufferedEvent, Generation
 from studyrag.api.ratelimit import client_key
-from studyrag.api.runtime import ChatRuntimeDep, CountingRoute
+from studyrag.api.runtime import ChatRuntimeDep
 from studyrag.chat.engine import (
     ABSOLUTE_MAX_MESSAGE_CHARS,
     MAX_ANSWER_TOKENS,
@@ -33,7 +33,7 @@ from studyrag.retrieval.types import SearchMode
 from studyrag.schemas.chat import ChatOptions
 from studyrag.schemas.search import SearchFiltersIn
 
-router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=CountingRoute)
+router = APIRouter(prefix="/api/chat", tags=["chat"])
 
 # `<generation id>:<n>`, or a bare `<n>` from a client of the former protocol.
 _EVENT_ID = re.compile(r"(?:(?P<gen>[0-9A-Za-z]{1,64}):)?(?P<n>[0-9]{1,18})")

@@ -154,7 +154,11 @@ class WebSocketManager:
         self._ready: dict[str, asyncio.Event] = {}
         self._pinger: asyncio.Task[None] | None = None
         self._closing = False
-        self.slow_clients_dropped = 0
+        # Live figures live in the metrics registry, read by both /metrics and stats().
+        self.metrics = hub.metrics.metrics
+        self.metrics.watch(
+            self.metrics.websocket_connections, lambda: float(self.connections), endpoint="chat"
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -259,10 +263,19 @@ class WebSocketManager:
         """The clients connected to this worker for one conversation."""
         return list(self._conversations.get(conversation_id, {}).values())
 
+    @property
+    def connections(self) -> int:
+        """Chat sockets connected to this worker."""
+        return sum(len(g) for g in self._conversations.values())
+
+    @property
+    def slow_clients_dropped(self) -> int:
+        return int(self.metrics.value("studyrag_websocket_slow_clients_dropped_total"))
+
     def stats(self, *, with_clients: bool = False) -> dict[str, Any]:
         """Connections here, per conversation (and per client when asked)."""
         body: dict[str, Any] = {
-            "connections": sum(len(g) for g in self._conversations.values()),
+            "connections": self.connections,
             "conversations": len(self._conversations),
             "clients_per_conversation": {c: len(g) for c, g in self._conversations.items()},
             "slow_clients_dropped": self.slow_clients_dropped,
@@ -294,7 +307,7 @@ class WebSocketManager:
         # endpoint is cancelled and then tries the close, which a client reading again sees.
         if client.kill is not None:
             return
-        self.slow_clients_dropped += 1
+        self.metrics.websocket_dropped.inc()
         log.warning("Dropping WebSocket client %s: %s", client.id, reason)
         client.kill = (code, reason)
         client.closing = True

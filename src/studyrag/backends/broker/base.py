@@ -27,6 +27,10 @@ class Broker(ABC):
         Returns (events in the window, seconds until the oldest of them expires).
         """
 
+    async def health_check(self) -> dict[str, Any]:
+        """{'status': 'ok'|'unavailable', 'backend', ...}; never raises."""
+        return {"status": "ok", "backend": self.backend}
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect."""
 

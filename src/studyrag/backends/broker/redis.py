@@ -37,6 +37,18 @@ class RedisBroker(Broker):
                 hint="Start Redis or leave STUDYRAG_BROKER__URL empty for one worker.",
             ) from exc
 
+    async def health_check(self) -> dict[str, Any]:
+        """PING, and the Redis server's version; never raises."""
+        import redis.exceptions
+
+        report: dict[str, Any] = {"backend": self.backend}
+        try:
+            info = await self._redis.info("server")
+        except (redis.exceptions.RedisError, OSError) as exc:
+            error = BackendUnavailable(f"Redis is not reachable: {exc}")
+            return {**report, "status": "unavailable", "error": error.to_dict()}
+        return {**report, "status": "ok", "version": info.get("redis_version")}
+
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         import redis.exceptions
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 
 class Tokenizer(Protocol):
@@ -47,6 +47,15 @@ class Embedder(ABC):
     @abstractmethod
     async def embed_query(self, text: str) -> list[float]:
         """Embed one search query."""
+
+    async def health_check(self) -> dict[str, Any]:
+        """{'status': 'ok'|'unavailable', 'provider', 'model', ...}; never raises."""
+        return {
+            "status": "ok",
+            "provider": self.provider,
+            "model": self.model_name,
+            "dimensions": self.dimensions,
+        }
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load the model / check the server."""

@@ -53,6 +53,16 @@ class OllamaEmbedder(Embedder):
             raise BackendUnavailable(f"Ollama embedding failed: {exc.error}") from exc
         return [_normalise(list(v)) for v in response["embeddings"]]
 
+    async def health_check(self) -> dict[str, Any]:
+        """Whether Ollama embeds with the configured model right now; never raises."""
+        report = await super().health_check()
+        report["url"] = self.settings.ollama_url
+        try:
+            await self.embed_query("health check")
+        except (BackendUnavailable, ConfigError) as exc:
+            return {**report, "status": "unavailable", "error": exc.to_dict()}
+        return report
+
     async def embed_documents(self, texts: list[str]) -> list[list[float]]:
         out: list[list[float]] = []
         size = self.settings.batch_size

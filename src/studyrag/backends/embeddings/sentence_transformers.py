@@ -207,6 +207,18 @@ class SentenceTransformersEmbedder(Embedder):
                 release_freed_memory()
         return vectors.tolist()  # type: ignore[no-any-return,unused-ignore]
 
+    async def health_check(self) -> dict[str, Any]:
+        """Loaded (or loaded at first use), with the library's version; never raises."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        report = await super().health_check()
+        report["loaded"] = self._model is not None
+        try:
+            report["version"] = version("sentence-transformers")
+        except PackageNotFoundError:
+            report["version"] = None
+        return report
+
     async def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []

@@ -352,6 +352,7 @@ class LlamaCppChatModel(ChatModel):
             # The file name only: responses never reveal server paths.
             "model_file": self.model_path.name if self.model_path else None,
             "context_window": self.context_window,
+            "version": _llama_cpp_version(),
         }
 
     async def list_models(self) -> list[ModelInfo]:
@@ -434,3 +435,13 @@ class LlamaCppChatModel(ChatModel):
             "and check the model file if it keeps failing.",
             details={"model": self.model_name},
         )
+
+
+def _llama_cpp_version() -> str | None:
+    """The installed llama-cpp-python's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        return None

@@ -58,6 +58,17 @@ class VectorStore(ABC):
     async def count(self) -> int:
         """Number of stored vectors."""
 
+    async def health_check(self) -> dict[str, Any]:
+        """{'status': 'ok'|'unavailable', 'backend', 'vectors', ...}; never raises."""
+        from studyrag.errors import StudyRAGError
+
+        report: dict[str, Any] = {"backend": self.backend}
+        try:
+            report["vectors"] = await self.count()
+        except StudyRAGError as exc:
+            return {**report, "status": "unavailable", "error": exc.to_dict()}
+        return {**report, "status": "ok"}
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open the connection / collection."""
 

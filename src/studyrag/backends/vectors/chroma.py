@@ -159,6 +159,23 @@ class ChromaVectorStore(VectorStore):
     async def count(self) -> int:
         return int(await self._run(self._collection.count))
 
+    async def health_check(self) -> dict[str, Any]:
+        """Open, answering and counting; the chromadb version (the server's over HTTP)."""
+        import chromadb
+
+        report: dict[str, Any] = {"backend": self.backend, "client_version": chromadb.__version__}
+        if self._collection is None:
+            # Closed (or never opened): a health check must not be what reopens it.
+            error = BackendUnavailable(f"The vector store at {self.location} is closed.")
+            return {**report, "status": "unavailable", "error": error.to_dict()}
+        try:
+            if self._url:
+                report["server_version"] = await self._run(self._client.get_version)
+            report["vectors"] = await self.count()
+        except BackendUnavailable as exc:
+            return {**report, "status": "unavailable", "error": exc.to_dict()}
+        return {**report, "status": "ok"}
+
     async def aclose(self) -> None:
         # PersistentClient has no close(); dropping the references lets SQLite files close.
         self._collection = None

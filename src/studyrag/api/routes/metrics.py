@@ -1,0 +1,17 @@
+"""GET /metrics: the app's metrics registry in Prometheus text format."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from studyrag.observability.metrics import CONTENT_TYPE, Metrics
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Every metric family (see docs/operations.md), rendered at this moment."""
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,1 @@
+"""Metrics, structured logs, memory watch and backend health: how the server is observed."""
