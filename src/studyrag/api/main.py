@@ -25,6 +25,7 @@ from studyrag.api.routes import (
     notebooks,
     search,
     sse,
+    web,
     ws,
 )
 from studyrag.errors import (
@@ -50,6 +51,7 @@ AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
     (chat.router, CHAT_ERRORS),
     (sse.router, CHAT_ERRORS),
     (ws.router, CHAT_ERRORS),
+    (web.router, NO_AREA),
 )
 
 api_router = APIRouter()
