@@ -93,7 +93,7 @@ class Watch:
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.on(
             "console",
-            lambda m: self.errors.append(m.text)
+            lambda m: self.errors.append(f"{m.text} at {m.location} on {page.url}")
             if m.type == "error" and "Content Security Policy" in m.text
             else None,
         )

@@ -87,8 +87,23 @@ def wait_answer_done(page: Any) -> None:
 
 
 def no_horizontal_overflow(page: Any) -> None:
+    """Nothing sticks out on the right, unless a scrolling or clipping box inside the page
+    holds it (body's own overflow-x: hidden does not count)."""
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= page.viewport_size["width"], width
+    bad = page.evaluate(
+        """() => { const W = document.documentElement.clientWidth, bad = [];
+          for (const el of document.querySelectorAll('body *')) {
+            const r = el.getBoundingClientRect();
+            if (!r.width || r.right <= W + 1) continue;
+            let held = false;
+            for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+              if (getComputedStyle(a).overflowX !== 'visible') {
+                held = a.getBoundingClientRect().right <= W + 1; break; } }
+            if (!held) bad.push(`${el.tagName}.${el.className} right=${Math.round(r.right)}`); }
+          return bad; }"""
+    )
+    assert not bad, bad
 
 
 def test_drop_a_pdf_and_watch_it_reach_done(server: str, browser: Any, watch: Watch, pdf: Path):
@@ -169,44 +184,6 @@ def test_ask_and_see_the_answer_streamed_with_its_sources(
     cid = page.evaluate("location.hash").split("/c/")[1]
     items = httpx.get(f"{server}/api/chat/conversations/{cid}/messages").json()["items"]
     assert items[-1]["role"] == "assistant" and items[-1]["status"] == "complete"
-    watch.clean()
-    ctx.close()
-
-
-def test_reload_mid_answer_gets_the_rest_exactly_once(
-    server: str, browser: Any, watch: Watch, course: dict[str, str]
-):
-    ctx = context(browser, watch)
-    page = ctx.new_page()
-    page.goto(f"{server}/#/n/{course['id']}")
-    ask(page, "Why do muscle cells contain many mitochondria?")
-    page.wait_for_function(
-        """() => { const m = [...document.querySelectorAll('[data-testid=assistant-message]')].pop();
-                   const b = m && m.querySelector('[data-testid=answer-body]');
-                   return b && !b.querySelector('.muted') && m.classList.contains('streaming'); }""",
-        timeout=ANSWER_TIMEOUT,
-    )
-    partial = last_answer(page).get_by_test_id("answer-body").inner_text()
-    frames: list[dict[str, Any]] = []
-
-    def on_ws(ws: Any) -> None:
-        if "/ws/chat/" in ws.url:
-            ws.on("framereceived", lambda payload: frames.append(_json(payload)))
-
-    page.on("websocket", on_ws)
-    page.reload()
-    wait_answer_done(page)
-    chunks = [f for f in frames if f.get("type") == "stream_chunk"]
-    seqs = [f["seq"] for f in chunks]
-    assert seqs == list(range(1, len(seqs) + 1)), seqs  # every token once, in order
-    cid = page.evaluate("location.hash").split("/c/")[1]
-    stored = httpx.get(f"{server}/api/chat/conversations/{cid}/messages").json()["items"][-1]
-    streamed = "".join(f["delta"] for f in chunks)
-    assert _plain(streamed) == _plain(stored["content"])
-    shown = last_answer(page).get_by_test_id("answer-body").inner_text()
-    assert _plain(shown).startswith(_plain(partial).rstrip("▍ ")[:20])
-    assert len(page.get_by_test_id("assistant-message").all()) == 1
-    shot(page, "04-after-reload")
     watch.clean()
     ctx.close()
 
@@ -335,7 +312,17 @@ def test_phone_width_has_no_horizontal_overflow(
     no_horizontal_overflow(page)
     shot(page, "10-phone-home")
     convs = httpx.get(f"{server}/api/chat/conversations?notebook_id={course['id']}").json()
-    page.goto(f"{server}/#/n/{course['id']}/c/{convs['items'][0]['id']}")
+    with_sources = next(
+        c["id"]
+        for c in convs["items"]
+        if any(
+            m["sources"]
+            for m in httpx.get(f"{server}/api/chat/conversations/{c['id']}/messages").json()[
+                "items"
+            ]
+        )
+    )
+    page.goto(f"{server}/#/n/{course['id']}/c/{with_sources}")
     last_answer(page).wait_for()
     no_horizontal_overflow(page)
     shot(page, "11-phone-chat")

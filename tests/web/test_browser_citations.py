@@ -153,6 +153,7 @@ def test_hostile_document_and_answer_render_as_text(
     assert '<script>alert("answer")</script>' in text  # shown, not run
     assert body.locator("script, img, a, iframe, [onerror], [onmouseover]").count() == 0
     assert "javascript:" not in body.inner_html()
+    shot(page, "22-hostile-answer-as-text")
     # The document's passage, in the hover card, the source list and the viewer.
     chip = answer.get_by_test_id("citation").first
     chip.hover()
@@ -171,7 +172,71 @@ def test_hostile_document_and_answer_render_as_text(
     results = page.get_by_test_id("search-result")
     assert results.locator("script, img, a").count() == 0
     page.wait_for_timeout(500)  # give any onerror a chance to fire
-    shot(page, "22-hostile-as-text")
+    shot(page, "23-hostile-search-and-viewer")
     assert httpx.get(f"{server}/api/documents/{doc_id}").status_code == 200
     watch.clean()  # no dialog, no request to another origin, no CSP violation
     ctx.close()
+
+
+LONG_ANSWER = " ".join(
+    f"Mitochondria make ATP, step {i} of the explanation, during cellular respiration [1]."
+    for i in range(1, 9)
+)
+
+
+def test_reload_mid_answer_gets_the_rest_exactly_once(
+    server: str, browser: Any, watch: Watch, notebook: dict[str, str], fake_llm: OllamaTestServer
+):
+    fake_llm.behaviour.reply = LONG_ANSWER
+    fake_llm.behaviour.token_delay = 0.08  # ~8 s for the answer: time to reload in the middle
+    try:
+        ctx, page = open_page(browser, watch, f"{server}/#/n/{notebook['id']}")
+        page.get_by_test_id("chat-input").fill("Explain what mitochondria make.")
+        page.get_by_test_id("chat-input").press("Enter")
+        page.wait_for_function(
+            """() => { const m = [...document.querySelectorAll('[data-testid=assistant-message]')].pop();
+                       const b = m && m.querySelector('[data-testid=answer-body]');
+                       return b && b.textContent.includes('step 2'); }""",
+            timeout=60_000,
+        )
+        frames: list[dict[str, Any]] = []
+
+        def on_ws(ws: Any) -> None:
+            if "/ws/chat/" in ws.url:
+                ws.on("framereceived", lambda payload: frames.append(_json(payload)))
+
+        page.on("websocket", on_ws)
+        page.reload()
+        page.get_by_test_id("assistant-message").last.wait_for()
+        assert page.get_by_test_id("stop").is_visible()  # the page knows the answer runs
+        shot(page, "24-reloaded-mid-answer")
+        page.wait_for_function(
+            """() => { const m = [...document.querySelectorAll('[data-testid=assistant-message]')].pop();
+                       return m && m.dataset.status === 'complete'; }""",
+            timeout=60_000,
+        )
+    finally:
+        fake_llm.behaviour.reply = "Mitochondria make ATP [1]."
+        fake_llm.behaviour.token_delay = 0.03
+    seqs = [f["seq"] for f in frames if f.get("type") == "stream_chunk"]
+    assert seqs and seqs == list(range(1, len(seqs) + 1)), seqs  # every token once, in order
+    streamed = "".join(f["delta"] for f in frames if f.get("type") == "stream_chunk")
+    assert streamed.split() == LONG_ANSWER.split()
+    shown = page.get_by_test_id("assistant-message").last.get_by_test_id("answer-body")
+    text = " ".join(shown.inner_text().split())
+    for i in range(1, 9):
+        assert text.count(f"step {i} ") == 1, text  # nothing lost, nothing twice
+    assert len(page.get_by_test_id("assistant-message").all()) == 1
+    shot(page, "25-after-reload")
+    watch.clean()
+    ctx.close()
+
+
+def _json(payload: Any) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(payload if isinstance(payload, str) else payload.decode())
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

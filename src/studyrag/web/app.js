@@ -253,7 +253,7 @@ class Workspace {
             "span",
             { class: "actions" },
             h("button", { type: "button", class: "ghost small", "aria-label": `Rename chat ${c.title}`, onclick: () => this.renameConv(c) }, "✎"),
-            h("button", { type: "button", class: "ghost small", "aria-label": `Delete chat ${c.title}`, onclick: () => this.deleteConv(c) }, "🗑"),
+            h("button", { type: "button", class: "ghost small", "aria-label": `Delete chat ${c.title}`, onclick: () => this.deleteConv(c) }, "✕"),
           ),
         ),
       ),
@@ -304,6 +304,13 @@ async function checkHealth() {
 }
 
 window.addEventListener("hashchange", route);
+// Esc closes the viewer (in the question box it stops the answer instead).
+document.addEventListener("keydown", (e) => {
+  if (e.key !== "Escape" || !current || current.viewerEl.hidden) return;
+  if (e.target && e.target.dataset && e.target.dataset.testid === "chat-input") return;
+  if (document.querySelector("dialog[open]")) return;
+  current.viewer.close();
+});
 window.addEventListener("unhandledrejection", (e) => {
   banner.replaceChildren(errorBox(e.reason || "Something went wrong.", { onDismiss: () => { banner.hidden = true; } }));
   banner.hidden = false;

@@ -34,9 +34,18 @@ export function markdownFragment(text) {
   return DOMPurify.sanitize(html, { ALLOWED_TAGS, ALLOWED_ATTR: [], RETURN_DOM_FRAGMENT: true });
 }
 
-/** A server snippet where only <mark> is kept (search results). */
-export function snippetFragment(html) {
-  return DOMPurify.sanitize(String(html || ""), { ALLOWED_TAGS: ["mark"], ALLOWED_ATTR: [], RETURN_DOM_FRAGMENT: true });
+/**
+ * A search snippet: the server sends the passage's raw text with the matched terms wrapped
+ * in <mark>...</mark>. Everything else is text (a document's own "<script>" stays text), so
+ * the snippet is split on the markers, never parsed as HTML.
+ */
+export function snippetFragment(snippet) {
+  const frag = document.createDocumentFragment();
+  String(snippet || "").split(/(<mark>[\s\S]*?<\/mark>)/).forEach((part) => {
+    if (part.startsWith("<mark>") && part.endsWith("</mark>")) frag.append(h("mark", {}, part.slice(6, -7)));
+    else if (part) frag.append(part);
+  });
+  return frag;
 }
 
 const MARKER = /\[(\d+(?:\s*,\s*\d+)*)\]/g;
