@@ -14,9 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import write_result
 from tests.conftest import free_port
 from tests.web.harness import launch, make_pdf, new_notebook, serve, upload
+
+from bench.common import write_result
 
 QUESTIONS = [
     "What do mitochondria make?",
@@ -87,8 +88,9 @@ def ask(page: Any, question: str) -> dict[str, float]:
         "() => window.__studyragPerf.some(e => e.ev === 'first_token_painted')", timeout=120_000
     )
     page.wait_for_function(
-        """() => { const m = [...document.querySelectorAll('[data-testid=assistant-message]')].pop();
-                   return m && (m.dataset.status === 'complete' || m.dataset.status === 'error'); }""",
+        """() => { const all = document.querySelectorAll('[data-testid=assistant-message]');
+                   const m = all[all.length - 1];
+                   return m && ['complete', 'error'].includes(m.dataset.status); }""",
         timeout=120_000,
     )
     ev = {e["ev"]: e["t"] for e in page.evaluate("window.__studyragPerf")}

@@ -25,7 +25,11 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 def serve(data_dir: Path, port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """`studyrag serve` until /health answers; its base URL; SIGTERM at the end."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYRAG_")}
-    base_env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}
+    base_env |= {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+    }
     base_env |= env or {}
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -59,7 +63,9 @@ def serve(data_dir: Path, port: int, log: Path, env: dict[str, str] | None = Non
 
 def launch(playwright: Any) -> Any:
     return playwright.chromium.launch(
-        executable_path=CHROMIUM, headless=True, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        executable_path=CHROMIUM,
+        headless=True,
+        args=["--headless", "--no-sandbox", "--disable-gpu"],
     )
 
 
@@ -93,9 +99,11 @@ class Watch:
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.on(
             "console",
-            lambda m: self.errors.append(f"{m.text} at {m.location} on {page.url}")
-            if m.type == "error" and "Content Security Policy" in m.text
-            else None,
+            lambda m: (
+                self.errors.append(f"{m.text} at {m.location} on {page.url}")
+                if m.type == "error" and "Content Security Policy" in m.text
+                else None
+            ),
         )
 
     def clean(self) -> None:

@@ -79,8 +79,10 @@ def last_answer(page: Any) -> Any:
 
 def wait_answer_done(page: Any) -> None:
     page.wait_for_function(
-        """() => { const m = [...document.querySelectorAll('[data-testid=assistant-message]')].pop();
-                   return m && !m.classList.contains('streaming') && m.dataset.status !== 'streaming'
+        """() => { const all = document.querySelectorAll('[data-testid=assistant-message]');
+                   const m = all[all.length - 1];
+                   return m && !m.classList.contains('streaming')
+                          && m.dataset.status !== 'streaming'
                           && m.dataset.status !== ''; }""",
         timeout=ANSWER_TIMEOUT,
     )
@@ -131,7 +133,8 @@ def test_drop_a_pdf_and_watch_it_reach_done(server: str, browser: Any, watch: Wa
           dt.items.add(new File([bytes], name, {type: 'application/pdf'}));
           const zone = document.querySelector('[data-testid=drop-zone]');
           for (const type of ['dragenter', 'dragover', 'drop'])
-            zone.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
+            zone.dispatchEvent(new DragEvent(type,
+              {dataTransfer: dt, bubbles: true, cancelable: true}));
         }""",
         [data, pdf.name],
     )
@@ -162,7 +165,8 @@ def test_ask_and_see_the_answer_streamed_with_its_sources(
             if (!m) return;
             const body = m.querySelector('[data-testid=answer-body]');
             const hasText = body && !body.querySelector('.muted');
-            if (window.__sourcesBeforeText === null && m.querySelector('[data-testid=answer-source]'))
+            const src = m.querySelector('[data-testid=answer-source]');
+            if (window.__sourcesBeforeText === null && src)
               window.__sourcesBeforeText = !hasText;
             if (hasText) { const n = body.textContent.length;
               if (window.__lengths.at(-1) !== n) window.__lengths.push(n); }
@@ -227,7 +231,8 @@ def test_stop_ends_the_answer_on_the_server(
     page.goto(f"{server}/#/n/{course['id']}")
     ask(page, "Explain cellular respiration and what it releases.")
     page.wait_for_function(
-        """() => { const m = [...document.querySelectorAll('[data-testid=assistant-message]')].pop();
+        """() => { const all = document.querySelectorAll('[data-testid=assistant-message]');
+                   const m = all[all.length - 1];
                    const b = m && m.querySelector('[data-testid=answer-body]');
                    return b && !b.querySelector('.muted'); }""",
         timeout=ANSWER_TIMEOUT,
@@ -274,7 +279,9 @@ def test_an_unticked_source_is_never_used(
     page.get_by_test_id("search-input").fill("mitochondria ATP")
     page.get_by_test_id("search-input").press("Enter")
     page.wait_for_timeout(1500)
-    assert all("biology.pdf" not in t for t in page.get_by_test_id("search-result").all_inner_texts())
+    assert all(
+        "biology.pdf" not in t for t in page.get_by_test_id("search-result").all_inner_texts()
+    )
     shot(page, "08-unticked")
     row.get_by_test_id("source-include").check()
     watch.clean()

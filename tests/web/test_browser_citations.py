@@ -85,7 +85,8 @@ def ask(page: Any, question: str) -> Any:
     page.get_by_test_id("chat-input").press("Enter")
     answer = page.get_by_test_id("assistant-message").last
     page.wait_for_function(
-        """() => { const m = [...document.querySelectorAll('[data-testid=assistant-message]')].pop();
+        """() => { const all = document.querySelectorAll('[data-testid=assistant-message]');
+                   const m = all[all.length - 1];
                    return m && m.dataset.status === 'complete'; }""",
         timeout=60_000,
     )
@@ -113,7 +114,10 @@ def test_a_citation_opens_the_cited_page_with_the_passage_highlighted(
     box = highlight.bounding_box()
     page_box = viewer.get_by_test_id("page").bounding_box()
     assert box and page_box and box["width"] > 20 and box["height"] > 5
-    assert page_box["x"] <= box["x"] and box["x"] + box["width"] <= page_box["x"] + page_box["width"] + 1
+    assert (
+        page_box["x"] <= box["x"]
+        and box["x"] + box["width"] <= page_box["x"] + page_box["width"] + 1
+    )
     # The page was drawn by PDF.js (a canvas with pixels), not left blank.
     assert viewer.locator("canvas").count() == 1
     drawn = page.evaluate(
@@ -194,7 +198,8 @@ def test_reload_mid_answer_gets_the_rest_exactly_once(
         page.get_by_test_id("chat-input").fill("Explain what mitochondria make.")
         page.get_by_test_id("chat-input").press("Enter")
         page.wait_for_function(
-            """() => { const m = [...document.querySelectorAll('[data-testid=assistant-message]')].pop();
+            """() => { const all = document.querySelectorAll('[data-testid=assistant-message]');
+                       const m = all[all.length - 1];
                        const b = m && m.querySelector('[data-testid=answer-body]');
                        return b && b.textContent.includes('step 2'); }""",
             timeout=60_000,
@@ -211,7 +216,8 @@ def test_reload_mid_answer_gets_the_rest_exactly_once(
         assert page.get_by_test_id("stop").is_visible()  # the page knows the answer runs
         shot(page, "24-reloaded-mid-answer")
         page.wait_for_function(
-            """() => { const m = [...document.querySelectorAll('[data-testid=assistant-message]')].pop();
+            """() => { const all = document.querySelectorAll('[data-testid=assistant-message]');
+                       const m = all[all.length - 1];
                        return m && m.dataset.status === 'complete'; }""",
             timeout=60_000,
         )

@@ -99,7 +99,5 @@ def test_package_data_ships_the_web_folder() -> None:
     root = Path(__file__).resolve().parents[2]
     data = tomllib.loads((root / "pyproject.toml").read_text())
     globs = data["tool"]["setuptools"]["package-data"]["studyrag"]
-    shipped = {
-        p for g in globs if g.startswith("web") for p in (root / "src/studyrag").glob(g)
-    }
+    shipped = {p for g in globs if g.startswith("web") for p in (root / "src/studyrag").glob(g)}
     assert set(WEB_DIR.rglob("*.*")) <= shipped

@@ -68,11 +68,7 @@ async def static(path: str) -> Response:
     """A file of the web folder (app code, styles, vendored libraries and their licences)."""
     target = (WEB_DIR / path).resolve()
     kind = CONTENT_TYPES.get(target.suffix.lower())
-    if (
-        kind is None
-        or not target.is_relative_to(WEB_DIR)
-        or not await anyio.Path(target).is_file()
-    ):
+    if kind is None or not target.is_relative_to(WEB_DIR) or not await anyio.Path(target).is_file():
         raise RouteNotFound(f"No file /static/{path} in the web interface.")
     headers = {"cache-control": "no-cache", **SECURITY_HEADERS}
     if kind.startswith("text/html"):
