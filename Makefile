@@ -40,7 +40,9 @@ install-test: .stamp-install-test
 run: install
 	$(BIN)/studyrag serve
 
+# The browser tests drive Debian's chromium (Playwright's own browser download does not work here).
 test: install-test
+	command -v chromium >/dev/null || (apt-get install -y chromium || sudo apt-get install -y chromium)
 	$(BIN)/pytest -q
 
 bench: install-test

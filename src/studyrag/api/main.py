@@ -28,6 +28,7 @@ from studyrag.api.routes import (
     openai,
     search,
     sse,
+    web,
     ws,
 )
 from studyrag.errors import (
@@ -66,6 +67,7 @@ AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
             body=openai_error_body,
         ),
     ),
+    (web.router, NO_AREA),
 )
 
 api_router = APIRouter()
