@@ -227,38 +227,3 @@ def load_settings(**overrides: Any) -> Settings:
     """Build Settings from overrides, the environment and the saved TOML file."""
     clean = {k: v for k, v in overrides.items() if v is not None}
     return Settings(**clean)
-
-
-def save_settings(settings: Settings, updates: dict[str, dict[str, Any]]) -> Path:
-    """Merge `updates` ({section: {key: value}}) into the saved TOML configuration."""
-    path = settings.saved_config_path
-    current: dict[str, Any] = {}
-    if path.is_file():
-        current = tomllib.loads(path.read_text(encoding="utf-8"))
-    for section, values in updates.items():
-        current.setdefault(section, {}).update(values)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_dump_toml(current), encoding="utf-8")
-    return path
-
-
-def _dump_toml(data: dict[str, Any]) -> str:
-    lines: list[str] = []
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    for key, value in scalars.items():
-        lines.append(f"{key} = {_toml_value(value)}")
-    for section, values in data.items():
-        if isinstance(values, dict):
-            lines.append(f"\n[{section}]")
-            for key, value in values.items():
-                lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines).lstrip() + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'

@@ -18,9 +18,11 @@ from studyrag.api.errors import NO_AREA, AreaErrors
 from studyrag.api.routes import (
     chat,
     chunks,
+    config,
     documents,
     health,
     jobs,
+    models,
     notebook_ws,
     notebooks,
     search,
@@ -32,6 +34,7 @@ from studyrag.errors import (
     InvalidDocumentRequest,
     InvalidNotebook,
     InvalidSearchRequest,
+    InvalidSetting,
     PayloadTooLarge,
 )
 
@@ -50,6 +53,8 @@ AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
     (chat.router, CHAT_ERRORS),
     (sse.router, CHAT_ERRORS),
     (ws.router, CHAT_ERRORS),
+    (config.router, AreaErrors(invalid=InvalidSetting)),
+    (models.router, AreaErrors(invalid=InvalidSetting)),
 )
 
 api_router = APIRouter()
