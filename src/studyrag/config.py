@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,18 +208,9 @@ class _TomlSource(PydanticBaseSettingsSource):
         if not path:
             data_dir = Path(init.get("data_dir") or env.get("data_dir") or default_data_dir())
             path = data_dir.expanduser() / CONFIG_FILENAME
-        path = Path(path)
-        if not path.is_file():
-            return {}
-        from studyrag.errors import ConfigError
+        from studyrag.admin.toml_file import read_toml
 
-        try:
-            return tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(
-                f"Cannot read the configuration file {path}: {exc}",
-                hint="Fix or delete the file; settings can also come from STUDYRAG_* variables.",
-            ) from exc
+        return read_toml(Path(path))
 
 
 def load_settings(**overrides: Any) -> Settings:

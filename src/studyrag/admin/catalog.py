@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studyrag.admin.config import redact_url
 from studyrag.config import LLMSettings, Settings
 from studyrag.errors import StudyRAGError, UnknownModel
 from studyrag.schemas.admin import ModelPublic, ProviderStatus, Role
@@ -115,30 +116,33 @@ class ModelCatalog:
         return self.settings.llm.model_copy(update={"timeout": LIST_TIMEOUT})
 
     async def _ollama_chat(self) -> Listing:
+        return await self._ollama("chat", self.settings.llm.ollama_url)
+
+    async def _ollama(self, role: Role, url: str) -> Listing:
+        """Ollama's pulled models of one role (embedding models by name or family)."""
         from studyrag.backends.llm.ollama import OllamaChatModel
 
-        url = self.settings.llm.ollama_url
-        model = OllamaChatModel(self._quick_llm())
+        model = OllamaChatModel(self._quick_llm().model_copy(update={"ollama_url": url}))
         try:
             async with model:
                 infos = await asyncio.wait_for(model.list_models(), LIST_TIMEOUT * 2)
         except (StudyRAGError, TimeoutError) as exc:
-            return Listing([], [_unreachable("chat", "ollama", url, exc)])
+            return Listing([], [_unreachable(role, "ollama", redact_url(url), exc)])
         entries = [
             CatalogEntry(
-                role="chat",
+                role=role,
                 provider="ollama",
                 name=i.name,
-                value=i.name,
+                # The embedder is configured by name; chat keeps the full name:tag.
+                value=i.name.removesuffix(":latest") if role == "embedding" else i.name,
                 size=i.size,
                 details=dict(i.details),
             )
             for i in infos
-            if not _is_embedding(i.name, i.details)
+            if _is_embedding(i.name, i.details) == (role == "embedding")
         ]
-        return Listing(
-            entries, [ProviderStatus(role="chat", provider="ollama", reachable=True, url=url)]
-        )
+        status = ProviderStatus(role=role, provider="ollama", reachable=True, url=redact_url(url))
+        return Listing(entries, [status])
 
     def openai_configured(self) -> bool:
         """An OpenAI-compatible server is configured: chosen, or its URL set explicitly."""
@@ -148,7 +152,6 @@ class ModelCatalog:
     async def _openai_chat(self) -> Listing | None:
         if not self.openai_configured():
             return None
-        from studyrag.admin.config import redact_url
         from studyrag.backends.llm.openai import OpenAIChatModel
 
         url = redact_url(self.settings.llm.openai_base_url)
@@ -215,30 +218,7 @@ class ModelCatalog:
         return out
 
     async def _ollama_embedding(self) -> Listing:
-        from studyrag.backends.llm.ollama import OllamaChatModel
-
-        url = self.settings.embeddings.ollama_url
-        model = OllamaChatModel(self._quick_llm().model_copy(update={"ollama_url": url}))
-        try:
-            async with model:
-                infos = await asyncio.wait_for(model.list_models(), LIST_TIMEOUT * 2)
-        except (StudyRAGError, TimeoutError) as exc:
-            return Listing([], [_unreachable("embedding", "ollama", url, exc)])
-        entries = [
-            CatalogEntry(
-                role="embedding",
-                provider="ollama",
-                name=i.name,
-                value=i.name.removesuffix(":latest"),
-                size=i.size,
-                details=dict(i.details),
-            )
-            for i in infos
-            if _is_embedding(i.name, i.details)
-        ]
-        return Listing(
-            entries, [ProviderStatus(role="embedding", provider="ollama", reachable=True, url=url)]
-        )
+        return await self._ollama("embedding", self.settings.embeddings.ollama_url)
 
     # --- choosing ----------------------------------------------------------------------
     async def _listing(self, role: Role) -> Listing:

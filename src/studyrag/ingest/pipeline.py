@@ -826,18 +826,9 @@ class IngestionPipeline:
             )
         t = time.perf_counter()
         embedder, store = self.embedder, self.vectors
-        chunks = await self.repo.chunks_for(document_id)
-        await embedder.start()
-        vectors = await embedder.embed_documents(
-            [embedding_text(c.section, c.text, c.context) for c in chunks]
-        )
         # Chunk ids are stable, so the upsert replaces the vectors in place: the document is
         # never without them. The collection is per model: another model's stay apart.
-        await store.upsert(
-            [str(c.id) for c in chunks],
-            vectors,
-            [vector_metadata(doc.id, doc.notebook_id, doc.file_type, c.index) for c in chunks],
-        )
+        count = await self.copy_vectors(document_id, embedder, store)
         if not await self.repo.set_status(
             document_id, COMPLETED, expect=COMPLETED, embedding_model=embedder.model_name
         ):
@@ -845,7 +836,7 @@ class IngestionPipeline:
             await store.delete(where={"document_id": document_id})
             raise DocumentBusy(f"{doc.filename} was deleted while it was being reindexed.")
         result.status = "completed"
-        result.chunks = len(chunks)
+        result.chunks = count
         result.timings["embed"] = time.perf_counter() - t
         return result
 
