@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -222,56 +221,12 @@ class _TomlSource(PydanticBaseSettingsSource):
         if not path:
             data_dir = Path(init.get("data_dir") or env.get("data_dir") or default_data_dir())
             path = data_dir.expanduser() / CONFIG_FILENAME
-        path = Path(path)
-        if not path.is_file():
-            return {}
-        from studyrag.errors import ConfigError
+        from studyrag.admin.toml_file import read_toml
 
-        try:
-            return tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(
-                f"Cannot read the configuration file {path}: {exc}",
-                hint="Fix or delete the file; settings can also come from STUDYRAG_* variables.",
-            ) from exc
+        return read_toml(Path(path))
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings from overrides, the environment and the saved TOML file."""
     clean = {k: v for k, v in overrides.items() if v is not None}
     return Settings(**clean)
-
-
-def save_settings(settings: Settings, updates: dict[str, dict[str, Any]]) -> Path:
-    """Merge `updates` ({section: {key: value}}) into the saved TOML configuration."""
-    path = settings.saved_config_path
-    current: dict[str, Any] = {}
-    if path.is_file():
-        current = tomllib.loads(path.read_text(encoding="utf-8"))
-    for section, values in updates.items():
-        current.setdefault(section, {}).update(values)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_dump_toml(current), encoding="utf-8")
-    return path
-
-
-def _dump_toml(data: dict[str, Any]) -> str:
-    lines: list[str] = []
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    for key, value in scalars.items():
-        lines.append(f"{key} = {_toml_value(value)}")
-    for section, values in data.items():
-        if isinstance(values, dict):
-            lines.append(f"\n[{section}]")
-            for key, value in values.items():
-                lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines).lstrip() + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'

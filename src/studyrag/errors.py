@@ -54,6 +54,44 @@ class MissingExtraError(ConfigError):
         )
 
 
+class UnknownSetting(ConfigError):
+    """A configuration change names a setting that does not exist."""
+
+    error_code = "CONFIG_003"
+    status_code = 422
+    default_hint = "List the settings with GET /api/config or `studyrag config show`."
+
+
+class InvalidSetting(ConfigError):
+    """A configuration change whose value the Settings model refuses."""
+
+    error_code = "CONFIG_004"
+    status_code = 422
+
+
+class SettingNotChangeable(ConfigError):
+    """A setting this request may not change: it needs a restart, or a model switch."""
+
+    error_code = "CONFIG_005"
+    status_code = 409
+
+
+class UnknownModel(ConfigError):
+    """A model name no provider knows, or one that is not available right now."""
+
+    error_code = "CONFIG_006"
+    status_code = 404
+    default_hint = "List the models with GET /api/models or `studyrag models list`."
+
+
+class ModelSwitchInProgress(ConfigError):
+    """An embedding-model switch is running; another switch must wait for it."""
+
+    error_code = "CONFIG_007"
+    status_code = 409
+    default_hint = "Follow its job (GET /api/jobs/{id}/events) and switch again when it ends."
+
+
 # --- documents ---------------------------------------------------------------------------
 class DocumentError(StudyRAGError):
     error_code = "DOC_000"

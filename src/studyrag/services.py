@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,6 +29,8 @@ from studyrag.retrieval.search import SearchService
 from studyrag.retrieval.semantic import SemanticIndex
 
 if TYPE_CHECKING:
+    from studyrag.admin.config import ConfigService
+    from studyrag.admin.models import ModelService
     from studyrag.backends.llm.base import ChatModel
     from studyrag.chat.conversations import ConversationManager
     from studyrag.chat.engine import ChatEngine
@@ -53,6 +55,8 @@ class Services:
     metrics: Metrics
     chat_model: ChatModel | None = None
     chat: ChatEngine | None = None
+    config: ConfigService | None = None
+    models: ModelService | None = None
 
 
 @asynccontextmanager
@@ -145,6 +149,15 @@ async def open_services(
             originals=originals,
             metrics=metrics,
         )
+        from studyrag.admin.config import ConfigService
+        from studyrag.admin.models import ModelService
+
+        # A server's settings are live (restart-only ones cannot change under it); a CLI
+        # command's are the file's.
+        services.config = ConfigService(settings, live=with_jobs)
+        services.models = ModelService(services, services.config)
+        # Closes what model switches opened, after the engine drained its answers.
+        stack.push_async_callback(services.models.aclose)
         if with_chat:
             from studyrag.backends.registry import build_chat_model
             from studyrag.chat.engine import ChatEngine
@@ -159,6 +172,7 @@ async def open_services(
                 settings=settings,
                 metrics=metrics,
             )
+            services.config.on_change = _reload_engine(services.chat)
             # Cancelled answers finish their final write in the background: wait for it
             # before the database closes (callbacks run last-in, first-out).
             stack.push_async_callback(services.chat.drain)
@@ -170,6 +184,14 @@ async def open_services(
             await jobs.start()
             await jobs.resume_deletions()
         yield services
+
+
+def _reload_engine(engine: ChatEngine) -> Callable[[set[str]], None]:
+    def changed(keys: set[str]) -> None:
+        if {"chat.template", "chat.templates"} & keys:
+            engine.reload_templates()
+
+    return changed
 
 
 async def _tag_old_vectors(

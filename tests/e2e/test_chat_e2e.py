@@ -231,13 +231,26 @@ def test_models_use_saves_and_is_loaded_at_start(tmp_path: Path) -> None:
     from studyrag.backends.llm.llamacpp import default_model_path
 
     gguf = default_model_path()
-    proc = cli("models", "use", str(gguf), data_dir=tmp_path)
+    assert gguf is not None
+    (tmp_path / "models").mkdir()
+    second = tmp_path / "models" / "second-model.gguf"
+    second.symlink_to(gguf)
+    down = {"STUDYRAG_LLM__OLLAMA_URL": f"http://127.0.0.1:{free_port()}"}
+    proc = cli("models", "use", "second-model", data_dir=tmp_path, env=down)
     assert proc.returncode == 0, proc.stderr
     saved = tomllib.loads((tmp_path / "config.toml").read_text())
-    assert saved["llm"] == {"provider": "llamacpp", "model_path": str(Path(gguf).resolve())}
+    assert saved["llm"] == {"provider": "llamacpp", "model_path": str(second)}
     os.environ.pop("STUDYRAG_LLM__MODEL_PATH", None)
-    assert load_settings(data_dir=tmp_path).llm.model_path == str(Path(gguf).resolve())
-    listed = cli("models", "list", "--json", data_dir=tmp_path)
-    assert json.loads(listed.stdout.splitlines()[0])["current"] is True
-    bad = cli("models", "use", str(tmp_path / "missing.gguf"), data_dir=tmp_path)
-    assert bad.returncode == 1 and "No GGUF file" in bad.stderr
+    assert load_settings(data_dir=tmp_path).llm.model_path == str(second)
+    listed = [
+        json.loads(x)
+        for x in cli("models", "list", "--json", data_dir=tmp_path, env=down).stdout.splitlines()
+    ]
+    active = [m["name"] for m in listed if m["role"] == "chat" and m["active"]]
+    assert active == ["second-model"]
+    # A path to a .gguf file outside the listed places works too.
+    assert cli("models", "use", str(gguf), data_dir=tmp_path, env=down).returncode == 0
+    before = (tmp_path / "config.toml").read_bytes()
+    bad = cli("models", "use", str(tmp_path / "missing.gguf"), data_dir=tmp_path, env=down)
+    assert bad.returncode == 1 and "CONFIG_006" in bad.stderr
+    assert (tmp_path / "config.toml").read_bytes() == before

@@ -19,10 +19,12 @@ from studyrag.api.generations import CHAT_AREA
 from studyrag.api.routes import (
     chat,
     chunks,
+    config,
     documents,
     health,
     jobs,
     metrics,
+    models,
     notebook_ws,
     notebooks,
     openai,
@@ -36,6 +38,7 @@ from studyrag.errors import (
     InvalidDocumentRequest,
     InvalidNotebook,
     InvalidSearchRequest,
+    InvalidSetting,
     PayloadTooLarge,
 )
 from studyrag.schemas.openai import openai_error_body
@@ -68,6 +71,8 @@ AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
         ),
     ),
     (web.router, NO_AREA),
+    (config.router, AreaErrors(invalid=InvalidSetting, name="config")),
+    (models.router, AreaErrors(invalid=InvalidSetting, name="models")),
 )
 
 api_router = APIRouter()

@@ -22,6 +22,7 @@ import anyio
 from studyrag.backends.llm.base import ChatMessage, ChatModel, GenerationStats, TokenDelta
 from studyrag.chat.citations import mark_cited, resolve_citations, strip_markers
 from studyrag.chat.conversations import ConversationManager
+from studyrag.chat.model_slot import ChatModelSlot
 from studyrag.chat.prompts import (
     PromptFit,
     PromptTemplate,
@@ -197,6 +198,7 @@ class _Answer:
     message: MessagePublic
     template: str
     mode: str
+    model: ChatModel
     started: float = field(default_factory=time.perf_counter)
     parts: list[str] = field(default_factory=list)
     sources: list[Any] = field(default_factory=list)
@@ -232,11 +234,21 @@ class ChatEngine:
         self.conversations = conversations
         self.metrics = metrics or Metrics()
         self.search = search
-        self.model = model
+        # Each answer leases the model it starts with: a switch never cuts one short.
+        self.slot = ChatModelSlot(model)
         self.settings = settings
         self.templates: dict[str, PromptTemplate] = available_templates(settings.chat.templates)
         # Final writes run shielded from cancellation; they are kept here until done.
         self._writes: set[asyncio.Task[Any]] = set()
+
+    @property
+    def model(self) -> ChatModel:
+        """The model a new answer gets."""
+        return self.slot.current
+
+    def reload_templates(self) -> None:
+        """Rebuild the templates from the live settings (after a configuration change)."""
+        self.templates = available_templates(self.settings.chat.templates)
 
     async def process_message(
         self,
@@ -291,8 +303,38 @@ class ChatEngine:
         """Answer `message` as events; closing the iterator stops and keeps a partial answer.
 
         Retrieval is scoped to the conversation's notebook (a new conversation is made in
-        `notebook_id`, or the default notebook), and within it to `filters`.
+        `notebook_id`, or the default notebook), and within it to `filters`. The whole
+        answer runs on the model that is current when it starts.
         """
+        async with self.slot.lease() as model:
+            events = self._stream(
+                model,
+                message,
+                conversation_id=conversation_id,
+                template=template,
+                top_k=top_k,
+                search_mode=search_mode,
+                filters=filters,
+                max_tokens=max_tokens,
+                notebook_id=notebook_id,
+            )
+            async with aclosing(events):
+                async for event in events:
+                    yield event
+
+    async def _stream(
+        self,
+        model: ChatModel,
+        message: str,
+        *,
+        conversation_id: str | None,
+        template: str | None,
+        top_k: int | None,
+        search_mode: str | None,
+        filters: SearchFilters | None,
+        max_tokens: int | None,
+        notebook_id: str | None,
+    ) -> AsyncGenerator[ChatEvent, None]:
         chat = self.settings.chat
         question = check_message(message or "", self.settings)
         tpl = self.template(template or chat.template)
@@ -308,7 +350,7 @@ class ChatEngine:
         if budget < 1:
             raise InvalidChatRequest("max_tokens must be at least 1.")
         # Half the window for the answer at most, or no source could ever fit.
-        budget = min(budget, max(16, self.model.context_window // 2))
+        budget = min(budget, max(16, model.context_window // 2))
 
         scope = await self.conversations.scope(conversation_id, notebook_id)
         filters = (
@@ -319,7 +361,7 @@ class ChatEngine:
         if conversation_id is None or not chat.rewrite_followups:
             # The search query is the question itself, so search while the question is
             # stored: the two overlap instead of adding up before the first token.
-            retrieval = asyncio.ensure_future(self._retrieve(question, [], mode, k, filters))
+            retrieval = asyncio.ensure_future(self._retrieve(model, question, [], mode, k, filters))
         try:
             turn = await self.conversations.start_turn(
                 conversation_id,
@@ -332,7 +374,7 @@ class ChatEngine:
             if retrieval is not None:
                 await _discard(retrieval)
             raise
-        answer = _Answer(message=turn.assistant, template=tpl.name, mode=mode)
+        answer = _Answer(message=turn.assistant, template=tpl.name, mode=mode, model=model)
         try:
             # Inside the try: from here on, any exit leaves the placeholder finalised.
             yield StartEvent(
@@ -350,7 +392,7 @@ class ChatEngine:
             if retrieval is None:
                 # A follow-up is rewritten from the history first, so it waits for it.
                 retrieval = asyncio.ensure_future(
-                    self._retrieve(question, history, mode, k, filters)
+                    self._retrieve(model, question, history, mode, k, filters)
                 )
             # aclosing: a consumer that stops closes every inner stream down to the model's.
             steps = self._answer(answer, question, history, tpl, retrieval, filters, budget)
@@ -402,6 +444,7 @@ class ChatEngine:
 
     async def _retrieve(
         self,
+        model: ChatModel,
         question: str,
         history: list[ChatMessage],
         mode: str,
@@ -412,7 +455,7 @@ class ChatEngine:
         found = _Retrieved()
         query = question
         if history and self.settings.chat.rewrite_followups:
-            query = await self._rewrite(history, question)
+            query = await self._rewrite(model, history, question)
             found.meta["rewritten_query"] = query if query != question else None
         t0 = time.perf_counter()
         response = await self.search.search(query, mode=mode, top_k=top_k, filters=filters)
@@ -442,8 +485,8 @@ class ChatEngine:
         meta.update(
             template=tpl.name,
             search_mode=answer.mode,
-            model=self.model.model_name,
-            provider=self.model.provider,
+            model=answer.model.model_name,
+            provider=answer.model.provider,
             rewritten_query=None,
         )
         found = await retrieval
@@ -472,19 +515,21 @@ class ChatEngine:
         relevant: list[SearchResult],
         max_tokens: int,
     ) -> AsyncGenerator[ChatEvent, None]:
+        model = answer.model
+
         def assemble() -> tuple[Context, PromptFit]:
             context = build_context(
                 relevant,
                 budget=self.settings.search.context_token_budget,
-                count_tokens=self.model.count_tokens,
+                count_tokens=model.count_tokens,
             )
             fit = fit_prompt(
                 tpl,
                 question=question,
                 context_text=context.text,
                 history=history,
-                count_tokens=self.model.count_tokens,
-                context_window=self.model.context_window,
+                count_tokens=model.count_tokens,
+                context_window=model.context_window,
                 max_tokens=max_tokens,
                 sources=context.sources,
             )
@@ -503,7 +548,7 @@ class ChatEngine:
         )
         yield SourcesEvent([s.to_dict() for s in fit.sources])
         answer.generated = True
-        stream = self.model.stream(
+        stream = model.stream(
             fit.messages, max_tokens=max_tokens, temperature=self.settings.llm.temperature
         )
         # When our consumer stops, closing the model's stream stops the generation too.
@@ -533,10 +578,10 @@ class ChatEngine:
             return True  # BM25 has no fixed scale: a match is the only signal there is
         return result.score >= chat.relevance_threshold
 
-    async def _rewrite(self, history: list[ChatMessage], question: str) -> str:
+    async def _rewrite(self, model: ChatModel, history: list[ChatMessage], question: str) -> str:
         """A standalone query for a follow-up; the raw question when the model fails."""
         try:
-            done = await self.model.complete(
+            done = await model.complete(
                 rewrite_prompt(history, question),
                 max_tokens=REWRITE_MAX_TOKENS,
                 temperature=0.0,
@@ -630,8 +675,8 @@ class ChatEngine:
         total = time.perf_counter() - answer.started
         produced = len(answer.parts)
         return GenerationStats(
-            model=self.model.model_name,
-            provider=self.model.provider,
+            model=answer.model.model_name,
+            provider=answer.model.provider,
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=produced,
             time_to_first_token=answer.first_token,

@@ -9,6 +9,7 @@ import typer
 
 from studyrag.cli import (
     chat,
+    config,
     conversations,
     documents,
     ingest,
@@ -34,6 +35,7 @@ app.command()(chat.ask)
 app.command()(chat.chat)
 app.add_typer(conversations.app, name="conversations")
 app.add_typer(models.app, name="models")
+app.add_typer(config.app, name="config")
 app.command()(serve.serve)
 
 

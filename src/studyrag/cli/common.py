@@ -213,3 +213,42 @@ def short_ids(ids: Iterable[str], *, min_len: int = 8) -> dict[str, str]:
             break
         length += 2
     return {i: i[:length] for i in unique}
+
+
+def ask_server(
+    data_dir: Path | None,
+    method: str,
+    path: str,
+    *,
+    body: dict[str, Any] | None = None,
+    as_json: bool = False,
+    timeout: float = 120.0,
+) -> tuple[str, Any] | None:
+    """(server URL, JSON answer) from the server running for this data dir, or None when
+    none runs (or it cannot be reached): the command then works in this process. An error
+    answer is shown in the house way and ends the command (exit code 1)."""
+    import httpx
+
+    from studyrag import local_server
+    from studyrag.errors import StudyRAGError
+
+    url = local_server.find(settings_for(data_dir).data_dir)
+    if url is None:
+        return None
+    try:
+        reply = httpx.request(method, f"{url}{path}", json=body, timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    try:
+        answer = reply.json()
+    except ValueError:
+        return None
+    if reply.status_code >= 400:
+        if not isinstance(answer, dict) or "error_code" not in answer:
+            return None
+        details = dict(answer.get("details") or {})
+        exc = StudyRAGError(answer["message"], details=details, hint=details.pop("hint", ""))
+        exc.error_code = answer["error_code"]
+        show_error(exc, as_json=as_json)
+        raise typer.Exit(1)
+    return url, answer

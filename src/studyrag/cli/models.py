@@ -1,102 +1,243 @@
-"""`studyrag models`: list, pull or choose chat models."""
+"""`studyrag models`: list, choose or pull models (through the running server when one is up)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+import json
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from studyrag.cli.common import (
     DataDir,
     JsonOut,
+    ask_server,
     console,
     emit,
     err_console,
     run,
     settings_for,
     setup_logging,
+    with_services,
 )
 
-app = typer.Typer(help="List, pull or choose chat models.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from studyrag.config import Settings
+    from studyrag.schemas.admin import ModelsPublic, ModelSwitched
+    from studyrag.services import Services
+
+app = typer.Typer(help="List, choose or pull chat and embedding models.", no_args_is_help=True)
+
+RoleOpt = Annotated[str, typer.Option("--role", help="chat or embedding.")]
 
 
 @app.command("list")
 def models_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Models the configured chat provider can serve."""
+    """Every model the providers can serve; * marks the active one. Each name works with `use`."""
+    from studyrag.schemas.admin import ModelsPublic
+
     setup_logging()
-    settings = settings_for(data_dir)
+    served = ask_server(data_dir, "GET", "/api/models", as_json=as_json)
+    if served is not None:
+        listing = ModelsPublic.model_validate(served[1])
+    else:
+        settings = settings_for(data_dir)
+        listing = run(lambda: _list_in_process(settings), as_json=as_json)
+    if as_json:
+        for m in [*listing.chat, *listing.embedding]:
+            emit(m.to_dict())
+        return
+    sections = (
+        ("Chat models", listing.chat),
+        ("Embedding models (use them with --role embedding)", listing.embedding),
+    )
+    for title, models in sections:
+        console.print(f"[bold]{title}[/]")
+        if not models:
+            console.print("  [dim](none)[/]")
+        for m in models:
+            mark = "[green]*[/]" if m.active else " "
+            size = f" {m.size / 1e6:.0f} MB" if m.size else ""
+            missing = "" if m.available else " [red]unavailable[/]"
+            console.print(f"{mark} {m.name}  [dim]{m.provider}{size}[/]{missing}", highlight=False)
+    for p in listing.providers:
+        if not p.reachable:
+            message = (p.error or {}).get("message", "not reachable")
+            err_console.print(f"[yellow]{p.provider}[/] ({p.role}): {message}", highlight=False)
 
-    async def go() -> tuple[str, str, list[Any]]:
-        from studyrag.backends.registry import build_chat_model
 
-        model = await build_chat_model(settings)
-        async with model:
-            return model.provider, model.model_name, await model.list_models()
+async def _list_in_process(settings: Settings) -> ModelsPublic:
+    import asyncio
 
-    provider, current, models = run(go, as_json=as_json)
-    for m in models:
-        if as_json:
-            emit(
-                {"provider": provider, "name": m.name, "size": m.size, "current": m.name == current}
-            )
-        else:
-            mark = "[green]*[/]" if m.name == current else " "
-            size = f"{m.size / 1e6:.0f} MB" if m.size else ""
-            console.print(f"{mark} {m.name}  [dim]{provider} {size}[/]")
+    from studyrag.admin.catalog import ModelCatalog, configured
+    from studyrag.schemas.admin import ModelsPublic
 
-
-@app.command("pull")
-def models_pull(name: str, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Download a model into the Ollama server (provider ollama)."""
-    setup_logging()
-    settings = settings_for(data_dir)
-
-    async def go() -> None:
-        from studyrag.backends.llm.ollama import OllamaChatModel
-
-        model = OllamaChatModel(settings.llm, model=name)
-        async with model:
-            last = ""
-            async for step in model.pull_model(name):
-                if as_json:
-                    emit({"model": name} | dict(step))
-                elif step.get("status") != last or step.get("total"):
-                    total, done = step.get("total") or 0, step.get("completed") or 0
-                    pct = f" {100 * done / total:.0f}%" if total else ""
-                    err_console.print(f"{step.get('status', '')}{pct}", highlight=False)
-                    last = step.get("status", "")
-
-    run(go, as_json=as_json)
-    if not as_json:
-        console.print(f"[green]pulled[/] {name}; use it with `studyrag models use {name}`")
+    catalog = ModelCatalog(settings)
+    chat, embedding = await asyncio.gather(catalog.chat(), catalog.embedding())
+    return ModelsPublic(
+        chat=[e.public(active=configured(e, settings)) for e in chat.entries],
+        embedding=[e.public(active=configured(e, settings)) for e in embedding.entries],
+        providers=chat.providers + embedding.providers,
+    )
 
 
 @app.command("use")
 def models_use(
-    name: Annotated[str, typer.Argument(help="A model name, or a path to a .gguf file.")],
-    provider: Annotated[str | None, typer.Option(help="llamacpp, ollama, openai or auto.")] = None,
+    name: Annotated[str, typer.Argument(help="A name from `models list`, or a .gguf path.")],
+    provider: Annotated[
+        str | None, typer.Option(help="llamacpp, ollama, openai or sentence-transformers.")
+    ] = None,
+    role: RoleOpt = "chat",
     data_dir: DataDir = None,
+    as_json: JsonOut = False,
 ) -> None:
-    """Choose the chat model; saved in <data dir>/config.toml and loaded at every start."""
-    from studyrag.config import save_settings
-    from studyrag.errors import ConfigError
+    """Choose a model. A running server switches at once (an embedding model reindexes every
+    notebook first); otherwise the choice is saved in config.toml for the next start. A name
+    no provider knows is refused and nothing is saved."""
+    setup_logging()
+    if role not in ("chat", "embedding"):
+        err_console.print("[bold red]error[/] --role is chat or embedding.")
+        raise typer.Exit(2)
+    body = {"role": role, "provider": provider, "model": name}
+    served = ask_server(
+        data_dir, "POST", "/api/models/switch", body=body, as_json=as_json, timeout=300
+    )
+    if served is not None:
+        from studyrag.schemas.admin import ModelSwitched
 
-    settings = settings_for(data_dir)
-    updates: dict[str, Any] = {}
-    if name.lower().endswith(".gguf"):
-        path = Path(name).expanduser().resolve()
-        if not path.is_file():
-            err_console.print(f"[bold red]error[/] [CONFIG_001] No GGUF file at {path}.")
-            raise typer.Exit(1)
-        updates = {"provider": provider or "llamacpp", "model_path": str(path)}
+        result = ModelSwitched.model_validate(served[1])
+        where = f"by the server at {served[0]}"
     else:
-        updates = {
-            "model": name,
-            "provider": provider
-            or (settings.llm.provider if settings.llm.provider != "llamacpp" else "ollama"),
-        }
-    if updates["provider"] not in ("llamacpp", "ollama", "openai", "auto"):
-        raise ConfigError(f"Unknown provider {updates['provider']!r}.")
-    path_saved = save_settings(settings, {"llm": updates})
-    console.print(f"[green]saved[/] llm = {updates} in {path_saved}")
+        settings = settings_for(data_dir)
+        result = run(lambda: _use_in_process(settings, body, as_json), as_json=as_json)
+        where = "saved for the next start"
+    if as_json:
+        emit(result.to_dict())
+        return
+    if result.status == "reindexing":
+        console.print(
+            f"[green]switching[/] to {result.name} ({result.provider}) {where}: reindex job "
+            f"{result.job_id}; search keeps the old model until it completes."
+        )
+    else:
+        console.print(f"[green]using[/] {result.name} ({result.provider}) as {role} model, {where}")
+
+
+async def _use_in_process(settings: Settings, body: dict[str, Any], as_json: bool) -> Any:
+    from studyrag.schemas.admin import ModelSwitch
+
+    request = ModelSwitch.model_validate(body)
+    if request.role == "chat":
+        return await _use_chat_offline(settings, request)
+
+    async def go(services: Services) -> ModelSwitched:
+        assert services.models is not None
+        result = await services.models.switch(request)
+        if result.job_id is not None:
+            # No server: the reindex runs here, in the foreground.
+            if not as_json:
+                err_console.print("reindexing every notebook with the new model…")
+            await services.jobs.run(result.job_id)
+            job = await services.jobs.public(result.job_id)
+            if job.status != "completed":
+                from studyrag.errors import JobConflict
+
+                raise JobConflict(f"The reindex job {job.status}: {job.error or 'see the log'}.")
+            result = result.model_copy(update={"status": "active"})
+        return result
+
+    return await with_services(settings, go)
+
+
+async def _use_chat_offline(settings: Settings, request: Any) -> ModelSwitched:
+    """Check the name against every provider, then save it (no model is loaded)."""
+    from studyrag.admin.catalog import ModelCatalog
+    from studyrag.admin.config import ConfigService
+    from studyrag.admin.models import chat_changes
+    from studyrag.schemas.admin import ModelSwitched
+
+    entry = await ModelCatalog(settings).resolve("chat", request.model, request.provider)
+    previous: dict[str, str] = {"provider": settings.llm.provider}
+    ConfigService(settings, live=False).update(chat_changes(entry), allow_model_keys=True)
+    return ModelSwitched(
+        role="chat", provider=entry.provider, name=entry.name, status="active", previous=previous
+    )
+
+
+@app.command("pull")
+def models_pull(name: str, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Download a model into the Ollama server."""
+    setup_logging()
+    settings = settings_for(data_dir)
+    printer = _Progress(name, as_json)
+    if not _pull_via_server(data_dir, name, printer, as_json):
+
+        async def go() -> None:
+            from studyrag.admin.models import check_ollama, pull
+
+            await check_ollama(settings)
+            async for step in pull(settings, name):
+                printer(step)
+
+        run(go, as_json=as_json)
+    if not as_json:
+        console.print(f"[green]pulled[/] {name}; use it with `studyrag models use {name}`")
+
+
+class _Progress:
+    def __init__(self, name: str, as_json: bool) -> None:
+        self.name, self.as_json, self.last = name, as_json, ""
+
+    def __call__(self, step: dict[str, Any]) -> None:
+        if self.as_json:
+            emit({"model": self.name} | dict(step))
+            return
+        status = str(step.get("status") or "")
+        if status != self.last or step.get("total"):
+            total, done = step.get("total") or 0, step.get("completed") or 0
+            pct = f" {100 * done / total:.0f}%" if total else ""
+            err_console.print(f"{status}{pct}", highlight=False)
+            self.last = status
+
+
+def _pull_via_server(data_dir: Any, name: str, printer: _Progress, as_json: bool) -> bool:
+    """Pull through the running server's SSE stream; False when no server runs."""
+    import httpx
+
+    from studyrag import local_server
+    from studyrag.cli.common import show_error
+    from studyrag.errors import StudyRAGError
+
+    url = local_server.find(settings_for(data_dir).data_dir)
+    if url is None:
+        return False
+    try:
+        with httpx.stream(
+            "POST", f"{url}/api/models/pull", json={"name": name}, timeout=None
+        ) as reply:
+            if reply.status_code >= 400:
+                reply.read()
+                error = reply.json()
+                details = dict(error.get("details") or {})
+                exc = StudyRAGError(error["message"], details=details, hint=details.pop("hint", ""))
+                exc.error_code = error["error_code"]
+                show_error(exc, as_json=as_json)
+                raise typer.Exit(1)
+            event = ""
+            for line in reply.iter_lines():
+                if line.startswith("event:"):
+                    event = line.partition(":")[2].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line.partition(":")[2])
+                    if event == "progress":
+                        printer(data)
+                    elif event == "error":
+                        details = dict(data.get("details") or {})
+                        exc = StudyRAGError(
+                            data["message"], details=details, hint=details.pop("hint", "")
+                        )
+                        exc.error_code = data["error_code"]
+                        show_error(exc, as_json=as_json)
+                        raise typer.Exit(1)
+    except httpx.HTTPError:
+        return False
+    return True

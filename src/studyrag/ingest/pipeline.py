@@ -215,6 +215,50 @@ class IngestionPipeline:
         # One at a time per sha256 in this process: dedupe (check, then create) and
         # releasing an original (unused?, then remove) must not interleave.
         self._sha_locks: dict[str, asyncio.Lock] = {}
+        # Vector stores being filled for another embedding model (a model switch): deletes
+        # reach them too, so the new vectors never outlive their document.
+        self.shadow_vectors: list[VectorStore] = []
+        # Batches being embedded and stored, per vector store (a switch waits for the old
+        # store's to end before it catches up on them).
+        self._batches: dict[int, int] = {}
+        self._batches_idle = asyncio.Event()
+        self._batches_idle.set()
+
+    def use_embeddings(self, embedder: Embedder, vectors: VectorStore) -> None:
+        """Embed and store new documents with this model and store from now on."""
+        self.embedder, self.vectors = embedder, vectors
+
+    async def wait_batches(self, vectors: VectorStore) -> None:
+        """Return when no batch is being embedded into `vectors`."""
+        while self._batches.get(id(vectors)):
+            self._batches_idle.clear()
+            await self._batches_idle.wait()
+
+    async def copy_vectors(self, document_id: str, embedder: Embedder, vectors: VectorStore) -> int:
+        """Embed a completed document's chunks with `embedder` into `vectors`; its row and
+        its current vectors stay as they are. Returns the number of chunks."""
+        doc = await self.repo.get(document_id)
+        chunks = await self.repo.chunks_for(document_id)
+        if not chunks:
+            return 0
+        await embedder.start()
+        embedded = await embedder.embed_documents(
+            [embedding_text(c.section, c.text, c.context) for c in chunks]
+        )
+        await vectors.upsert(
+            [str(c.id) for c in chunks],
+            embedded,
+            [vector_metadata(doc.id, doc.notebook_id, doc.file_type, c.index) for c in chunks],
+        )
+        return len(chunks)
+
+    async def _delete_vectors(self, document_id: str) -> None:
+        await self.vectors.delete(where={"document_id": document_id})
+        for shadow in list(self.shadow_vectors):
+            try:
+                await shadow.delete(where={"document_id": document_id})
+            except StudyRAGError:
+                log.warning("vectors of %s stay in the store being filled", document_id)
 
     @property
     def chunk_size(self) -> int:
@@ -499,6 +543,26 @@ class IngestionPipeline:
         self, batch: list[_Prepared], report: ProgressCallback, cancelled: CancelCheck
     ) -> None:
         """Embed a batch of documents' chunks together, then store each document."""
+        # One model and one store for the whole batch, whatever a model switch does meanwhile.
+        embedder, store = self.embedder, self.vectors
+        key = id(store)
+        self._batches[key] = self._batches.get(key, 0) + 1
+        try:
+            await self._embed_and_store_with(batch, report, cancelled, embedder, store)
+        finally:
+            self._batches[key] -= 1
+            if not self._batches[key]:
+                del self._batches[key]
+                self._batches_idle.set()
+
+    async def _embed_and_store_with(
+        self,
+        batch: list[_Prepared],
+        report: ProgressCallback,
+        cancelled: CancelCheck,
+        embedder: Embedder,
+        store: VectorStore,
+    ) -> None:
         await self.repo.set_step([p.document_id for p in batch], "embedding", 15.0)
         inputs = [embedding_input(d, p.context) for p in batch for d in p.drafts]
         # Which slice of `inputs` belongs to which document, for per-document progress.
@@ -518,7 +582,7 @@ class IngestionPipeline:
                     await self._fail(p.result, p.document_id, Cancelled("Cancelled."), report)
                 if not live:
                     return
-                vectors.extend(await self.embedder.embed_documents(inputs[i : i + _EMBED_STEP]))
+                vectors.extend(await embedder.embed_documents(inputs[i : i + _EMBED_STEP]))
                 done = len(vectors)
                 for p, begin, end in spans:
                     if p in live and begin < done and (done - _EMBED_STEP) < end:
@@ -555,7 +619,7 @@ class IngestionPipeline:
             return
         t = time.perf_counter()
         try:
-            await self.vectors.upsert(
+            await store.upsert(
                 [str(i) for _, ids, _, _ in stored for i in ids],
                 [v for _, _, vecs, _ in stored for v in vecs],
                 [
@@ -573,7 +637,7 @@ class IngestionPipeline:
             t = time.perf_counter()
             try:
                 self._check(p.document_id, cancelled)
-                await self._complete(p, ids)
+                await self._complete(p, ids, embedder.model_name)
             except Exception as exc:
                 await self._fail(p.result, p.document_id, exc, report)
                 continue
@@ -595,7 +659,7 @@ class IngestionPipeline:
                 " ".join(f"{k} {v:.3f}s" for k, v in p.result.timings.items()),
             )
 
-    async def _complete(self, p: _Prepared, ids: list[int]) -> None:
+    async def _complete(self, p: _Prepared, ids: list[int], model_name: str) -> None:
         """Flip the document to completed, then retire older versions of the same file name."""
         meta = dict(p.extracted.metadata)
         meta.setdefault("title", Path(p.result.filename).stem)
@@ -607,7 +671,7 @@ class IngestionPipeline:
             step="completed",
             progress=100.0,
             chunk_count=len(ids),
-            embedding_model=self.embedder.model_name,
+            embedding_model=model_name,
             meta=meta,
             content=p.extracted.text,
             error=None,
@@ -702,7 +766,7 @@ class IngestionPipeline:
         """
         await self.repo.delete_chunks(document_id)
         try:
-            await self.vectors.delete(where={"document_id": document_id})
+            await self._delete_vectors(document_id)
         except StudyRAGError:
             log.warning("vectors of %s stay behind: the vector store failed", document_id)
 
@@ -756,7 +820,7 @@ class IngestionPipeline:
         return doc
 
     async def _finish_delete(self, doc: Document) -> None:
-        await self.vectors.delete(where={"document_id": doc.id})
+        await self._delete_vectors(doc.id)
         await self.repo.delete_document(doc.id)
         await self.release_original(doc.sha256)
 
@@ -772,26 +836,18 @@ class IngestionPipeline:
                 hint="Retry it if it failed, or wait for it to finish.",
             )
         t = time.perf_counter()
-        chunks = await self.repo.chunks_for(document_id)
-        await self.embedder.start()
-        vectors = await self.embedder.embed_documents(
-            [embedding_text(c.section, c.text, c.context) for c in chunks]
-        )
+        embedder, store = self.embedder, self.vectors
         # Chunk ids are stable, so the upsert replaces the vectors in place: the document is
         # never without them. The collection is per model: another model's stay apart.
-        await self.vectors.upsert(
-            [str(c.id) for c in chunks],
-            vectors,
-            [vector_metadata(doc.id, doc.notebook_id, doc.file_type, c.index) for c in chunks],
-        )
+        count = await self.copy_vectors(document_id, embedder, store)
         if not await self.repo.set_status(
-            document_id, COMPLETED, expect=COMPLETED, embedding_model=self.embedder.model_name
+            document_id, COMPLETED, expect=COMPLETED, embedding_model=embedder.model_name
         ):
             # Deleted meanwhile: the vectors just written must not outlive it.
-            await self.vectors.delete(where={"document_id": document_id})
+            await store.delete(where={"document_id": document_id})
             raise DocumentBusy(f"{doc.filename} was deleted while it was being reindexed.")
         result.status = "completed"
-        result.chunks = len(chunks)
+        result.chunks = count
         result.timings["embed"] = time.perf_counter() - t
         return result
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,16 @@ class JobService:
         # Documents and jobs asked to stop; checked by the pipeline at every step boundary.
         self._cancelled_docs: set[str] = set()
         self._cancelled_jobs: set[str] = set()
+        # Job kinds other services run (an embedding-model switch): kind -> handler.
+        self._handlers: dict[str, Callable[[Job], Awaitable[None]]] = {}
+
+    def register(self, kind: str, handler: Callable[[Job], Awaitable[None]]) -> None:
+        """Run jobs of `kind` with `handler` (cancel asks it to stop via is_cancelled)."""
+        self._handlers[kind] = handler
+
+    def is_cancelled(self, job_id: str) -> bool:
+        """Whether the job was asked to stop."""
+        return job_id in self._cancelled_jobs
 
     async def start(self) -> None:
         """Resume what a stop left: unfinished jobs, and queued documents with no live job."""
@@ -258,6 +268,8 @@ class JobService:
                 await self._run_delete_notebook(job)
             elif job.kind == REINDEX:
                 await self._run_reindex(job)
+            elif job.kind in self._handlers:
+                await self._handlers[job.kind](job)
             else:
                 await self._run_ingest(job)
         except asyncio.CancelledError:

@@ -30,6 +30,10 @@ class SemanticIndex:
         self.embedder = embedder
         self.vectors = vectors
 
+    def use(self, embedder: Embedder, vectors: VectorStore) -> None:
+        """Answer from this model's vectors from now on (a search in flight keeps its own)."""
+        self.embedder, self.vectors = embedder, vectors
+
     async def search(
         self,
         query: str,
@@ -39,8 +43,10 @@ class SemanticIndex:
         query_vector: list[float] | None = None,
     ) -> list[Candidate]:
         """Best chunks by cosine similarity, best first."""
-        vector = query_vector or await self.embedder.embed_query(query)
-        hits = await self.vectors.query(
+        # Both read at once: a model switch swaps them together, never between the two.
+        embedder, store = self.embedder, self.vectors
+        vector = query_vector or await embedder.embed_query(query)
+        hits = await store.query(
             vector, top_k=top_k, where=vector_filter(filters), include_metadata=False
         )
         return [Candidate(int(h.id), h.score) for h in hits]
