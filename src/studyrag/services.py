@@ -13,6 +13,7 @@ from studyrag.backends.embeddings.base import Embedder
 from studyrag.backends.registry import build_broker, build_embedder, build_vector_store
 from studyrag.backends.vectors.base import VectorStore
 from studyrag.config import Settings
+from studyrag.db.conversations import ConversationRepo
 from studyrag.db.jobs import JobRepo
 from studyrag.db.notebooks import NotebookRepo
 from studyrag.db.repo import COMPLETED, DocumentRepo
@@ -22,6 +23,7 @@ from studyrag.ingest.pipeline import IngestionPipeline, vector_metadata
 from studyrag.jobs.events import EventPublisher
 from studyrag.jobs.inprocess import InProcessJobRunner
 from studyrag.jobs.service import JobService
+from studyrag.notebooks.archive import NotebookArchives
 from studyrag.notebooks.service import NotebookService
 from studyrag.retrieval.lexical import LexicalIndex
 from studyrag.retrieval.search import SearchService
@@ -49,6 +51,7 @@ class Services:
     jobs: JobService
     broker: Broker
     originals: OriginalStore
+    archives: NotebookArchives
     chat_model: ChatModel | None = None
     chat: ChatEngine | None = None
 
@@ -99,12 +102,26 @@ async def open_services(
         await events.start()
         stack.push_async_callback(events.aclose)
         runner = InProcessJobRunner(workers=settings.ingest.job_workers)
+        job_repo = JobRepo(db)
         jobs = JobService(
             pipeline=pipeline,
             documents=repo,
-            jobs=JobRepo(db),
+            jobs=job_repo,
             notebooks=notebook_repo,
             runner=runner,
+            events=events,
+        )
+        archives = NotebookArchives(
+            settings=settings.archive,
+            imports_dir=settings.data_dir / "imports",
+            notebooks=notebooks,
+            documents=repo,
+            conversations=ConversationRepo(db),
+            pipeline=pipeline,
+            embedder=embedder,
+            vectors=vectors,
+            jobs=jobs,
+            job_repo=job_repo,
             events=events,
         )
         search = SearchService(
@@ -136,6 +153,7 @@ async def open_services(
             jobs=jobs,
             broker=broker,
             originals=originals,
+            archives=archives,
         )
         if with_chat:
             from studyrag.backends.registry import build_chat_model

@@ -21,6 +21,7 @@ from studyrag.api.routes import (
     documents,
     health,
     jobs,
+    notebook_archive,
     notebook_ws,
     notebooks,
     search,
@@ -42,6 +43,8 @@ AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
     (notebooks.router, AreaErrors(invalid=InvalidNotebook)),
     # Uploads have their own, file-sized limit.
     (notebooks.upload_router, AreaErrors(invalid=InvalidDocumentRequest, too_large=None)),
+    # Imports too: an archive is limited while it is stored (STUDYRAG_ARCHIVE__MAX_ARCHIVE_MB).
+    (notebook_archive.router, AreaErrors(invalid=InvalidNotebook, too_large=None)),
     (documents.router, AreaErrors(invalid=InvalidDocumentRequest, too_large=None)),
     (chunks.router, AreaErrors(invalid=InvalidDocumentRequest)),
     (jobs.router, NO_AREA),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,12 @@ class JobService:
         # Documents and jobs asked to stop; checked by the pipeline at every step boundary.
         self._cancelled_docs: set[str] = set()
         self._cancelled_jobs: set[str] = set()
+        # Kinds of job other services define (notebook import), by kind.
+        self._handlers: dict[str, Callable[[Job], Awaitable[None]]] = {}
+
+    def register(self, kind: str, handler: Callable[[Job], Awaitable[None]]) -> None:
+        """Run jobs of `kind` with `handler` (a service that owns that kind of work)."""
+        self._handlers[kind] = handler
 
     async def start(self) -> None:
         """Resume what a stop left: unfinished jobs, and queued documents with no live job."""
@@ -216,8 +222,8 @@ class JobService:
         job = await self.jobs.get(job_id)
         if job.status in JOB_FINISHED:
             raise JobConflict(f"The job is {job.status} already.")
-        if job.kind == DELETE_NOTEBOOK:
-            raise JobConflict("A notebook deletion cannot be cancelled.")
+        if job.kind == DELETE_NOTEBOOK or job.kind in self._handlers:
+            raise JobConflict(f"A {job.kind.replace('_', ' ')} job cannot be cancelled.")
         self._cancelled_jobs.add(job_id)
         for doc in await self.jobs.documents(job_id):
             await self._cancel_document(doc)
@@ -255,6 +261,8 @@ class JobService:
                 await self._run_delete_notebook(job)
             elif job.kind == REINDEX:
                 await self._run_reindex(job)
+            elif job.kind in self._handlers:
+                await self._handlers[job.kind](job)
             else:
                 await self._run_ingest(job)
         except asyncio.CancelledError:
