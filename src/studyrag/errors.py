@@ -379,7 +379,9 @@ class ArchiveInvalid(NotebookError):
 
     error_code = "NB_005"
     status_code = 422
-    default_hint = "Import a .zip made by `studyrag notebooks export` or GET /api/notebooks/{id}/export."
+    default_hint = (
+        "Import a .zip made by `studyrag notebooks export` or GET /api/notebooks/{id}/export."
+    )
 
 
 class ArchiveTruncated(ArchiveInvalid):

@@ -159,7 +159,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         assert wait_job(http, accepted.json()["job_id"])["status"] == "completed"
         answer = http.post(
             "/api/chat/message",
-            json={"message": "Why do leaves look green?", "notebook_id": nb["id"], "max_tokens": 12},
+            json={
+                "message": "Why do leaves look green?",
+                "notebook_id": nb["id"],
+                "max_tokens": 12,
+            },
         )
         assert answer.status_code == 200, answer.text
         assert answer.json()["message"]["sources"], "the answer should cite the notebook"

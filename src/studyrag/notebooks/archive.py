@@ -109,6 +109,9 @@ class _Sink:
     def flush(self) -> None:
         return None
 
+    def close(self) -> None:
+        return None
+
     def take(self) -> bytes:
         out = b"".join(self._parts)
         self._parts.clear()
@@ -121,7 +124,10 @@ class _ZipStream:
     def __init__(self) -> None:
         self.sink = _Sink()
         self.zip = zipfile.ZipFile(
-            self.sink, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True  # type: ignore[arg-type]
+            self.sink,
+            "w",
+            compression=zipfile.ZIP_DEFLATED,
+            allowZip64=True,
         )
         self.entries: dict[str, ArchiveEntry] = {}
 
@@ -270,7 +276,8 @@ class NotebookArchives:
             yield await out.add_bytes(entry, data)
             ref = ArchivedDocumentRef(entry=entry, filename=doc.filename, chunks=len(chunks))
             original = self.pipeline.originals.path(doc.sha256)
-            if doc.sha256 and await anyio.to_thread.run_sync(original.is_file):
+            kept = bool(doc.sha256) and await anyio.to_thread.run_sync(original.is_file)
+            if kept:
                 ref.original = f"originals/{doc.sha256}"
                 if ref.original not in written:
                     written.add(ref.original)
@@ -362,9 +369,7 @@ class NotebookArchives:
 
     async def accept_upload(self, chunks: AsyncIterator[bytes]) -> NotebookImportAccepted:
         """Keep an uploaded archive, check it whole, then queue its import as a job."""
-        await anyio.to_thread.run_sync(
-            lambda: self.imports_dir.mkdir(parents=True, exist_ok=True)
-        )
+        await anyio.to_thread.run_sync(lambda: self.imports_dir.mkdir(parents=True, exist_ok=True))
         path = self.imports_dir / f"{uuid.uuid4().hex}.zip"
         limit = self.settings.max_archive_bytes
         try:
@@ -388,7 +393,8 @@ class NotebookArchives:
     ) -> Job:
         """Check a local archive and run its import in the foreground (the CLI), passing
         the job's events to `on_event` as they are published."""
-        accepted = await self._queue(path.resolve(), owned=False, submit=False)
+        absolute = await anyio.to_thread.run_sync(path.resolve)
+        accepted = await self._queue(absolute, owned=False, submit=False)
         subscription = self.events.broker.subscribe(job_channel(accepted.job_id))
         first = asyncio.ensure_future(anext(subscription))  # subscribed before the job runs
         await asyncio.sleep(0)
@@ -601,9 +607,7 @@ class NotebookArchives:
             error=doc.error,
             created_at=doc.created_at or datetime.now(UTC),
         )
-        ids = await self.documents.insert_chunks(
-            row.id, [c.model_dump() for c in doc.chunks]
-        )
+        ids = await self.documents.insert_chunks(row.id, [c.model_dump() for c in doc.chunks])
         model = doc.embedding_model
         if ids:
             if vectors is None:

@@ -339,8 +339,7 @@ class _Checker:
         expected = manifest.entries[name]
         if expected.sha256 != sha or expected.size != size:
             raise ArchiveInvalid(
-                f"The archive entry {name!r} is damaged: its content does not match the "
-                "manifest.",
+                f"The archive entry {name!r} is damaged: its content does not match the manifest.",
                 details={"entry": name, "reason": "checksum"},
             )
 
@@ -412,8 +411,7 @@ class _Checker:
         info = self.zf.getinfo(name)
         if dims is None or info.file_size != rows * dims * 4:
             raise ArchiveInvalid(
-                f"The archive entry {name!r} does not hold {rows} vectors of "
-                f"{dims} dimensions.",
+                f"The archive entry {name!r} does not hold {rows} vectors of {dims} dimensions.",
                 details={"entry": name},
             )
         data = b"".join(read_entry(self.zf, info, self.counter, limit=_MAX_JSON_ENTRY))
