@@ -382,3 +382,34 @@ async def test_export_is_streamed(exported: dict[str, Any], fresh: LiveServer) -
             body = b"".join([p async for p in reply.aiter_bytes()])
         with zipfile.ZipFile(io.BytesIO(body)) as zf:
             assert zf.testzip() is None
+
+
+def test_cli_goes_through_the_running_server(
+    exported: dict[str, Any], fresh: LiveServer, tmp_path: Path
+) -> None:
+    """With a server up for the data directory, export and import are its routes and job."""
+    from tests.e2e.test_cli import lines, run
+
+    data_dir = fresh.settings.data_dir
+    archive = tmp_path / "in.zip"
+    archive.write_bytes(exported["archives"][True])
+    imported = run("notebooks", "import", str(archive), "--json", data_dir=data_dir, check=True)
+    (job,) = lines(imported.stdout)
+    assert job["server"] == fresh.base and job["status"] == "completed"
+    with httpx.Client(base_url=fresh.base, timeout=60) as http:
+        assert http.get(f"/api/jobs/{job['job_id']}").json()["kind"] == "import_notebook"
+        assert http.get(f"/api/notebooks/{job['notebook_id']}").json()["name"] == job["name"]
+    out = tmp_path / "out.zip"
+    proc = run(
+        "notebooks", "export", job["name"], "-o", str(out), "--json", data_dir=data_dir, check=True
+    )
+    assert lines(proc.stdout)[0]["server"] == fresh.base
+    with zipfile.ZipFile(out) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    assert manifest["notebook"]["name"] == NAME and len(manifest["documents"]) == 3
+    again = run("notebooks", "import", str(archive), data_dir=data_dir)
+    assert again.returncode == 0, again.stderr  # the same archive again: a suffixed name
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not a zip")
+    refused = run("notebooks", "import", str(bad), data_dir=data_dir)
+    assert refused.returncode == 1 and "NB_005" in refused.stderr

@@ -153,13 +153,15 @@ def notebooks_export(
             size = await services.archives.export_to(nb.id, target, vectors=vectors)
             return {"notebook_id": nb.id, "name": nb.name, "path": str(target), "size": size}
 
+        via = None
         result = run_command(data_dir, go, as_json=as_json)
+    result["server"] = via
     if as_json:
         emit(result)
     else:
         console.print(
             f"[green]exported[/] {result['name']} to {result['path']} "
-            f"({_size(int(result['size']))})"
+            f"({_size(int(result['size']))})" + (f" [dim]by the server at {via}[/]" if via else "")
         )
 
 
@@ -176,6 +178,7 @@ def notebooks_import(
     via = local_server.find(settings_for(data_dir).data_dir)
     job = _import_via_server(via, archive, as_json) if via else None
     if job is None:
+        via = None
 
         def progress(event: dict[str, Any]) -> None:
             if event.get("type") == "job_progress" and not as_json:
@@ -190,10 +193,10 @@ def notebooks_import(
 
         public = run_command(data_dir, go, as_json=as_json)
         job = public.model_dump(mode="json", exclude={"documents"})
-    _print_import(job, as_json)
+    _print_import(job, as_json, via)
 
 
-def _print_import(job: dict[str, Any], as_json: bool) -> None:
+def _print_import(job: dict[str, Any], as_json: bool, via: str | None) -> None:
     meta = job.get("metadata") or {}
     if job.get("status") != "completed":
         from studyrag.errors import StudyRAGError
@@ -213,13 +216,14 @@ def _print_import(job: dict[str, Any], as_json: bool) -> None:
                 "documents": meta.get("documents"),
                 "conversations": meta.get("conversations"),
                 "vectors": meta.get("vectors"),
+                "server": via,
             }
         )
         return
     console.print(
         f"[green]imported[/] {meta.get('notebook_name')} ({str(meta.get('notebook_id'))[:8]}): "
         f"{meta.get('documents')} documents, {meta.get('conversations')} conversations"
-        f" (vectors {meta.get('vectors')})"
+        f" (vectors {meta.get('vectors')})" + (f" [dim]by the server at {via}[/]" if via else "")
     )
 
 
