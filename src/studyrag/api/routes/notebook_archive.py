@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.datastructures import UploadFile
 
 from studyrag.api.deps import ServicesDep
+from studyrag.errors import ArchiveTooLarge, InvalidNotebook
 from studyrag.schemas.archive import NotebookImportAccepted
+
+# Room for the multipart framing around the archive itself.
+_MULTIPART_SLACK = 64 * 1024
 
 # Apart from the notebook routes: an import's body is a file, limited while it is stored.
 router = APIRouter(prefix="/api/notebooks", tags=["notebooks"])
@@ -32,10 +37,26 @@ async def export_notebook(
 
 
 @router.post("/import", status_code=202, response_model=NotebookImportAccepted)
-async def import_notebook(file: UploadFile, services: ServicesDep) -> NotebookImportAccepted:
+async def import_notebook(request: Request, services: ServicesDep) -> NotebookImportAccepted:
     """Check the whole archive (refused with NB_005..NB_010, changing nothing), then restore
-    it as a new notebook in a job: follow GET /api/jobs/{job_id} or its events."""
-    return await services.archives.accept_upload(_chunks(file))
+    it as a new notebook in a job: follow GET /api/jobs/{job_id} or its events.
+
+    The form is read here, not by a parameter: a declared length over the limit is refused
+    before a byte of the body is read (the framework would spool it all first)."""
+    limits = services.settings.archive
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_archive_bytes + _MULTIPART_SLACK:
+        raise ArchiveTooLarge(
+            f"The archive is over the {limits.max_archive_mb:g} MB limit.",
+            details={"limit": limits.max_archive_bytes, "size": int(declared)},
+        )
+    async with request.form(max_files=1, max_fields=10) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidNotebook(
+                "No archive in the upload.", hint="Send the archive under the form field `file`."
+            )
+        return await services.archives.accept_upload(_chunks(upload))
 
 
 def content_disposition(filename: str) -> str:
