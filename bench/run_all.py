@@ -15,6 +15,7 @@ BENCHES = [
     ["bench.sse_cost"],
     ["bench.pdf_views"],
     ["bench.web_ui"],
+    ["bench.notebook_archive"],
 ]
 
 

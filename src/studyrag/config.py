@@ -62,6 +62,27 @@ class IngestSettings(BaseModel):
         return int(self.max_file_size_mb * 1024 * 1024)
 
 
+class ArchiveSettings(BaseModel):
+    """Limits of notebook import: an archive is refused before anything is changed."""
+
+    # The archive file itself, as uploaded.
+    max_archive_mb: float = Field(default=2048.0, gt=0)
+    # Everything it unpacks to, counted while it is read (declared sizes may lie).
+    max_unpacked_mb: float = Field(default=8192.0, gt=0)
+    # Unpacked / packed size of one entry. Real text and JSON deflate 3-10x; 100x is the
+    # bound zip-bomb detectors commonly use (e.g. Apache POI's minimum inflate ratio 0.01).
+    max_ratio: float = Field(default=100.0, ge=1)
+    max_entries: int = Field(default=200_000, ge=1)
+
+    @property
+    def max_archive_bytes(self) -> int:
+        return int(self.max_archive_mb * 1024 * 1024)
+
+    @property
+    def max_unpacked_bytes(self) -> int:
+        return int(self.max_unpacked_mb * 1024 * 1024)
+
+
 class SearchSettings(BaseModel):
     """Retrieval defaults."""
 
@@ -167,6 +188,7 @@ class Settings(BaseSettings):
     vectors: VectorSettings = Field(default_factory=VectorSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)

@@ -419,3 +419,50 @@ class Cancelled(StudyRAGError):
 
     error_code = "JOB_003"
     status_code = 409
+
+
+# --- notebook archives (export / import) -------------------------------------------------
+class ArchiveInvalid(NotebookError):
+    """Not a StudyRAG notebook archive, or one whose contents do not check out."""
+
+    error_code = "NB_005"
+    status_code = 422
+    default_hint = (
+        "Import a .zip made by `studyrag notebooks export` or GET /api/notebooks/{id}/export."
+    )
+
+
+class ArchiveTruncated(ArchiveInvalid):
+    """The archive ends early (an interrupted download or copy)."""
+
+    error_code = "NB_006"
+    default_hint = "Export or download the notebook again; the file is incomplete."
+
+
+class ArchiveVersionUnsupported(ArchiveInvalid):
+    error_code = "NB_007"
+    default_hint = "Import it with the StudyRAG version that made it, or upgrade this one."
+
+
+class ArchiveUnsafe(ArchiveInvalid):
+    """An entry that would be written outside its place: `..`, an absolute name, a link."""
+
+    error_code = "NB_008"
+    default_hint = "Only import archives made by StudyRAG; this one was altered."
+
+
+class ArchiveTooLarge(ArchiveInvalid):
+    """The archive, or what it unpacks to, is over the configured limits (or a zip bomb)."""
+
+    error_code = "NB_009"
+    status_code = 413
+    default_hint = (
+        "Raise STUDYRAG_ARCHIVE__MAX_ARCHIVE_MB / MAX_UNPACKED_MB if the archive is genuine."
+    )
+
+
+class ArchiveBomb(ArchiveTooLarge):
+    """An entry that unpacks to far more than it occupies: a decompression bomb."""
+
+    error_code = "NB_010"
+    default_hint = "Only import archives made by StudyRAG; this one unpacks to a suspicious size."

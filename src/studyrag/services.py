@@ -13,6 +13,7 @@ from studyrag.backends.embeddings.base import Embedder
 from studyrag.backends.registry import build_broker, build_embedder, build_vector_store
 from studyrag.backends.vectors.base import VectorStore
 from studyrag.config import Settings
+from studyrag.db.conversations import ConversationRepo
 from studyrag.db.jobs import JobRepo
 from studyrag.db.notebooks import NotebookRepo
 from studyrag.db.repo import COMPLETED, DocumentRepo
@@ -22,6 +23,7 @@ from studyrag.ingest.pipeline import IngestionPipeline, vector_metadata
 from studyrag.jobs.events import EventPublisher
 from studyrag.jobs.inprocess import InProcessJobRunner
 from studyrag.jobs.service import JobService
+from studyrag.notebooks.archive import NotebookArchives
 from studyrag.notebooks.service import NotebookService
 from studyrag.observability.metrics import Metrics
 from studyrag.retrieval.lexical import LexicalIndex
@@ -53,6 +55,7 @@ class Services:
     broker: Broker
     originals: OriginalStore
     metrics: Metrics
+    archives: NotebookArchives
     chat_model: ChatModel | None = None
     chat: ChatEngine | None = None
     config: ConfigService | None = None
@@ -108,14 +111,28 @@ async def open_services(
         await events.start()
         stack.push_async_callback(events.aclose)
         runner = InProcessJobRunner(workers=settings.ingest.job_workers)
+        job_repo = JobRepo(db)
         jobs = JobService(
             pipeline=pipeline,
             documents=repo,
-            jobs=JobRepo(db),
+            jobs=job_repo,
             notebooks=notebook_repo,
             runner=runner,
             events=events,
             metrics=metrics,
+        )
+        archives = NotebookArchives(
+            settings=settings.archive,
+            imports_dir=settings.data_dir / "imports",
+            notebooks=notebooks,
+            documents=repo,
+            conversations=ConversationRepo(db),
+            pipeline=pipeline,
+            embedder=embedder,
+            vectors=vectors,
+            jobs=jobs,
+            job_repo=job_repo,
+            events=events,
         )
         search = SearchService(
             repo=repo,
@@ -148,6 +165,7 @@ async def open_services(
             broker=broker,
             originals=originals,
             metrics=metrics,
+            archives=archives,
         )
         from studyrag.admin.config import ConfigService
         from studyrag.admin.models import ModelService

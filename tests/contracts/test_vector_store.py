@@ -162,3 +162,15 @@ async def test_update_metadata_retags_in_place_and_ignores_unknown_ids(store: Ve
     hits = await store.query(_vec(1, 0), top_k=1, where={"notebook_id": "n1"})
     assert [h.id for h in hits] == ["1"] and hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert await store.count() == 2
+
+
+async def test_get_vectors_returns_stored_vectors_and_skips_unknown_ids(
+    store: VectorStore,
+) -> None:
+    """Notebook export reads the vectors back; they are the ones stored."""
+    await store.upsert(["1", "2"], [_vec(1, 0), _vec(0, 1)], [{"document_id": "a"}] * 2)
+    got = await store.get_vectors(["2", "1", "9"])
+    assert set(got) == {"1", "2"}
+    assert got["1"] == pytest.approx(_vec(1, 0), abs=1e-6)
+    assert got["2"] == pytest.approx(_vec(0, 1), abs=1e-6)
+    assert await store.get_vectors([]) == {}

@@ -53,7 +53,7 @@ class ModelService:
         self._prepared: dict[str, tuple[Embedder, VectorStore]] = {}
         # What switches opened and this service closes at shutdown (models, stores).
         self._switched: list[Any] = []
-        services.jobs.register(SWITCH_EMBEDDING, self._run_embedding_switch)
+        services.jobs.register(SWITCH_EMBEDDING, self._run_embedding_switch, cancellable=True)
 
     # --- listing -----------------------------------------------------------------------
     async def list(self) -> ModelsPublic:

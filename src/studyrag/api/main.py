@@ -25,6 +25,7 @@ from studyrag.api.routes import (
     jobs,
     metrics,
     models,
+    notebook_archive,
     notebook_ws,
     notebooks,
     openai,
@@ -52,6 +53,11 @@ AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
     (notebooks.router, AreaErrors(invalid=InvalidNotebook, name="notebooks")),
     # Uploads have their own, file-sized limit.
     (notebooks.upload_router, DOCUMENT_ERRORS),
+    # Imports too: an archive is limited while it is stored (STUDYRAG_ARCHIVE__MAX_ARCHIVE_MB).
+    (
+        notebook_archive.router,
+        AreaErrors(invalid=InvalidNotebook, too_large=None, name="notebooks"),
+    ),
     (documents.router, DOCUMENT_ERRORS),
     (chunks.router, AreaErrors(invalid=InvalidDocumentRequest, name="documents")),
     (jobs.router, AreaErrors(name="jobs")),

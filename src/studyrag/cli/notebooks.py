@@ -1,12 +1,24 @@
-"""`studyrag notebooks list|create|rename|delete`: one notebook per course or project."""
+"""`studyrag notebooks list|create|rename|delete|export|import`: one notebook per course or
+project, and its archive to move it between machines."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from studyrag.cli.common import DataDir, JsonOut, console, emit, err_console, run_command
+from studyrag import local_server
+from studyrag.cli.common import (
+    DataDir,
+    JsonOut,
+    console,
+    emit,
+    err_console,
+    run_command,
+    settings_for,
+    show_error,
+)
 
 if TYPE_CHECKING:
     from studyrag.services import Services
@@ -113,6 +125,195 @@ def notebooks_delete(
         emit({"notebook_id": found.id, "status": job.status, "job_id": job.id})
     else:
         console.print(f"[green]deleted[/] {found.name} ({found.id[:8]})")
+
+
+@app.command("export")
+def notebooks_export(
+    notebook: NameOrId,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="The archive to write (default: <name>.studyrag.zip)."),
+    ] = None,
+    vectors: Annotated[
+        bool, typer.Option("--vectors", help="Include the vectors (else recomputed on import).")
+    ] = False,
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Write a notebook, with its documents, originals and conversations, to one archive."""
+    via = local_server.find(settings_for(data_dir).data_dir)
+    result = _export_via_server(via, notebook, output, vectors, as_json) if via else None
+    if result is None:
+
+        async def go(services: Services) -> Any:
+            from studyrag.notebooks.archive import archive_filename
+
+            nb = await services.notebooks.resolve(notebook)
+            target = output or Path(archive_filename(nb.name))
+            size = await services.archives.export_to(nb.id, target, vectors=vectors)
+            return {"notebook_id": nb.id, "name": nb.name, "path": str(target), "size": size}
+
+        via = None
+        result = run_command(data_dir, go, as_json=as_json)
+    result["server"] = via
+    if as_json:
+        emit(result)
+    else:
+        console.print(
+            f"[green]exported[/] {result['name']} to {result['path']} "
+            f"({_size(int(result['size']))})" + (f" [dim]by the server at {via}[/]" if via else "")
+        )
+
+
+@app.command("import")
+def notebooks_import(
+    archive: Annotated[Path, typer.Argument(help="An archive made by `notebooks export`.")],
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Restore an archive as a new notebook (named as it was, or "name (2)" when taken)."""
+    if not archive.is_file():
+        err_console.print(f"[bold red]error[/] {archive} does not exist or is not a file.")
+        raise typer.Exit(1)
+    via = local_server.find(settings_for(data_dir).data_dir)
+    job = _import_via_server(via, archive, as_json) if via else None
+    if job is None:
+        via = None
+
+        def progress(event: dict[str, Any]) -> None:
+            if event.get("type") == "job_progress" and not as_json:
+                err_console.print(
+                    f"[dim]importing: {event['done']}/{event['total']} "
+                    f"({event['progress']:.0f} %)[/]"
+                )
+
+        async def go(services: Services) -> Any:
+            job = await services.archives.import_file(archive, on_event=progress)
+            return await services.jobs.public(job.id)
+
+        public = run_command(data_dir, go, as_json=as_json)
+        job = public.model_dump(mode="json", exclude={"documents"})
+    _print_import(job, as_json, via)
+
+
+def _print_import(job: dict[str, Any], as_json: bool, via: str | None) -> None:
+    meta = job.get("metadata") or {}
+    if job.get("status") != "completed":
+        from studyrag.errors import StudyRAGError
+
+        show_error(
+            StudyRAGError(f"The import failed: {job.get('error') or job.get('status')}."),
+            as_json=as_json,
+        )
+        raise typer.Exit(1)
+    if as_json:
+        emit(
+            {
+                "job_id": job["id"],
+                "status": job["status"],
+                "notebook_id": meta.get("notebook_id"),
+                "name": meta.get("notebook_name"),
+                "documents": meta.get("documents"),
+                "conversations": meta.get("conversations"),
+                "vectors": meta.get("vectors"),
+                "server": via,
+            }
+        )
+        return
+    console.print(
+        f"[green]imported[/] {meta.get('notebook_name')} ({str(meta.get('notebook_id'))[:8]}): "
+        f"{meta.get('documents')} documents, {meta.get('conversations')} conversations"
+        f" (vectors {meta.get('vectors')})" + (f" [dim]by the server at {via}[/]" if via else "")
+    )
+
+
+def _server_error(reply: Any, as_json: bool) -> None:
+    """Show the server's error (house shape) and exit 1."""
+    from studyrag.errors import StudyRAGError
+
+    try:
+        body = reply.json()
+    except ValueError:
+        body = {"error_code": "GEN_001", "message": reply.text[:200]}
+    exc = StudyRAGError(str(body.get("message")), details=body.get("details") or {})
+    exc.error_code = str(body.get("error_code"))
+    show_error(exc, as_json=as_json)
+    raise typer.Exit(1)
+
+
+def _find_on_server(http: Any, ref: str) -> dict[str, Any] | None:
+    wanted = " ".join(ref.split()).casefold()
+    books = http.get("/api/notebooks").json()["items"]
+    match = [
+        b
+        for b in books
+        if wanted in (b["name"].casefold(), b["id"])
+        or (len(wanted) >= 4 and b["id"].startswith(wanted))
+    ]
+    return match[0] if len(match) == 1 else None
+
+
+def _export_via_server(
+    url: str, notebook: str, output: Path | None, vectors: bool, as_json: bool
+) -> dict[str, Any] | None:
+    """Stream the archive from the running server; None to export in this process."""
+    import httpx
+
+    from studyrag.notebooks.archive import archive_filename
+
+    try:
+        with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=600)) as http:
+            nb = _find_on_server(http, notebook)
+            if nb is None:
+                return None  # the local path says why (NB_001)
+            target = output or Path(archive_filename(nb["name"]))
+            tmp = target.with_name(f".{target.name}.part")
+            size = 0
+            params = {"vectors": "true"} if vectors else {}
+            with http.stream("GET", f"/api/notebooks/{nb['id']}/export", params=params) as reply:
+                if reply.status_code != 200:
+                    reply.read()
+                    _server_error(reply, as_json)
+                with tmp.open("wb") as fh:
+                    for block in reply.iter_bytes(1 << 20):
+                        size += len(block)
+                        fh.write(block)
+            tmp.replace(target)
+    except httpx.HTTPError:
+        return None
+    return {"notebook_id": nb["id"], "name": nb["name"], "path": str(target), "size": size}
+
+
+def _import_via_server(url: str, archive: Path, as_json: bool) -> dict[str, Any] | None:
+    """Upload the archive to the running server and follow its job; None when unreachable."""
+    import json
+
+    import httpx
+
+    try:
+        with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=3600)) as http:
+            with archive.open("rb") as fh:
+                reply = http.post(
+                    "/api/notebooks/import", files={"file": (archive.name, fh, "application/zip")}
+                )
+            if reply.status_code != 202:
+                _server_error(reply, as_json)
+            job_id = reply.json()["job_id"]
+            with http.stream("GET", f"/api/jobs/{job_id}/events") as events:
+                event = ""
+                for line in events.iter_lines():
+                    if line.startswith("event:"):
+                        event = line.split(":", 1)[1].strip()
+                    elif line.startswith("data:") and event == "job_progress" and not as_json:
+                        data = json.loads(line.split(":", 1)[1])
+                        err_console.print(
+                            f"[dim]importing: {data['done']}/{data['total']} "
+                            f"({data['progress']:.0f} %)[/]"
+                        )
+            job: dict[str, Any] = http.get(f"/api/jobs/{job_id}").json()
+            return job
+    except httpx.HTTPError:
+        return None
 
 
 def _size(n: int) -> str:

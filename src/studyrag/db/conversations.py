@@ -442,6 +442,55 @@ class ConversationRepo:
             rows = builtins.list((await s.scalars(stmt)).all())
         return rows[::-1]
 
+    # --- archives (notebook export / import) ---------------------------------------------
+    async def of_notebook(self, notebook_id: str) -> builtins.list[Conversation]:
+        """A notebook's conversations that are not deleted, oldest first (export)."""
+        async with self.db.session() as s:
+            return builtins.list(
+                (
+                    await s.scalars(
+                        select(Conversation)
+                        .where(
+                            Conversation.notebook_id == notebook_id,
+                            Conversation.status != "deleted",
+                        )
+                        .order_by(Conversation.created_at, Conversation.id)
+                    )
+                ).all()
+            )
+
+    async def all_messages(self, conversation_id: str) -> builtins.list[Message]:
+        """Every message of a conversation in seq order (export)."""
+        async with self.db.session() as s:
+            return builtins.list(
+                (
+                    await s.scalars(
+                        select(Message)
+                        .where(Message.conversation_id == conversation_id)
+                        .order_by(Message.seq)
+                    )
+                ).all()
+            )
+
+    async def insert_archived(
+        self,
+        *,
+        notebook_id: str,
+        conversation: dict[str, Any],
+        messages: builtins.list[dict[str, Any]],
+    ) -> str:
+        """A conversation and its messages as they were exported, in one transaction."""
+        cid = new_id()
+        async with self.db.session() as s:
+            s.add(
+                Conversation(
+                    id=cid, notebook_id=notebook_id, message_count=len(messages), **conversation
+                )
+            )
+            await s.flush()
+            s.add_all(Message(id=new_id(), conversation_id=cid, **m) for m in messages)
+        return cid
+
     # --- maintenance ---------------------------------------------------------------------
     async def cleanup(
         self,

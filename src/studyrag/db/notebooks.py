@@ -15,6 +15,8 @@ from studyrag.db.session import Database
 from studyrag.errors import NotebookExists, NotebookNotFound
 
 ACTIVE, NB_DELETING = "active", "deleting"
+# Being restored from an archive: hidden from lists until the import completes.
+NB_IMPORTING = "importing"
 DEFAULT_NAME = "My notebook"
 
 
@@ -56,12 +58,26 @@ class NotebookRepo:
             return row
 
     async def create(
-        self, name: str, *, description: str = "", is_default: bool = False
+        self,
+        name: str,
+        *,
+        description: str = "",
+        is_default: bool = False,
+        status: str = ACTIVE,
+        notebook_id: str | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Notebook:
         """Insert a notebook; NotebookExists when the name is taken."""
         row = Notebook(
-            name=name, name_key=name_key(name), description=description, is_default=is_default
+            name=name,
+            name_key=name_key(name),
+            description=description,
+            is_default=is_default,
+            status=status,
+            meta=dict(meta or {}),
         )
+        if notebook_id is not None:
+            row.id = notebook_id
         try:
             async with self.db.session() as s:
                 s.add(row)
@@ -154,6 +170,16 @@ class NotebookRepo:
                 .where(Notebook.id == notebook_id, Notebook.status == NB_DELETING)
                 .values(status=ACTIVE, updated_at=datetime.now(UTC))
             )
+
+    async def activate(self, notebook_id: str) -> bool:
+        """An imported notebook becomes visible; False when it was not being imported."""
+        async with self.db.session() as s:
+            result = await s.execute(
+                update(Notebook)
+                .where(Notebook.id == notebook_id, Notebook.status == NB_IMPORTING)
+                .values(status=ACTIVE, updated_at=datetime.now(UTC))
+            )
+        return bool(getattr(result, "rowcount", 0))
 
     async def delete_row(self, notebook_id: str) -> None:
         async with self.db.session() as s:

@@ -819,6 +819,16 @@ class IngestionPipeline:
         await self._finish_delete(doc)
         return doc
 
+    async def discard(self, document_id: str) -> None:
+        """Remove a document this process is writing, whatever its status (an import rolling
+        back): vectors, rows, and the original when no other document refers to it."""
+        async with self.repo.db.session() as s:
+            doc = await s.get(Document, document_id)
+        if doc is None:
+            return
+        await self.repo.set_status(document_id, DELETING, owner=process_owner())
+        await self._finish_delete(doc)
+
     async def _finish_delete(self, doc: Document) -> None:
         await self._delete_vectors(doc.id)
         await self.repo.delete_document(doc.id)

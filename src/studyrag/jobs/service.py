@@ -85,12 +85,17 @@ class JobService:
         # Documents and jobs asked to stop; checked by the pipeline at every step boundary.
         self._cancelled_docs: set[str] = set()
         self._cancelled_jobs: set[str] = set()
-        # Job kinds other services run (an embedding-model switch): kind -> handler.
+        # Job kinds other services run (an embedding-model switch, a notebook import).
         self._handlers: dict[str, Callable[[Job], Awaitable[None]]] = {}
+        self._cancellable: set[str] = set()
 
-    def register(self, kind: str, handler: Callable[[Job], Awaitable[None]]) -> None:
-        """Run jobs of `kind` with `handler` (cancel asks it to stop via is_cancelled)."""
+    def register(
+        self, kind: str, handler: Callable[[Job], Awaitable[None]], *, cancellable: bool = False
+    ) -> None:
+        """Run jobs of `kind` with `handler`; a cancellable one polls `is_cancelled`."""
         self._handlers[kind] = handler
+        if cancellable:
+            self._cancellable.add(kind)
 
     def is_cancelled(self, job_id: str) -> bool:
         """Whether the job was asked to stop."""
@@ -229,8 +234,10 @@ class JobService:
         job = await self.jobs.get(job_id)
         if job.status in JOB_FINISHED:
             raise JobConflict(f"The job is {job.status} already.")
-        if job.kind == DELETE_NOTEBOOK:
-            raise JobConflict("A notebook deletion cannot be cancelled.")
+        if job.kind == DELETE_NOTEBOOK or (
+            job.kind in self._handlers and job.kind not in self._cancellable
+        ):
+            raise JobConflict(f"A {job.kind.replace('_', ' ')} job cannot be cancelled.")
         self._cancelled_jobs.add(job_id)
         for doc in await self.jobs.documents(job_id):
             await self._cancel_document(doc)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from studyrag.db.models import Notebook
-from studyrag.db.notebooks import NotebookRepo
-from studyrag.errors import InvalidNotebook
+from studyrag.db.notebooks import ACTIVE, NotebookRepo
+from studyrag.errors import InvalidNotebook, NotebookExists
 from studyrag.schemas.notebooks import DESCRIPTION_MAX, NAME_MAX, NotebookPublic
 
 
@@ -16,6 +18,10 @@ def clean_name(name: str) -> str:
     if len(value) > NAME_MAX:
         raise InvalidNotebook(f"A notebook name has at most {NAME_MAX} characters.")
     return value
+
+
+# How many "name (n)" variants an import tries before giving up.
+_MAX_SUFFIX = 1000
 
 
 class NotebookService:
@@ -52,6 +58,37 @@ class NotebookService:
         if len(description) > DESCRIPTION_MAX:
             raise InvalidNotebook(f"A description has at most {DESCRIPTION_MAX} characters.")
         return await self.repo.create(clean_name(name), description=description)
+
+    async def create_unique(
+        self,
+        name: str,
+        description: str = "",
+        *,
+        status: str = ACTIVE,
+        notebook_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Notebook:
+        """Create a notebook named `name`, or `name (2)`, `name (3)`… when it is taken."""
+        base = clean_name(name)
+        if len(description) > DESCRIPTION_MAX:
+            raise InvalidNotebook(f"A description has at most {DESCRIPTION_MAX} characters.")
+        for n in range(1, _MAX_SUFFIX + 1):
+            suffix = f" ({n})" if n > 1 else ""
+            candidate = base[: NAME_MAX - len(suffix)].rstrip() + suffix
+            try:
+                return await self.repo.create(
+                    candidate,
+                    description=description,
+                    status=status,
+                    notebook_id=notebook_id,
+                    meta=meta,
+                )
+            except NotebookExists:
+                continue
+        raise NotebookExists(
+            f"Notebooks named {base!r} up to {base!r} ({_MAX_SUFFIX}) exist already.",
+            hint="Rename or delete some of them first.",
+        )
 
     async def update(
         self, notebook_id: str, *, name: str | None = None, description: str | None = None

@@ -55,6 +55,10 @@ class VectorStore(ABC):
         """Ids of the stored vectors matching `where` (all if None)."""
 
     @abstractmethod
+    async def get_vectors(self, ids: list[str]) -> dict[str, list[float]]:
+        """The stored vectors of these ids (ids not stored are left out)."""
+
+    @abstractmethod
     async def count(self) -> int:
         """Number of stored vectors."""
 

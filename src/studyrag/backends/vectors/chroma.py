@@ -156,6 +156,16 @@ class ChromaVectorStore(VectorStore):
         result = await self._run(self._collection.get, where=where or None, include=[])
         return list(result["ids"])
 
+    async def get_vectors(self, ids: list[str]) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for i in range(0, len(ids), _BATCH):
+            result = await self._run(
+                self._collection.get, ids=ids[i : i + _BATCH], include=["embeddings"]
+            )
+            for key, vector in zip(result["ids"], result["embeddings"], strict=True):
+                out[str(key)] = [float(x) for x in vector]
+        return out
+
     async def count(self) -> int:
         return int(await self._run(self._collection.count))
 

@@ -87,5 +87,8 @@ class InMemoryVectorStore(VectorStore):
     async def get_ids(self, *, where: dict[str, Any] | None = None) -> list[str]:
         return [i for i, (_, m) in self._rows.items() if _matches(m, where)]
 
+    async def get_vectors(self, ids: list[str]) -> dict[str, list[float]]:
+        return {i: list(self._rows[i][0]) for i in ids if i in self._rows}
+
     async def count(self) -> int:
         return len(self._rows)

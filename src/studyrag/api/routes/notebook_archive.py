@@ -1,0 +1,70 @@
+"""Notebook archives over HTTP: export streams one zip, import queues a restore job (202)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.datastructures import UploadFile
+
+from studyrag.api.deps import ServicesDep
+from studyrag.errors import ArchiveTooLarge, InvalidNotebook
+from studyrag.schemas.archive import NotebookImportAccepted
+
+# Room for the multipart framing around the archive itself.
+_MULTIPART_SLACK = 64 * 1024
+
+# Apart from the notebook routes: an import's body is a file, limited while it is stored.
+router = APIRouter(prefix="/api/notebooks", tags=["notebooks"])
+
+
+@router.get("/{notebook_id}/export")
+async def export_notebook(
+    notebook_id: str,
+    services: ServicesDep,
+    vectors: bool = Query(False, description="Include the chunks' vectors."),
+) -> StreamingResponse:
+    """The notebook as one zip archive, streamed as it is built (format: docs/protocol.md)."""
+    # Checked before the first byte: an error still gets its status and the error shape.
+    plan = await services.archives.plan_export(notebook_id, vectors=vectors)
+    return StreamingResponse(
+        services.archives.stream_export(plan),
+        media_type="application/zip",
+        headers={"Content-Disposition": content_disposition(plan.filename)},
+    )
+
+
+@router.post("/import", status_code=202, response_model=NotebookImportAccepted)
+async def import_notebook(request: Request, services: ServicesDep) -> NotebookImportAccepted:
+    """Check the whole archive (refused with NB_005..NB_010, changing nothing), then restore
+    it as a new notebook in a job: follow GET /api/jobs/{job_id} or its events.
+
+    The form is read here, not by a parameter: a declared length over the limit is refused
+    before a byte of the body is read (the framework would spool it all first)."""
+    limits = services.settings.archive
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_archive_bytes + _MULTIPART_SLACK:
+        raise ArchiveTooLarge(
+            f"The archive is over the {limits.max_archive_mb:g} MB limit.",
+            details={"limit": limits.max_archive_bytes, "size": int(declared)},
+        )
+    async with request.form(max_files=1, max_fields=10) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidNotebook(
+                "No archive in the upload.", hint="Send the archive under the form field `file`."
+            )
+        return await services.archives.accept_upload(_chunks(upload))
+
+
+def content_disposition(filename: str) -> str:
+    """An attachment header every browser reads: an ASCII name plus the UTF-8 one."""
+    ascii_name = filename.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(1 << 20):
+        yield chunk
