@@ -78,7 +78,8 @@ class ImageLoader(Loader):
         width, height = width_px / per_point, height_px / per_point
         if not self.options.ocr:
             raise ExtractionFailed(
-                f"{path.name} is an image, and its text can only be read with OCR, which is off.",
+                f"{path.name} is an image, and its text can only be read with OCR, which is off; "
+                "turn it on with STUDYRAG_INGEST__OCR=true and ingest it again.",
                 hint="Turn OCR on (STUDYRAG_INGEST__OCR=true, the default) and ingest it again.",
             )
         # OCR reads at most MAX_SIDE pixels a side; a larger photo is shrunk once, here.

@@ -428,7 +428,8 @@ class _Scans:
         details: dict[str, Any] = {"page_count": page_count}
         if self.skipped:
             return ExtractionFailed(
-                f"{name} has no text layer (its pages are scanned images) and OCR is off.",
+                f"{name} has no text layer (its pages are scanned images) and OCR is off; "
+                "turn it on with STUDYRAG_INGEST__OCR=true and ingest it again.",
                 details=details | {"pages_without_text": self.skipped},
                 hint="Turn OCR on (STUDYRAG_INGEST__OCR=true, the default) and ingest it again.",
             )
