@@ -97,7 +97,9 @@ async def test_scans_and_images_are_searchable_with_pages_and_highlights(
     (rect,) = on_page["rects"]
     truth = board.box("Osmosis")
     assert inside(rect, on_page)
-    assert rect[0] < (truth[0] + truth[2]) / 2 < rect[2] and rect[1] < truth[3] and truth[1] < rect[3]
+    assert (
+        rect[0] < (truth[0] + truth[2]) / 2 < rect[2] and rect[1] < truth[3] and truth[1] < rect[3]
+    )
     png = await http.get(f"/api/documents/{ids['whiteboard.png']}/pages/1.png", params={"scale": 1})
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert int.from_bytes(png.content[16:20], "big") == round(on_page["width"])

@@ -12,6 +12,7 @@ import pypdfium2 as pdfium
 import pytest
 from fpdf import FPDF
 
+from studyrag.config import IngestSettings
 from studyrag.errors import ExtractionFailed
 from studyrag.ingest.loaders import loader_for_type, sniff_file_type
 from studyrag.ingest.loaders.base import LoadOptions
@@ -19,7 +20,6 @@ from studyrag.ingest.loaders.image import ImageLoader
 from studyrag.ingest.loaders.pdf import PdfLoader
 from studyrag.ingest.pdf_views import highlight_rects, ocr_rects, render_image_png
 from studyrag.ingest.pipeline import check_upload
-from studyrag.config import IngestSettings
 from tests.ingest.scans import (
     ScannedPage,
     corrupt_image_of_page,
@@ -62,9 +62,7 @@ def test_scanned_pdf_is_read_page_by_page_with_boxes(tmp_path: Path) -> None:
     one, two = render_page(PAGE_ONE), render_page(PAGE_TWO)
     path = save_scanned_pdf(tmp_path / "scan.pdf", [one, two])
     pages: list[tuple[int, int]] = []
-    doc = PdfLoader(LoadOptions(on_page=lambda done, total: pages.append((done, total)))).load(
-        path
-    )
+    doc = PdfLoader(LoadOptions(on_page=lambda done, total: pages.append((done, total)))).load(path)
 
     assert pages == [(1, 2), (2, 2)]
     assert {"photosynthesis", "chloroplasts", "chlorophyll", "absorbs"} <= words(doc.text)

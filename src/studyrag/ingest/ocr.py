@@ -147,7 +147,7 @@ def get_engine(threads: int) -> OcrEngine:
 
 
 def engine_version() -> str:
-    """"rapidocr-onnxruntime <version>" as installed."""
+    """ "rapidocr-onnxruntime <version>" as installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -170,12 +170,12 @@ def _ink_gaps(crop: np.ndarray) -> list[tuple[int, int]]:
     if hi - lo < 32:  # no contrast: nothing to tell ink from paper
         return []
     # Dark text on light paper, or light on dark: ink is the minority side of the midpoint.
-    dark = grey < (lo + hi) / 2
+    dark: np.ndarray = np.asarray(grey < (lo + hi) / 2)
     ink = dark if dark.mean() < 0.5 else ~dark
-    columns = ink.any(axis=0)
+    columns: list[bool] = np.asarray(ink.any(axis=0)).astype(bool).tolist()
     gaps: list[tuple[int, int]] = []
     start: int | None = None
-    for x, has_ink in enumerate(columns.tolist()):
+    for x, has_ink in enumerate(columns):
         if not has_ink and start is None:
             start = x
         elif has_ink and start is not None:
@@ -242,8 +242,13 @@ def ocr_paragraphs(lines: list[OcrLine], scale: float, separator: int) -> OcrPar
     """
     from studyrag.ingest.loaders.pdf import JOINED, _Line, _split_paragraphs
 
-    in_points = [
-        (line.text, tuple(v / scale for v in line.box)) for line in lines if line.text.strip()
+    in_points: list[tuple[str, Rect]] = [
+        (
+            line.text,
+            (line.box[0] / scale, line.box[1] / scale, line.box[2] / scale, line.box[3] / scale),
+        )
+        for line in lines
+        if line.text.strip()
     ]
     # Each line's text gets its own range of source indices (a gap of one between lines),
     # so every paragraph char can be traced to the line it came from.
@@ -267,7 +272,6 @@ def ocr_paragraphs(lines: list[OcrLine], scale: float, separator: int) -> OcrPar
                 span[1] = offset + position + 1
         offset += len(text) + separator
     line_spans = [
-        (start, end, in_points[index][1])  # type: ignore[misc]
-        for index, (start, end) in sorted(spans.items())
+        (start, end, in_points[index][1]) for index, (start, end) in sorted(spans.items())
     ]
     return OcrParagraphs([text for text, _ in paragraphs], line_spans)

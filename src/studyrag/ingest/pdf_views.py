@@ -198,7 +198,8 @@ def render_image_png(
     height_px, width_px = pixels.shape[:2]
     width, height = width_px / per_point, height_px / per_point
     fitted = _fit_scale(width, height, scale, max_pixels)
-    size = (max(1, math.ceil(width * fitted)), max(1, math.ceil(height * fitted)))
+    # The tolerance keeps float noise (1000 px at 200 dpi is 360.0000001 pt) from a row more.
+    size = (max(1, math.ceil(width * fitted - 1e-6)), max(1, math.ceil(height * fitted - 1e-6)))
     if size != (width_px, height_px):
         resized = Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS)
         pixels = np.asarray(resized, dtype=np.uint8)

@@ -500,9 +500,10 @@ class IngestionPipeline:
     ) -> LoadOptions:
         """OCR settings, and page reports handed from the loader's thread to the event loop."""
         loop = asyncio.get_running_loop()
-        start, span = STEP_PERCENT["extracting"], STEP_PERCENT["chunking"] - STEP_PERCENT[
-            "extracting"
-        ]
+        start, span = (
+            STEP_PERCENT["extracting"],
+            STEP_PERCENT["chunking"] - STEP_PERCENT["extracting"],
+        )
 
         def on_page(done: int, total: int) -> None:
             # Between two pages: a long scan stops there when it is cancelled.

@@ -9,7 +9,6 @@ from pydantic import BaseModel, Field
 
 from studyrag.db.models import Chunk, Document, Job
 
-
 _INTERNAL_META = frozenset({"page_starts", "page_boxes"})
 
 

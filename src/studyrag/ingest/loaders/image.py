@@ -57,7 +57,8 @@ def open_image(path: Path) -> tuple[np.ndarray, float]:
 
 def _dpi(value: Any) -> float:
     try:
-        dpi = float(value[0])
+        # PNG stores pixels per metre: 200 dpi comes back as 199.9996.
+        dpi = round(float(value[0]), 1)
     except (TypeError, ValueError, IndexError):
         return 72.0
     return dpi if _DPI_RANGE[0] <= dpi <= _DPI_RANGE[1] else 72.0
@@ -112,7 +113,9 @@ class ImageLoader(Loader):
                     "1": {
                         "width": round(width, 2),
                         "height": round(height, 2),
-                        "lines": [[s, e, *(round(v, 2) for v in box)] for s, e, box in found.line_spans],
+                        "lines": [
+                            [s, e, *(round(v, 2) for v in box)] for s, e, box in found.line_spans
+                        ],
                     }
                 },
                 "ocr_pages": [1],

@@ -317,6 +317,7 @@ class PdfLoader(Loader):
             try:
                 return [], (render_rgb(page, scale), scale)
             except pdfium.PdfiumError as exc:
+                scans.errors += 1
                 scans.failed(index + 1, f"Page {index + 1} could not be rendered ({exc}).")
                 return [], None
         finally:
@@ -343,6 +344,7 @@ class _Scans:
         self.options = options
         self.boxes: dict[str, dict[str, Any]] = {}
         self.warnings: list[dict[str, Any]] = []
+        self.errors = 0  # pages that could not be rendered or recognised at all
         self.skipped = 0  # pages without text left unread because OCR is off
 
     def wanted(self, paragraphs: list[str], page: pdfium.PdfPage) -> bool:
@@ -380,6 +382,7 @@ class _Scans:
             raise  # OCR cannot run at all: the document fails with that reason
         except Exception as exc:
             log.warning("OCR of page %d failed", page, exc_info=exc)
+            self.errors += 1
             self.failed(page, f"OCR of page {page} failed ({type(exc).__name__}: {exc}).")
             lines = None
         paragraphs: list[str] = []
@@ -433,15 +436,15 @@ class _Scans:
                 details=details | {"pages_without_text": self.skipped},
                 hint="Turn OCR on (STUDYRAG_INGEST__OCR=true, the default) and ingest it again.",
             )
-        if self.warnings:
+        if self.errors:
             return ExtractionFailed(
-                f"No page of {name} could be read: " + " ".join(
-                    w["message"] for w in self.warnings[:3]
-                ),
+                f"No page of {name} could be read: "
+                + " ".join(w["message"] for w in self.warnings[:3]),
                 details=details | {"warnings": self.warnings},
             )
         return ExtractionFailed(
-            f"{name} has no text: neither a text layer nor any text OCR could recognise.",
+            f"{name} has no extractable text: neither a text layer nor any text OCR could "
+            "recognise.",
             details=details | {"ocr_pages": sorted(int(p) for p in self.boxes)},
             hint="Check that the pages are legible scans (200 dpi or better); "
             "or ingest it with the docling loader.",
