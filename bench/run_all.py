@@ -14,6 +14,7 @@ BENCHES = [
     ["bench.ws_fanout"],
     ["bench.sse_cost"],
     ["bench.pdf_views"],
+    ["bench.ocr"],
 ]
 
 
