@@ -39,11 +39,13 @@ _MIN_SCORE = 0.5
 # default is 2000, which would undo a 200 dpi render of an A4 page: 2339 px).
 MAX_SIDE = 3000
 _OCR_NICE = 10
-# A blank run between two chars this wide, in line heights, is a word space: a space is
-# about a third of an em and the gap between letters a tenth or less, and a detected line
-# is about as tall as its font's em (measured on DejaVu Sans crops: letters 1-5 px apart,
-# words 8-11 px, lines 22-26 px tall).
-WORD_GAP = 0.27
+# Word spaces are told from letter gaps within each line: the gaps fall into two groups,
+# split where the sorted widths jump the most. Measured on crops (line heights 20-26 px):
+# DejaVu Sans at 150 dpi, letters 0.04-0.23 of the height apart, words 0.31-0.5; a 10-K's
+# serif table at 200 dpi, letters 0.04-0.12, words 0.23-0.32. A word gap is at least
+# MIN_WORD_GAP heights wide and at least _JUMP times the next narrower gap.
+MIN_WORD_GAP = 0.18
+_JUMP = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +197,29 @@ def _ink_gaps(crop: np.ndarray) -> list[tuple[int, int]]:
     return gaps
 
 
+def _word_gap(widths: list[int], height: int) -> int | None:
+    """The narrowest gap that parts words in a line, from its own gaps; None if none does.
+
+    Letter gaps and word spaces form two groups; the split is the largest jump (as a ratio)
+    between consecutive sorted widths that lands at MIN_WORD_GAP line heights or more and
+    is at least _JUMP times the gap below it. A line of one word has no such jump.
+    """
+    best: tuple[float, int] | None = None
+    for below, above in zip([0, *widths], widths, strict=False):
+        if above < MIN_WORD_GAP * height:
+            continue
+        ratio = above / max(below, 1)
+        if ratio >= _JUMP and (best is None or ratio > best[0]):
+            best = (ratio, above)
+    return None if best is None else best[1]
+
+
 def _spaced(text: str, crop: np.ndarray, info: Any) -> str:
     """`text` with a space wherever the crop shows a word gap between two chars.
 
     The recogniser (trained mostly on Chinese) often drops the spaces of English text; the
-    ink does not: a run of blank columns wider than WORD_GAP of the line's height between
-    two recognised chars (placed by their CTC columns) is a space between words.
+    ink does not: a run of blank columns as wide as the line's word gaps (`_word_gap`)
+    between two recognised chars (placed by their CTC columns) is a space between words.
     """
     height, width = crop.shape[:2]
     try:
@@ -210,7 +229,9 @@ def _spaced(text: str, crop: np.ndarray, info: Any) -> str:
         return text
     if height > width or len(positions) != len(text) or columns <= 0:
         return text  # a vertical line, or chars the decoder did not place
-    wide = [(a + b) / 2 for a, b in _ink_gaps(crop) if b - a >= WORD_GAP * height]
+    gaps = _ink_gaps(crop)
+    least = _word_gap(sorted(b - a for a, b in gaps), height)
+    wide = [(a + b) / 2 for a, b in gaps if least is not None and b - a >= least]
     if not wide:
         return text
     out: list[str] = [text[0]]
