@@ -16,6 +16,7 @@ BENCHES = [
     ["bench.pdf_views"],
     ["bench.web_ui"],
     ["bench.notebook_archive"],
+    ["bench.ocr"],
 ]
 
 

@@ -56,6 +56,13 @@ class IngestSettings(BaseModel):
     loader: Literal["builtin", "docling"] = "builtin"
     # Upload jobs run at once in the background (each embeds in batches).
     job_workers: int = Field(default=2, ge=1, le=16)
+    # Pages with no text layer (scans) and image files are recognised with OCR
+    # (rapidocr-onnxruntime, ingest/ocr.py); off, such pages yield no text.
+    ocr: bool = True
+    # onnxruntime threads OCR may use; pages are recognised one at a time per process.
+    ocr_threads: int = Field(default=max(1, min(2, (os.cpu_count() or 2) // 2)), ge=1, le=64)
+    # Resolution scanned PDF pages are rendered at for OCR.
+    ocr_dpi: int = Field(default=200, ge=72, le=400)
 
     @property
     def max_file_size_bytes(self) -> int:

@@ -101,7 +101,9 @@ class DocumentError(StudyRAGError):
 class UnsupportedFileType(DocumentError):
     error_code = "DOC_001"
     status_code = 415
-    default_hint = "Supported types: .pdf, .docx, .html/.htm, .txt, .md/.markdown."
+    default_hint = (
+        "Supported types: .pdf, .docx, .html/.htm, .txt, .md/.markdown, .png, .jpg/.jpeg."
+    )
 
 
 class FileTooLarge(DocumentError):

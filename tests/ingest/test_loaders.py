@@ -411,7 +411,10 @@ def test_get_loader_by_suffix(name: str, loader: type[Loader]) -> None:
 
 
 def test_supported_suffixes() -> None:
-    assert set(SUPPORTED_SUFFIXES) == {".pdf", ".docx", ".html", ".htm", ".txt", ".md", ".markdown"}
+    assert set(SUPPORTED_SUFFIXES) == {
+        *(".pdf", ".docx", ".html", ".htm", ".txt", ".md", ".markdown"),
+        *(".png", ".jpg", ".jpeg"),
+    }
 
 
 @pytest.mark.parametrize("name", ["slides.pptx", "archive.zip", "README"])

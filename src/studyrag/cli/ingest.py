@@ -80,7 +80,7 @@ def ingest(
         if skipped:
             err_console.print(
                 f"[yellow]No file that can be ingested in {names}[/] ({len(skipped)} skipped: "
-                "StudyRAG reads .pdf, .docx, .html/.htm, .txt, .md/.markdown)."
+                "StudyRAG reads .pdf, .docx, .html/.htm, .txt, .md/.markdown, .png, .jpg/.jpeg)."
             )
         else:
             err_console.print(f"[yellow]No files found in {names}.[/]")

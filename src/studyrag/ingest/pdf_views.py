@@ -9,6 +9,11 @@ highlighted at the wrong place.
 Coordinates are PDF points with the origin at the top-left of the page as displayed (the
 page's crop box, after its /Rotate), the frame of `render_page_png`'s image: a viewer scales
 them by image width / page width.
+
+Scanned pages (and image files) have no text layer to re-read: their text came from OCR, and
+the loader kept each recognised line's span of the text and its box in the same frame
+(`metadata.page_boxes`, ingest/ocr.py). A passage on such a page is drawn over the lines it
+covers, cut in proportion to the chars it takes of a line's first and last.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,12 +92,14 @@ def highlight_rects(
     end: int,
     *,
     page_starts: Sequence[int] | None = None,
+    page_boxes: Mapping[str, Any] | None = None,
 ) -> list[PageRects]:
     """The rectangles covering content[start:end] on each page it touches, in page order.
 
     `content` is the document's extracted text, `page_starts` the loader's metadata of the
     same name; without it (documents ingested before it existed) pages are re-read from the
-    first one up to the passage. Raises InvalidSpan (DOC_009) for a span outside the text,
+    first one up to the passage. `page_boxes` (metadata of the same name) holds the lines
+    of the pages that were read with OCR. Raises InvalidSpan (DOC_009) for a span outside the text,
     OriginalMissing (DOC_011) when the file is gone, HighlightUnavailable (DOC_013) when it
     no longer gives that text, ExtractionFailed (DOC_003) when it is not a readable PDF.
     """
@@ -108,6 +115,11 @@ def highlight_rects(
         try:
             offset = 0  # where the next page's text starts, when the pages are walked
             for index, known in _pages_of(len(document), start, end, page_starts):
+                scanned = (page_boxes or {}).get(str(index + 1))
+                if scanned is not None:
+                    if (on_scan := ocr_page_rects(index + 1, scanned, start, end)) is not None:
+                        found.append(on_scan)
+                    continue
                 rects, offset = _page_rects(
                     pdf_path,
                     document,
@@ -128,6 +140,70 @@ def highlight_rects(
         finally:
             document.close()
     return found
+
+
+def ocr_rects(page_boxes: Mapping[str, Any], start: int, end: int) -> list[PageRects]:
+    """The rectangles covering [start, end) on the OCR'd pages of `page_boxes`, in page order."""
+    found = []
+    for page in sorted(page_boxes, key=int):
+        rects = ocr_page_rects(int(page), page_boxes[page], start, end)
+        if rects is not None:
+            found.append(rects)
+    return found
+
+
+def ocr_page_rects(page: int, boxes: Mapping[str, Any], start: int, end: int) -> PageRects | None:
+    """The part of each recognised line of one page that [start, end) covers; None if none.
+
+    `boxes` is the loader's {"width", "height", "lines": [[start, end, x0, y0, x1, y1]]},
+    line spans in document offsets, boxes in points from the top-left. Chars are taken as
+    equally wide within a line: the cut falls within a char or two of the true one.
+    """
+    width, height = float(boxes["width"]), float(boxes["height"])
+    rects: list[Rect] = []
+    for line_start, line_end, x0, y0, x1, y1 in boxes["lines"]:
+        lo, hi = max(start, line_start), min(end, line_end)
+        if lo >= hi:
+            continue
+        share = (x1 - x0) / max(1, line_end - line_start)
+        rect = (x0 + (lo - line_start) * share, y0, x0 + (hi - line_start) * share, y1)
+        if (clipped := _clip(rect, width, height)) is not None:
+            rects.append(clipped)
+    return PageRects(page, width, height, rects) if rects else None
+
+
+def render_image_png(
+    image_path: Path, page: int, *, scale: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> bytes:
+    """An image document's one page as a PNG at `scale` pixels per point (as render_page_png).
+
+    The page's points are the image loader's (its dpi), so the rects of `ocr_rects` sit on it.
+    """
+    from PIL import Image
+
+    from studyrag.ingest.loaders.image import open_image
+
+    if math.isnan(scale) or max_pixels < 1:
+        raise ValueError(f"scale must be a number and max_pixels >= 1: {scale}, {max_pixels}")
+    if not image_path.is_file():
+        raise OriginalMissing(
+            f"The image is not kept: {image_path} is missing.", details={"path": str(image_path)}
+        )
+    if page != 1:
+        raise PageNotFound(
+            f"{image_path.name} is an image: it has 1 page; there is no page {page}.",
+            details={"page": page, "page_count": 1},
+        )
+    pixels, per_point = open_image(image_path)
+    height_px, width_px = pixels.shape[:2]
+    width, height = width_px / per_point, height_px / per_point
+    fitted = _fit_scale(width, height, scale, max_pixels)
+    # The tolerance keeps float noise (1000 px at 200 dpi is 360.0000001 pt) from a row more.
+    size = (max(1, math.ceil(width * fitted - 1e-6)), max(1, math.ceil(height * fitted - 1e-6)))
+    if size != (width_px, height_px):
+        resized = Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS)
+        pixels = np.asarray(resized, dtype=np.uint8)
+    return _png(pixels)
 
 
 def render_page_png(
@@ -360,7 +436,7 @@ def _clip(rect: Rect, width: float, height: float) -> Rect | None:
 def _png(pixels: np.ndarray) -> bytes:
     """An 8-bit PNG of an (h, w, 3) RGB or (h, w) grey uint8 array, written with zlib.
 
-    Pillow is not a dependency. Rows are left unfiltered: on rendered text pages that
+    Written here rather than by Pillow: rows are left unfiltered: on rendered text pages that
     compresses better than the "Up" filter or Pillow's adaptive one (measured: 298 kB vs
     339 kB and 386 kB for a 1224x1584 10-K page). zlib level 3 makes files within 1% of
     level 6's in half the time (893x1263 page: 307.7 vs 307.4 kB, about 40 vs 70 ms).

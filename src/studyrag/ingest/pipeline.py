@@ -47,7 +47,7 @@ from studyrag.errors import (
 )
 from studyrag.ingest.chunking import ChunkDraft, chunk_document
 from studyrag.ingest.loaders import SUPPORTED_SUFFIXES, get_loader
-from studyrag.ingest.loaders.base import ExtractedDocument
+from studyrag.ingest.loaders.base import ExtractedDocument, LoadOptions
 from studyrag.ingest.originals import OriginalStore
 from studyrag.ingest.ownership import owner_gone, process_owner
 from studyrag.observability.metrics import Metrics
@@ -86,6 +86,10 @@ class Progress:
     error_code: str | None = None
     error: str | None = None
     chunks: int = 0
+    # While scanned pages are recognised (step "extracting"): (pages read, page count).
+    pages: tuple[int, int] | None = None
+    # A page that could not be read: {"page": n, "message": "..."}; the document goes on.
+    warning: dict[str, Any] | None = None
 
     @property
     def final(self) -> bool:
@@ -498,7 +502,11 @@ class IngestionPipeline:
                 )
             from studyrag.ingest.loaders import loader_for_type
 
-            loader = loader_for_type(doc.file_type, prefer=self.settings.loader)
+            loader = loader_for_type(
+                doc.file_type,
+                prefer=self.settings.loader,
+                options=self._load_options(doc.id, doc.filename, report, cancelled),
+            )
             t = time.perf_counter()
             extracted: ExtractedDocument = await anyio.to_thread.run_sync(
                 loader.load, path, limiter=_EXTRACT_LIMITER
@@ -532,6 +540,39 @@ class IngestionPipeline:
             result,
             context,
             created_at=doc.created_at,
+        )
+
+    def _load_options(
+        self, document_id: str, filename: str, report: ProgressCallback, cancelled: CancelCheck
+    ) -> LoadOptions:
+        """OCR settings, and page reports handed from the loader's thread to the event loop."""
+        loop = asyncio.get_running_loop()
+        start, span = (
+            STEP_PERCENT["extracting"],
+            STEP_PERCENT["chunking"] - STEP_PERCENT["extracting"],
+        )
+
+        def on_page(done: int, total: int) -> None:
+            # Between two pages: a long scan stops there when it is cancelled.
+            self._check(document_id, cancelled)
+            percent = round(start + span * done / max(1, total), 1)
+            progress = Progress(
+                filename, "extracting", percent, document_id=document_id, pages=(done, total)
+            )
+            loop.call_soon_threadsafe(report, progress)
+
+        def on_warning(warning: dict[str, Any]) -> None:
+            progress = Progress(
+                filename, "extracting", start, document_id=document_id, warning=warning
+            )
+            loop.call_soon_threadsafe(report, progress)
+
+        return LoadOptions(
+            ocr=self.settings.ocr,
+            ocr_threads=self.settings.ocr_threads,
+            ocr_dpi=self.settings.ocr_dpi,
+            on_page=on_page,
+            on_warning=on_warning,
         )
 
     @staticmethod

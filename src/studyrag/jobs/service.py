@@ -465,7 +465,7 @@ def _progress_event(p: Progress, *, notebook_id: str | None, job_id: str) -> dic
         "cancelled": "cancelled",
         "queued": "queued",
     }.get(p.step, "processing")
-    return {
+    event: dict[str, Any] = {
         "type": "document_updated",
         "notebook_id": notebook_id,
         "job_id": job_id,
@@ -478,3 +478,8 @@ def _progress_event(p: Progress, *, notebook_id: str | None, job_id: str) -> dic
         "error_code": p.error_code,
         "error": p.error,
     }
+    if p.pages is not None:
+        event["pages"] = {"done": p.pages[0], "total": p.pages[1]}
+    if p.warning is not None:
+        event["warning"] = p.warning
+    return event

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 
 from studyrag.db.models import Chunk, Document, Job
 
+_INTERNAL_META = frozenset({"page_starts", "page_boxes"})
+
 
 class DocumentPublic(BaseModel):
     """A document with its ingestion step and progress."""
@@ -48,8 +50,9 @@ class DocumentPublic(BaseModel):
             chunk_count=doc.chunk_count or 0,
             embedding_model=doc.embedding_model,
             job_id=doc.job_id,
-            # page_starts is internal (highlighting), one number per page: not worth sending.
-            metadata={k: v for k, v in (doc.meta or {}).items() if k != "page_starts"},
+            # page_starts and page_boxes (OCR line boxes) are internal (highlighting) and
+            # grow with the page count: not worth sending.
+            metadata={k: v for k, v in (doc.meta or {}).items() if k not in _INTERNAL_META},
             created_at=doc.created_at,
             updated_at=doc.updated_at,
         )

@@ -1,5 +1,5 @@
-"""GET /api/chunks/{id}: a passage with its place in the document and, for PDFs, where a
-quoted span of it is drawn on the page."""
+"""GET /api/chunks/{id}: a passage with its place in the document and, for PDFs and images,
+where a quoted span of it is drawn on the page."""
 
 from __future__ import annotations
 
@@ -39,6 +39,11 @@ async def get_chunk(
         rects = await _pdf_rects(
             services.originals.path(doc.sha256), doc.meta, content, q_start, q_end
         )
+    elif doc.file_type == "image":
+        from studyrag.ingest.pdf_views import ocr_rects
+
+        boxes = (doc.meta or {}).get("page_boxes") or {}
+        rects = [PageRect(**p.to_dict()) for p in ocr_rects(boxes, q_start, q_end)]
     return ChunkPublic(
         id=chunk.id,
         document_id=doc.id,
@@ -66,9 +71,12 @@ async def _pdf_rects(
     from studyrag.ingest.pdf_views import highlight_rects
 
     page_starts = (meta or {}).get("page_starts")
+    page_boxes = (meta or {}).get("page_boxes")
     try:
         found = await anyio.to_thread.run_sync(
-            lambda: highlight_rects(path, content, start, end, page_starts=page_starts)
+            lambda: highlight_rects(
+                path, content, start, end, page_starts=page_starts, page_boxes=page_boxes
+            )
         )
     except HighlightUnavailable:
         return None

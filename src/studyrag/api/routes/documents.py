@@ -223,13 +223,14 @@ async def get_page_image(
     services: ServicesDep,
     scale: float = Query(1.5, gt=0, le=4, allow_inf_nan=False),
 ) -> Response:
-    """One page of a PDF rendered as PNG (cached; at most a few megapixels)."""
-    from studyrag.ingest.pdf_views import render_page_png
+    """One page of a PDF (or an image's one page) rendered as PNG (cached; a few megapixels)."""
+    from studyrag.ingest.pdf_views import render_image_png, render_page_png
 
     doc = await services.documents.get(document_id)
-    if doc.file_type != "pdf":
+    render = {"pdf": render_page_png, "image": render_image_png}.get(doc.file_type)
+    if render is None:
         raise InvalidSpan(
-            f"{doc.filename} is not a PDF; it has no pages to render.",
+            f"{doc.filename} is not a PDF or an image; it has no pages to render.",
             hint="Show its text with GET /api/documents/{id}/text instead.",
         )
     if not services.originals.exists(doc.sha256):
@@ -242,7 +243,7 @@ async def get_page_image(
     else:
         path = services.originals.path(doc.sha256)
         data = await anyio.to_thread.run_sync(
-            lambda: render_page_png(path, page, scale=scale), limiter=_RENDER_LIMITER
+            lambda: render(path, page, scale=scale), limiter=_RENDER_LIMITER
         )
         await anyio.Path(cache.parent).mkdir(parents=True, exist_ok=True)
         tmp = anyio.Path(f"{cache}.{id(data)}.tmp")

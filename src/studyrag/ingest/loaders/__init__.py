@@ -16,6 +16,7 @@ from studyrag.ingest.loaders.base import (
     DocumentBuilder,
     ExtractedDocument,
     Loader,
+    LoadOptions,
     Span,
 )
 
@@ -40,6 +41,7 @@ _DOCX = LoaderEntry("docx", "docx", "DocxLoader")
 _HTML = LoaderEntry("html", "html", "HtmlLoader")
 _TXT = LoaderEntry("txt", "text", "TextLoader")
 _MD = LoaderEntry("md", "markdown", "MarkdownLoader")
+_IMAGE = LoaderEntry("image", "image", "ImageLoader")
 
 #: Lower-case suffix -> built-in loader.
 LOADERS: Mapping[str, LoaderEntry] = MappingProxyType(
@@ -51,6 +53,9 @@ LOADERS: Mapping[str, LoaderEntry] = MappingProxyType(
         ".txt": _TXT,
         ".md": _MD,
         ".markdown": _MD,
+        ".png": _IMAGE,
+        ".jpg": _IMAGE,
+        ".jpeg": _IMAGE,
     }
 )
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(LOADERS)
@@ -61,8 +66,10 @@ _BY_TYPE: Mapping[str, LoaderEntry] = MappingProxyType(
 )
 
 
-def loader_for_type(file_type: str, *, prefer: str = "builtin") -> Loader:
-    """A loader for a file type ("pdf", "docx", "html", "txt", "md")."""
+def loader_for_type(
+    file_type: str, *, prefer: str = "builtin", options: LoadOptions | None = None
+) -> Loader:
+    """A loader for a file type ("pdf", "docx", "html", "txt", "md", "image")."""
     entry = _BY_TYPE.get(file_type)
     if entry is None:
         raise UnsupportedFileType(f"Files of type {file_type!r} cannot be ingested.")
@@ -78,7 +85,7 @@ def loader_for_type(file_type: str, *, prefer: str = "builtin") -> Loader:
             f"Unknown loader {prefer!r}.",
             hint="Set STUDYRAG_INGEST__LOADER to 'builtin' or 'docling'.",
         )
-    return entry.load_class()()
+    return entry.load_class()(options)
 
 
 def get_loader(path: Path, *, prefer: str = "builtin") -> Loader:
@@ -108,7 +115,7 @@ def _is_docx(path: Path) -> bool:
 
 
 def sniff_file_type(path: Path) -> str:
-    """The file type ("pdf", "docx", "html", "txt", "md") from its first bytes and suffix.
+    """The file type ("pdf", "docx", "html", "txt", "md", "image") from its first bytes and suffix.
 
     Binary signatures win over the suffix (a PDF saved as .txt is a PDF); text files keep
     the type their suffix names; a file with an unknown suffix is sniffed as HTML or text.
@@ -121,6 +128,8 @@ def sniff_file_type(path: Path) -> str:
         return "pdf"
     if head.startswith(b"PK\x03\x04") and _is_docx(path):
         return "docx"
+    if head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
+        return "image"
     entry = LOADERS.get(path.suffix.lower())
     if entry is not None:
         return entry.file_type
@@ -137,7 +146,7 @@ def sniff_file_type(path: Path) -> str:
 
 def _unsupported(path: Path) -> UnsupportedFileType:
     return UnsupportedFileType(
-        f"{path.name} is not a PDF, Word, HTML, Markdown or text file.",
+        f"{path.name} is not a PDF, Word, HTML, Markdown, text or image (PNG, JPEG) file.",
         details={"suffix": path.suffix.lower(), "supported": list(SUPPORTED_SUFFIXES)},
     )
 
@@ -147,6 +156,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "DocumentBuilder",
     "ExtractedDocument",
+    "LoadOptions",
     "Loader",
     "LoaderEntry",
     "Span",

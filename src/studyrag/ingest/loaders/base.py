@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -71,12 +72,32 @@ class DocumentBuilder:
         return ExtractedDocument("".join(self._parts), self.spans, dict(metadata or {}))
 
 
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """How a loader reads scans, and whom it tells about each page it recognises.
+
+    The callbacks are called from the loader's worker thread; `on_page` may raise (a
+    cancelled document stops between two pages).
+    """
+
+    ocr: bool = True
+    ocr_threads: int = 1
+    ocr_dpi: int = 200
+    # (pages read so far, page count), after each page that was recognised.
+    on_page: Callable[[int, int], None] | None = None
+    # A page that could not be recognised: {"page": n, "message": "..."}.
+    on_warning: Callable[[dict[str, Any]], None] | None = None
+
+
 class Loader(ABC):
     """Turns one file into an ExtractedDocument. Runs in a worker thread (blocking is fine).
 
     Raises studyrag.errors.ExtractionFailed (DOC_003) with a readable reason for corrupt,
     encrypted, empty or binary input.
     """
+
+    def __init__(self, options: LoadOptions | None = None) -> None:
+        self.options = options or LoadOptions()
 
     #: Lower-case suffixes this loader reads, with the dot: (".pdf",)
     suffixes: tuple[str, ...] = ()

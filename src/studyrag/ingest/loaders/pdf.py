@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import statistics
 import threading
@@ -9,11 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
-from studyrag.errors import ExtractionFailed
-from studyrag.ingest.loaders.base import DocumentBuilder, ExtractedDocument, Loader
+from studyrag.errors import ExtractionFailed, StudyRAGError
+from studyrag.ingest.loaders.base import DocumentBuilder, ExtractedDocument, Loader, LoadOptions
+
+log = logging.getLogger(__name__)
 
 # PDFium keeps global state and is not thread-safe: every call into it, from the loader or
 # from the page views (ingest/pdf_views.py), holds this lock.
@@ -251,6 +255,12 @@ class PdfLoader(Loader):
     The metadata's `page_starts[i]` is the offset in the text where page i + 1's first
     paragraph starts, or would start when the page has no text (past the end for trailing
     empty pages): the page views use it to re-read only the pages a passage is on.
+
+    A page whose text layer is negligible (a scan) is rendered and recognised with OCR when
+    the options allow it: its paragraphs come from the recognised lines, and the metadata's
+    `page_boxes[str(page)]` keeps the page size and each line's span and box (points,
+    top-left), which is how its passages are highlighted. `ocr_pages` lists those pages;
+    `warnings` the pages OCR failed on (the rest of the document is still read).
     """
 
     suffixes = (".pdf",)
@@ -260,16 +270,21 @@ class PdfLoader(Loader):
         """Extract each page's paragraphs and the title/author/page_count/page_starts metadata."""
         builder = DocumentBuilder()
         page_starts: list[int] = []
+        scans = _Scans(self.options)
         with _PDFIUM_LOCK:
             document = open_pdf(path)
         try:
             with _PDFIUM_LOCK:
                 metadata = _metadata(document)
-            for index in range(metadata["page_count"]):
+            count = metadata["page_count"]
+            for index in range(count):
                 # The lock is taken per page, so a page view is not held up for a whole book.
                 with _PDFIUM_LOCK:
-                    paragraphs = self._page_paragraphs(document, index)
+                    paragraphs, scan = self._page_paragraphs(document, index, scans)
                 page_starts.append(builder.next_start)
+                if scan is not None:
+                    # Recognised outside the lock: OCR takes a second or more per page.
+                    paragraphs = scans.recognise(*scan, index + 1, builder.next_start, count)
                 for paragraph in paragraphs:
                     builder.add(paragraph, page=index + 1)
         except pdfium.PdfiumError as exc:
@@ -281,21 +296,156 @@ class PdfLoader(Loader):
             with _PDFIUM_LOCK:
                 document.close()
         if not builder.spans:
-            raise ExtractionFailed(
-                "The PDF has no extractable text (it is probably scanned images); run OCR on "
-                "it first, or ingest it with the docling loader.",
-                details={"page_count": metadata.get("page_count", 0)},
-            )
-        return builder.build(metadata | {"page_starts": page_starts})
+            raise scans.no_text(path.name, metadata.get("page_count", 0))
+        return builder.build(metadata | {"page_starts": page_starts} | scans.metadata())
 
     @staticmethod
-    def _page_paragraphs(document: pdfium.PdfDocument, index: int) -> list[str]:
+    def _page_paragraphs(
+        document: pdfium.PdfDocument, index: int, scans: _Scans
+    ) -> tuple[list[str], tuple[np.ndarray, float] | None]:
+        """The page's text-layer paragraphs, or its image (and px per pt) when it needs OCR."""
         page = document[index]
         try:
             textpage = page.get_textpage()
             try:
-                return page_text(textpage).paragraphs
+                paragraphs = page_text(textpage).paragraphs
             finally:
                 textpage.close()
+            if not scans.wanted(paragraphs, page):
+                return paragraphs, None
+            scale = scans.scale(page)
+            try:
+                return [], (render_rgb(page, scale), scale)
+            except pdfium.PdfiumError as exc:
+                scans.errors += 1
+                scans.failed(index + 1, f"Page {index + 1} could not be rendered ({exc}).")
+                return [], None
         finally:
             page.close()
+
+
+def render_rgb(page: pdfium.PdfPage, scale: float) -> np.ndarray:
+    """The page as displayed (crop box, /Rotate), (h, w, 3) RGB uint8; caller holds the lock."""
+    bitmap = page.render(scale=scale, rev_byteorder=True)
+    try:
+        # A copy: the bitmap's memory is pdfium's, freed with it below.
+        pixels = np.array(bitmap.to_numpy(), dtype=np.uint8, copy=True)
+    finally:
+        bitmap.close()
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(pixels[:, :, :3])
+
+
+class _Scans:
+    """The OCR side of one PDF load: which pages to recognise, and what was found on them."""
+
+    def __init__(self, options: LoadOptions) -> None:
+        self.options = options
+        self.boxes: dict[str, dict[str, Any]] = {}
+        self.warnings: list[dict[str, Any]] = []
+        self.errors = 0  # pages that could not be rendered or recognised at all
+        self.skipped = 0  # pages without text left unread because OCR is off
+
+    def wanted(self, paragraphs: list[str], page: pdfium.PdfPage) -> bool:
+        """Whether a page is a scan to recognise: negligible text, something drawn on it."""
+        from studyrag.ingest.ocr import MIN_TEXT_CHARS, visible_chars
+
+        if visible_chars(paragraphs) >= MIN_TEXT_CHARS:
+            return False
+        if pdfium_c.FPDFPage_CountObjects(page) <= 0:
+            return False  # a blank page: nothing to read
+        if not self.options.ocr:
+            self.skipped += 1
+            return False
+        return True
+
+    def scale(self, page: pdfium.PdfPage) -> float:
+        """Pixels per point: the configured dpi, lowered so the longest side fits OCR's."""
+        from studyrag.ingest.ocr import MAX_SIDE
+
+        width, height = page.get_size()
+        return min(self.options.ocr_dpi / 72.0, MAX_SIDE / max(width, height, 1.0))
+
+    def recognise(
+        self, image: np.ndarray, scale: float, page: int, page_start: int, count: int
+    ) -> list[str]:
+        """The page's paragraphs from OCR; [] (and a warning) when recognition fails.
+
+        `scale` is the image's pixels per point, `page_start` the page's offset in the text.
+        """
+        from studyrag.ingest.ocr import get_engine, ocr_paragraphs
+
+        try:
+            lines = get_engine(self.options.ocr_threads).recognise(image)
+        except StudyRAGError:
+            raise  # OCR cannot run at all: the document fails with that reason
+        except Exception as exc:
+            log.warning("OCR of page %d failed", page, exc_info=exc)
+            self.errors += 1
+            self.failed(page, f"OCR of page {page} failed ({type(exc).__name__}: {exc}).")
+            lines = None
+        paragraphs: list[str] = []
+        if lines is not None and not lines:
+            self.failed(
+                page,
+                f"Page {page} has no text layer and OCR recognised no text on it "
+                "(a blank or unreadable scan).",
+            )
+        elif lines is not None:
+            found = ocr_paragraphs(lines, scale, len(DocumentBuilder.SEPARATOR))
+            paragraphs = found.paragraphs
+            self.boxes[str(page)] = {
+                "width": round(image.shape[1] / scale, 2),
+                "height": round(image.shape[0] / scale, 2),
+                "lines": [
+                    [page_start + s, page_start + e, *(round(v, 2) for v in box)]
+                    for s, e, box in found.line_spans
+                ],
+            }
+        if self.options.on_page is not None:
+            self.options.on_page(page, count)
+        return paragraphs
+
+    def failed(self, page: int, message: str) -> None:
+        warning = {"page": page, "message": message}
+        self.warnings.append(warning)
+        if self.options.on_warning is not None:
+            self.options.on_warning(warning)
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
+        if self.boxes:
+            from studyrag.ingest.ocr import engine_version
+
+            meta["page_boxes"] = self.boxes
+            meta["ocr_pages"] = sorted(int(p) for p in self.boxes)
+            meta["ocr"] = {"engine": engine_version(), "dpi": self.options.ocr_dpi}
+        if self.warnings:
+            meta["warnings"] = self.warnings
+        if self.skipped:
+            meta["pages_without_text"] = self.skipped
+        return meta
+
+    def no_text(self, name: str, page_count: int) -> ExtractionFailed:
+        details: dict[str, Any] = {"page_count": page_count}
+        if self.skipped:
+            return ExtractionFailed(
+                f"{name} has no text layer (its pages are scanned images) and OCR is off; "
+                "turn it on with STUDYRAG_INGEST__OCR=true and ingest it again.",
+                details=details | {"pages_without_text": self.skipped},
+                hint="Turn OCR on (STUDYRAG_INGEST__OCR=true, the default) and ingest it again.",
+            )
+        if self.errors:
+            return ExtractionFailed(
+                f"No page of {name} could be read: "
+                + " ".join(w["message"] for w in self.warnings[:3]),
+                details=details | {"warnings": self.warnings},
+            )
+        return ExtractionFailed(
+            f"{name} has no extractable text: neither a text layer nor any text OCR could "
+            "recognise.",
+            details=details | {"ocr_pages": sorted(int(p) for p in self.boxes)},
+            hint="Check that the pages are legible scans (200 dpi or better); "
+            "or ingest it with the docling loader.",
+        )
