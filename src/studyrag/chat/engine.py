@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 
 from studyrag.backends.llm.base import ChatMessage, ChatModel, GenerationStats, TokenDelta
+from studyrag.chat.attribution import attribute
 from studyrag.chat.citations import mark_cited, resolve_citations, strip_markers
 from studyrag.chat.conversations import ConversationManager
 from studyrag.chat.prompts import (
@@ -206,6 +207,7 @@ class _Answer:
     generated: bool = False  # the text came from the model (else it is our own message)
     status: str = "incomplete"
     error: StudyRAGError | None = None
+    question: str = ""
 
 
 @dataclass(slots=True)
@@ -329,7 +331,7 @@ class ChatEngine:
             if retrieval is not None:
                 await _discard(retrieval)
             raise
-        answer = _Answer(message=turn.assistant, template=tpl.name, mode=mode)
+        answer = _Answer(message=turn.assistant, template=tpl.name, mode=mode, question=question)
         try:
             # Inside the try: from here on, any exit leaves the placeholder finalised.
             yield StartEvent(
@@ -581,6 +583,8 @@ class ChatEngine:
             content, cited, removed = resolve_citations(raw, answer.sources)
             sources = mark_cited(answer.sources, cited)
             meta.update(cited=cited, removed_citations=removed)
+            if self.settings.chat.attribution and answer.status != "error":
+                content, sources = await self._attribute(answer, content, sources, meta)
             stats = answer.stats or self._partial_stats(answer)
             if answer.status == "incomplete":
                 stats.finish_reason = "cancelled"
@@ -612,6 +616,34 @@ class ChatEngine:
             )
         conv = await self.conversations.get(answer.message.conversation_id, include_deleted=True)
         return stored, conv.to_dict()
+
+    async def _attribute(
+        self,
+        answer: _Answer,
+        content: str,
+        sources: list[dict[str, Any]],
+        meta: dict[str, Any],
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Content and sources with checked citations and quotes (chat/attribution.py).
+
+        It runs once the stream has ended, so it never delays a token; a failure keeps the
+        answer as resolved so far rather than losing it.
+        """
+        t0 = time.perf_counter()
+        try:
+            checked = await attribute(
+                content,
+                answer.sources,
+                embedder=self.search.semantic.embedder,
+                question=answer.question,
+                fallback=answer.status == "complete",
+            )
+        except Exception:  # noqa: BLE001 - an unchecked answer beats a lost one
+            log.exception("Checking the citations of answer %s failed", answer.message.id)
+            return content, sources
+        meta.update(cited=checked.cited, attribution=checked.meta)
+        meta["attribution_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        return checked.content, checked.sources
 
     def _partial_stats(self, answer: _Answer) -> GenerationStats:
         total = time.perf_counter() - answer.started

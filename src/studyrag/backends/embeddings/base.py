@@ -48,6 +48,10 @@ class Embedder(ABC):
     async def embed_query(self, text: str) -> list[float]:
         """Embed one search query."""
 
+    async def embed_queries(self, texts: list[str]) -> list[list[float]]:
+        """Embed several short texts as queries (never waiting behind document batches)."""
+        return [await self.embed_query(t) for t in texts]
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load the model / check the server."""
 
