@@ -302,7 +302,7 @@ def _pairs(spans: list[_Span]) -> list[_Span]:
     """Two adjacent sentences of one source, for answer sentences that join them."""
     pairs: list[_Span] = []
     for one, two in zip(spans, spans[1:], strict=False):
-        if one.index != two.index:
+        if one.index != two.index or one.vector is None or two.vector is None:
             continue
         vector = one.vector + two.vector
         info = _Text(
@@ -316,6 +316,7 @@ def _pairs(spans: list[_Span]) -> list[_Span]:
 
 def _score(sentences: list[_Sentence], spans: list[_Span]) -> None:
     """Each sentence's best span per source."""
+    spans = [s for s in spans if s.vector is not None]
     if not spans:
         return
     matrix = np.stack([s.vector for s in spans])
@@ -340,7 +341,11 @@ async def attribute(
     sentences, units, offsets = await anyio.to_thread.run_sync(_prepare, answer, sources)
     orphans = [s for s in sentences if not s.claims]
     sentences = [s for s in sentences if s.claims]
-    texts = [s.info.text for s in sentences] + [u.info.text for u in units]
+    # A span sharing no content word with a sentence scores at most cosine / 2 < 0.5
+    # against it, so it can support none: only spans sharing a word are embedded.
+    words = set().union(*(s.info.terms for s in sentences), _terms(question))
+    embedded = [u for u in units if u.info.terms & words]
+    texts = [s.info.text for s in sentences] + [u.info.text for u in embedded]
     with_question = bool(units and question.strip())
     if with_question:
         texts.append(question)
@@ -348,7 +353,7 @@ async def attribute(
     if texts:
         # One batch on the embedder's query path: it never waits behind a document batch.
         vectors = np.asarray(await embedder.embed_queries(texts), dtype=np.float32)
-        for item, vector in zip([*sentences, *units], vectors, strict=False):
+        for item, vector in zip([*sentences, *embedded], vectors, strict=False):
             item.vector = vector
         q_vector = vectors[-1] if with_question else None
     return await anyio.to_thread.run_sync(
@@ -496,6 +501,9 @@ def _fallback(
     claim = _Text.of(question)
     scored: list[tuple[float, _Span]] = []
     for unit in units:
+        if unit.vector is None:  # no word in common: nothing to go by but the rank
+            scored.append((0.0, unit))
+            continue
         values = [support(s.info, unit.info, float(unit.vector @ s.vector)) for s in sentences]
         if q_vector is not None:
             # Facts are a sentence's claims; a question's names and numbers are its topic.
