@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from studyrag.backends.embeddings.base import Embedder
+from studyrag.backends.llm.fake import FakeChatModel
 from studyrag.chat.attribution import (
     FALLBACK_HEADING,
     SUPPORT_THRESHOLD,
@@ -15,7 +17,10 @@ from studyrag.chat.attribution import (
     split_sentences,
 )
 from studyrag.chat.citations import find_markers
+from studyrag.chat.engine import DoneEvent, TokenEvent
+from studyrag.config import ChatSettings, Settings
 from studyrag.retrieval.context import Source
+from studyrag.services import open_services
 
 # One "document" per source; each chunk is a slice of its document's text, as in the store.
 DOCUMENTS = {
@@ -135,7 +140,8 @@ async def test_a_number_that_is_in_no_source_is_unsupported(embedder: Embedder) 
 
 
 async def test_a_name_that_is_in_no_source_is_unsupported(embedder: Embedder) -> None:
-    answer = "Napoleon Bonaparte seized power in 1799 [2]. Charlemagne seized power in 1799 [2]."
+    # A sentence's first word is not taken for a name (any sentence starts with a capital).
+    answer = "In 1799, Napoleon Bonaparte seized power [2]. In 1799, Charlemagne seized power [2]."
     result = await check(answer, embedder, fallback=False)
     assert [s["supported"] for s in result.meta["sentences"]] == [True, False]
 
@@ -224,3 +230,56 @@ def test_sentences_split_where_sentences_end() -> None:
         "2. Second `a. B` item",
         "After code.",
     ]
+
+
+NOTES = """# Photosynthesis
+
+Photosynthesis converts light energy into chemical energy. Chlorophyll in the
+chloroplasts absorbs red and blue light and reflects green light.
+
+## Calvin cycle
+
+The Calvin cycle fixes carbon dioxide into sugar in the stroma, using ATP and NADPH.
+"""
+
+
+@pytest.mark.parametrize("on", [True, False])
+async def test_the_engine_checks_citations_at_the_final_save(
+    tmp_path: Path, minilm: Embedder, on: bool
+) -> None:
+    """Real services and MiniLM; the chat model is the fake (it is the layer above it)."""
+    reply = ["Chlorophyll", " absorbs", " red", " and", " blue", " light", "."]
+    reply += [" It", " reflects", " green", " light", " [9]", "."]
+    settings = Settings(data_dir=tmp_path / "data", chat=ChatSettings(attribution=on))
+    model = FakeChatModel(reply)
+    async with open_services(settings, with_chat=True, chat_model=model, embedder=minilm) as svc:
+        path = tmp_path / "photosynthesis.md"
+        path.write_text(NOTES, encoding="utf-8")
+        assert (await svc.pipeline.ingest_file(path)).status == "completed"
+        assert svc.chat is not None
+        events = [e async for e in svc.chat.stream_message("What does chlorophyll absorb?")]
+        tokens = "".join(e.delta for e in events if isinstance(e, TokenEvent))
+        done = events[-1]
+        assert isinstance(done, DoneEvent)
+        assert tokens == "".join(reply)  # what was streamed is untouched
+        message, meta = done.message, done.metadata
+        if not on:
+            assert (
+                message["content"]
+                == "Chlorophyll absorbs red and blue light. It reflects green light."
+            )
+            assert "attribution" not in meta and "quote" not in message["sources"][0]
+            return
+        assert message["content"] == (
+            "Chlorophyll absorbs red and blue light [1]. It reflects green light [1]."
+        )
+        attribution = meta["attribution"]
+        assert (attribution["supported"], attribution["total"]) == (2, 2)
+        assert meta["cited"] == [1] and meta["attribution_ms"] > 0
+        quote = message["sources"][0]["quote"]
+        content = await svc.documents.get_content(message["sources"][0]["document_id"])
+        assert content[quote["start"] : quote["end"]] == quote["text"]
+        assert "absorbs red and blue light" in quote["text"]
+        stored = await svc.conversations.list_messages(done.conversation["id"])
+        assert stored.items[1].content == message["content"]
+        assert stored.items[1].metadata["attribution"] == attribution

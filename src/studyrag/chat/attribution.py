@@ -353,7 +353,8 @@ async def attribute(
     if texts:
         # One batch on the embedder's query path: it never waits behind a document batch.
         vectors = np.asarray(await embedder.embed_queries(texts), dtype=np.float32)
-        for item, vector in zip([*sentences, *embedded], vectors, strict=False):
+        items: list[_Sentence | _Span] = [*sentences, *embedded]
+        for item, vector in zip(items, vectors, strict=False):
             item.vector = vector
         q_vector = vectors[-1] if with_question else None
     return await anyio.to_thread.run_sync(

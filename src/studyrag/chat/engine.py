@@ -583,7 +583,8 @@ class ChatEngine:
             content, cited, removed = resolve_citations(raw, answer.sources)
             sources = mark_cited(answer.sources, cited)
             meta.update(cited=cited, removed_citations=removed)
-            if self.settings.chat.attribution and answer.status != "error":
+            # A stopped answer stays exactly what was streamed; a failed one has no claims.
+            if self.settings.chat.attribution and answer.status == "complete":
                 content, sources = await self._attribute(answer, content, sources, meta)
             stats = answer.stats or self._partial_stats(answer)
             if answer.status == "incomplete":
@@ -636,7 +637,6 @@ class ChatEngine:
                 answer.sources,
                 embedder=self.search.semantic.embedder,
                 question=answer.question,
-                fallback=answer.status == "complete",
             )
         except Exception:  # noqa: BLE001 - an unchecked answer beats a lost one
             log.exception("Checking the citations of answer %s failed", answer.message.id)
