@@ -283,3 +283,14 @@ async def test_the_engine_checks_citations_at_the_final_save(
         stored = await svc.conversations.list_messages(done.conversation["id"])
         assert stored.items[1].content == message["content"]
         assert stored.items[1].metadata["attribution"] == attribution
+
+
+async def test_questions_and_leading_markers_claim_nothing(embedder: Embedder) -> None:
+    answer = (
+        "[2] Why do leaves look green? [1]\n\nWater boils at 100 degrees Celsius at sea level [2]."
+    )
+    result = await check(answer, embedder)
+    assert result.content == (
+        "Why do leaves look green?\n\nWater boils at 100 degrees Celsius at sea level [3]."
+    )
+    assert result.meta["total"] == 1 and result.meta["supported"] == 1

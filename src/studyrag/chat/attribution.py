@@ -250,7 +250,7 @@ class _Sentence:
     info: _Text
     vector: Any = None
     best: dict[int, tuple[float, _Span]] = field(default_factory=dict)
-    claims: bool = True  # False: markers alone, removed
+    claims: bool = True  # False: markers alone or a question; its markers are removed
 
 
 def _source_dict(source: Source | Mapping[str, Any]) -> dict[str, Any]:
@@ -276,13 +276,17 @@ def _prepare(
         bare = rewrite_markers(piece, lambda _: "")
         lead = _LEADER.match(bare)
         info = _Text.of(bare[lead.end() :] if lead else bare)
+        if info.terms and bare.rstrip(_CLOSERS + " ").endswith("?"):
+            # A question claims nothing: its markers go, it is not counted.
+            sentences.append(_Sentence(a, b, claimed, info, claims=False))
+            continue
         if not info.terms:
             # A marker, a bullet or punctuation alone claims nothing; markers on a line of
             # their own belong to the sentence before them.
             if claimed and sentences and sentences[-1].claims:
                 sentences[-1].end = b
                 sentences[-1].claimed = list(dict.fromkeys(sentences[-1].claimed + claimed))
-            elif claimed:  # markers before any sentence: nothing they could cite
+            elif claimed:  # markers after no claim (the start, a question) cite nothing
                 sentences.append(_Sentence(a, b, claimed, info, claims=False))
             continue
         sentences.append(_Sentence(a, b, list(dict.fromkeys(claimed)), info))
@@ -382,16 +386,27 @@ def _decide(
     changes: list[dict[str, Any]] = []
     quotes: dict[int, tuple[float, _Span]] = {}
     for orphan in orphans:
-        # Markers before the first sentence cite nothing: dropped with the blank after them.
-        out.append(answer[pos : orphan.start])
-        pos = orphan.end + len(answer[orphan.end :]) - len(answer[orphan.end :].lstrip())
         changes.extend({"sentence": None, "action": "removed", "marker": n} for n in orphan.claimed)
-    for i, sentence in enumerate(sentences):
+    checked = iter(range(len(sentences)))
+    for sentence in sorted([*sentences, *orphans], key=lambda s: s.start):
+        if not sentence.claims:
+            out.append(answer[pos : sentence.start])
+            pos = sentence.end
+            if sentence.info.terms:  # a question: kept, without markers
+                out.append(_with_markers(answer[sentence.start : sentence.end], []))
+            else:  # markers alone before the first sentence: dropped with the blank after
+                pos += len(answer[pos:]) - len(answer[pos:].lstrip())
+            continue
+        i = next(checked)
         final, best = _verdict(sentence)
         supported = bool(final)
         for n in final:
             value, span = sentence.best[n]
-            if n not in quotes or value > quotes[n][0]:
+            # The best support wins; on a tie the longer span says more.
+            if n not in quotes or (value, span.end - span.start) > (
+                quotes[n][0],
+                quotes[n][1].end - quotes[n][1].start,
+            ):
                 quotes[n] = (value, span)
         for n in sentence.claimed:
             if n not in final:
@@ -477,7 +492,7 @@ def _verdict(sentence: _Sentence) -> tuple[list[int], float]:
 
 def _with_markers(piece: str, numbers: list[int]) -> str:
     """The sentence with its markers replaced by `numbers`, placed before its end mark."""
-    bare = rewrite_markers(piece, lambda _: "").rstrip()
+    bare = rewrite_markers(piece, lambda _: "").strip()
     if not numbers:
         return bare
     marker = f" [{', '.join(str(n) for n in numbers)}]"
