@@ -4,7 +4,11 @@ Usage: python -m bench.chat_latency [--questions N] [--max-tokens T]
 Same prompt both ways: the engine's model is wrapped by a recorder that keeps the exact
 messages the engine sent, and the bare model is then given those messages. Order alternates
 per question, and before every timed run llama.cpp's prompt cache is put in the same state.
-Also measures the resident memory of a real `studyrag serve` with both models.
+The engine runs twice per question, with the citation check (chat.attribution) on and off,
+in rotating order with the bare model: time to first token must not change with it, and its
+own cost (metadata attribution_ms) is added only after the last token, before `done`.
+Also measures the resident memory of a real `studyrag serve` with both models
+(--no-memory skips it).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import CACHE, write_result
+from bench.common import CACHE, percentile, write_result
 from studyrag.backends.llm.base import ChatMessage, ChatModel, StreamEvent, TokenDelta
 from studyrag.backends.llm.llamacpp import LlamaCppChatModel
 from studyrag.chat.engine import DoneEvent, TokenEvent
@@ -92,7 +96,8 @@ async def engine_run(services: Any, question: str, max_tokens: int) -> dict[str,
     t0 = time.perf_counter()
     first = last = None
     n = 0
-    retrieval = 0.0
+    retrieval = tail = 0.0
+    attribution_ms = sentences = None
     async for event in services.chat.stream_message(question, max_tokens=max_tokens):
         if isinstance(event, TokenEvent):
             now = time.perf_counter()
@@ -101,12 +106,19 @@ async def engine_run(services: Any, question: str, max_tokens: int) -> dict[str,
             n += 1
         elif isinstance(event, DoneEvent):
             retrieval = event.metadata["retrieval_ms"] / 1000
+            attribution_ms = event.metadata.get("attribution_ms")
+            sentences = (event.metadata.get("attribution") or {}).get("total")
+            tail = time.perf_counter() - (last or t0)
     assert first is not None and last is not None
     return {
         "ttft": first - t0,
         "tokens": n,
         "rate": (n - 1) / (last - first) if n > 1 else 0,
         "retrieval": retrieval,
+        # From the last token to `done`: the final save, and the citation check when on.
+        "tail": tail,
+        "attribution_ms": attribution_ms,
+        "sentences": sentences,
     }
 
 
@@ -132,21 +144,32 @@ async def overhead(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             async for _ in inner.stream(previous, max_tokens=1, temperature=0.0):
                 pass
 
+        chat_settings = services.chat.settings.chat
+
+        async def engine_with(attribution: bool, question: str) -> dict[str, Any]:
+            chat_settings.attribution = attribution
+            await same_cache_state()
+            return await engine_run(services, question, args.max_tokens)
+
+        async def model_alone(messages: list[ChatMessage]) -> dict[str, Any]:
+            await same_cache_state()
+            return await bare(inner, messages, args.max_tokens)
+
         for i, question in enumerate(QUESTIONS * args.rounds):
             # The prompt is the same for a question: record it first (untimed).
             await engine_run(services, question, 2)
             messages = list(recorder.last)
-            if i % 2 == 0:
-                await same_cache_state()
-                eng = await engine_run(services, question, args.max_tokens)
-                await same_cache_state()
-                alone = await bare(inner, messages, args.max_tokens)
-            else:
-                await same_cache_state()
-                alone = await bare(inner, messages, args.max_tokens)
-                await same_cache_state()
-                eng = await engine_run(services, question, args.max_tokens)
-            assert recorder.last == messages, "the engine's prompt changed between runs"
+            got: dict[str, Any] = {}
+            # Rotate the order of the three runs, so none always goes first.
+            order = ["on", "off", "model"][i % 3 :] + ["on", "off", "model"][: i % 3]
+            for name in order:
+                if name == "model":
+                    got[name] = await model_alone(messages)
+                else:
+                    got[name] = await engine_with(name == "on", question)
+                    assert recorder.last == messages, "the engine's prompt changed between runs"
+            eng, alone = got["on"], got["model"]
+            eng["off"] = got["off"]
             # The same search on its own, for a ratio that doesn't trust the engine's timing.
             t = time.perf_counter()
             await services.search.search(question, top_k=settings.chat.top_k)
@@ -159,6 +182,8 @@ async def overhead(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         r["engine"]["ttft"] / (r["model"]["ttft"] + r["engine"]["retrieval_alone"]) for r in rows
     ]
     rate_ratio = [r["engine"]["rate"] / r["model"]["rate"] for r in rows if r["model"]["rate"]]
+    on_off = [r["engine"]["ttft"] / r["engine"]["off"]["ttft"] for r in rows]
+    attribution_ms = [r["engine"]["attribution_ms"] for r in rows]
     return {
         "samples": len(rows),
         "max_tokens": args.max_tokens,
@@ -192,6 +217,24 @@ async def overhead(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "tokens_per_s_model_median": round(statistics.median(r["model"]["rate"] for r in rows), 1),
         "tokens_per_s_ratio_median": round(statistics.median(rate_ratio), 3),
         "tokens_per_s_target": ">= 0.95",
+        "attribution": {
+            "ttft_on_ms_median": round(
+                1000 * statistics.median(r["engine"]["ttft"] for r in rows), 1
+            ),
+            "ttft_off_ms_median": round(
+                1000 * statistics.median(r["engine"]["off"]["ttft"] for r in rows), 1
+            ),
+            "ttft_ratio_on_vs_off_median": round(statistics.median(on_off), 3),
+            "own_ms_p50": round(percentile(attribution_ms, 50), 1),
+            "own_ms_p90": round(percentile(attribution_ms, 90), 1),
+            "tail_on_ms_median": round(
+                1000 * statistics.median(r["engine"]["tail"] for r in rows), 1
+            ),
+            "tail_off_ms_median": round(
+                1000 * statistics.median(r["engine"]["off"]["tail"] for r in rows), 1
+            ),
+            "sentences_median": statistics.median(r["engine"]["sentences"] for r in rows),
+        },
     }
 
 
@@ -250,10 +293,11 @@ async def main(args: argparse.Namespace) -> None:
     data = work / "data"
     async with open_services(Settings(data_dir=data)) as services:
         await services.pipeline.ingest_paths([write_corpus(work / "notes")])
-    result = {"overhead": await overhead(args, data)}
+    result: dict[str, Any] = {"overhead": await overhead(args, data)}
     print(result)
-    result["memory"] = await asyncio.to_thread(server_memory, data)
-    print(result["memory"])
+    if args.memory:
+        result["memory"] = await asyncio.to_thread(server_memory, data)
+        print(result["memory"])
     write_result("chat_latency", result)
 
 
@@ -261,4 +305,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--no-memory", dest="memory", action="store_false")
     asyncio.run(main(parser.parse_args()))

@@ -144,6 +144,9 @@ class ChatSettings(BaseModel):
     relevance_threshold: float = 0.25
     min_similarity: float = 0.3
     top_k: int = Field(default=5, ge=1, le=50)
+    # Check each answer sentence against the sources once the stream ends: verify, move or
+    # add its [n], quote the supporting span (chat/attribution.py). Off: markers as written.
+    attribution: bool = True
 
 
 class APISettings(BaseModel):

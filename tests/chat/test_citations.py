@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from studyrag.chat.citations import mark_cited, resolve_citations, strip_markers
+from studyrag.chat.citations import find_markers, mark_cited, resolve_citations, strip_markers
 from studyrag.retrieval.context import Source
 
 
@@ -85,3 +85,28 @@ def test_strip_markers() -> None:
     assert strip_markers("Sugar [1], water [2, 3] and light [Source 1].") == (
         "Sugar, water and light."
     )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "args[0] = &ffi_type_pointer;",
+        "Write `args[0] = &ffi_type_pointer;` first.",
+        "```c\nargs[0] = &ffi_type_pointer;\nvalues[9] = NULL; /* [7] */\n```",
+        "~~~\nx[1] = [ 2 ]\n~~~",
+        "Index with x[1], m[2][3] or f(a)[4].",
+        "Unclosed block:\n```python\nrows[5] = [6]",
+    ],
+)
+def test_code_and_indexes_are_never_touched(answer: str) -> None:
+    assert resolve_citations(answer, SOURCES) == (answer, [], [])
+    assert strip_markers(answer) == answer
+
+
+def test_markers_next_to_code_are_still_resolved() -> None:
+    answer = "Call `f(args[0])` here [9].\n```\nargs[0] = &ffi_type_pointer;\n```\nDone [2][3]."
+    out, cited, removed = resolve_citations(answer, SOURCES)
+    assert out == "Call `f(args[0])` here.\n```\nargs[0] = &ffi_type_pointer;\n```\nDone [2][3]."
+    assert (cited, removed) == ([2, 3], ["[9]"])
+    markers = find_markers(out)
+    assert [m.numbers for m in markers] == [(2,), (3,)]

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 
 from studyrag.backends.llm.base import ChatMessage, ChatModel, GenerationStats, TokenDelta
+from studyrag.chat.attribution import attribute
 from studyrag.chat.citations import mark_cited, resolve_citations, strip_markers
 from studyrag.chat.conversations import ConversationManager
 from studyrag.chat.model_slot import ChatModelSlot
@@ -209,6 +210,7 @@ class _Answer:
     generated: bool = False  # the text came from the model (else it is our own message)
     status: str = "incomplete"
     error: StudyRAGError | None = None
+    question: str = ""
 
 
 @dataclass(slots=True)
@@ -374,7 +376,9 @@ class ChatEngine:
             if retrieval is not None:
                 await _discard(retrieval)
             raise
-        answer = _Answer(message=turn.assistant, template=tpl.name, mode=mode, model=model)
+        answer = _Answer(
+            message=turn.assistant, template=tpl.name, mode=mode, model=model, question=question
+        )
         try:
             # Inside the try: from here on, any exit leaves the placeholder finalised.
             yield StartEvent(
@@ -631,6 +635,9 @@ class ChatEngine:
             meta.update(cited=cited, removed_citations=removed)
             if answer.stats is not None and answer.status == "complete":
                 self._observe(answer.stats)
+            # A stopped answer stays exactly what was streamed; a failed one has no claims.
+            if self.settings.chat.attribution and answer.status == "complete":
+                content, sources = await self._attribute(answer, content, sources, meta)
             stats = answer.stats or self._partial_stats(answer)
             if answer.status == "incomplete":
                 stats.finish_reason = "cancelled"
@@ -670,6 +677,33 @@ class ChatEngine:
             self.metrics.time_to_first_token.labels(**labels).observe(stats.time_to_first_token)
         if stats.completion_tokens:
             self.metrics.tokens_per_second.labels(**labels).observe(stats.tokens_per_second)
+
+    async def _attribute(
+        self,
+        answer: _Answer,
+        content: str,
+        sources: list[dict[str, Any]],
+        meta: dict[str, Any],
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Content and sources with checked citations and quotes (chat/attribution.py).
+
+        It runs once the stream has ended, so it never delays a token; a failure keeps the
+        answer as resolved so far rather than losing it.
+        """
+        t0 = time.perf_counter()
+        try:
+            checked = await attribute(
+                content,
+                answer.sources,
+                embedder=self.search.semantic.embedder,
+                question=answer.question,
+            )
+        except Exception:  # noqa: BLE001 - an unchecked answer beats a lost one
+            log.exception("Checking the citations of answer %s failed", answer.message.id)
+            return content, sources
+        meta.update(cited=checked.cited, attribution=checked.meta)
+        meta["attribution_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        return checked.content, checked.sources
 
     def _partial_stats(self, answer: _Answer) -> GenerationStats:
         total = time.perf_counter() - answer.started

@@ -12,6 +12,7 @@ from studyrag.config import Settings
 from studyrag.retrieval.types import SearchMode
 from studyrag.schemas.base import PublicModel
 from studyrag.schemas.conversations import ConversationPublic, MessagePublic
+from studyrag.schemas.documents import Quote
 from studyrag.schemas.search import SearchFiltersIn
 
 ID_MAX_CHARS = 64
@@ -68,6 +69,11 @@ class SourcePublic(PublicModel):
     excerpt: str = ""
     start: int | None = None
     end: int | None = None
+    # The span of the document (documents.content offsets, as GET /api/chunks/{id}?start=&end=
+    # takes them) that supports the sentences citing this source, and how well (0..1);
+    # null when the answer does not cite it (chat/attribution.py).
+    quote: Quote | None = None
+    support: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class ChatResponse(PublicModel):

@@ -57,6 +57,10 @@ class Embedder(ABC):
             "dimensions": self.dimensions,
         }
 
+    async def embed_queries(self, texts: list[str]) -> list[list[float]]:
+        """Embed several short texts as queries (never waiting behind document batches)."""
+        return [await self.embed_query(t) for t in texts]
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load the model / check the server."""
 

@@ -73,6 +73,9 @@ class OllamaEmbedder(Embedder):
     async def embed_query(self, text: str) -> list[float]:
         return (await self._embed([text]))[0]
 
+    async def embed_queries(self, texts: list[str]) -> list[list[float]]:
+        return await self.embed_documents(texts)  # a server has no separate query path
+
     async def aclose(self) -> None:
         client = getattr(self._client, "_client", None)
         if client is not None:

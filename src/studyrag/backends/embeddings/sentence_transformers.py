@@ -231,3 +231,9 @@ class SentenceTransformersEmbedder(Embedder):
     async def embed_query(self, text: str) -> list[float]:
         await self.start()
         return (await anyio.to_thread.run_sync(lambda: self._encode([text], query=True)))[0]
+
+    async def embed_queries(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        await self.start()
+        return await anyio.to_thread.run_sync(lambda: self._encode(texts, query=True))
