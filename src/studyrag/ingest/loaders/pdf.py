@@ -284,7 +284,9 @@ class PdfLoader(Loader):
                 page_starts.append(builder.next_start)
                 if scan is not None:
                     # Recognised outside the lock: OCR takes a second or more per page.
-                    paragraphs = scans.recognise(*scan, index + 1, builder.next_start, count)
+                    paragraphs = scans.recognise(
+                        *scan, index + 1, builder.next_start, count, text_layer=paragraphs
+                    )
                 for paragraph in paragraphs:
                     builder.add(paragraph, page=index + 1)
         except pdfium.PdfiumError as exc:
@@ -315,11 +317,12 @@ class PdfLoader(Loader):
                 return paragraphs, None
             scale = scans.scale(page)
             try:
-                return [], (render_rgb(page, scale), scale)
+                # The few words of text layer it has stay the fallback should OCR read less.
+                return paragraphs, (render_rgb(page, scale), scale)
             except pdfium.PdfiumError as exc:
                 scans.errors += 1
                 scans.failed(index + 1, f"Page {index + 1} could not be rendered ({exc}).")
-                return [], None
+                return paragraphs, None
         finally:
             page.close()
 
@@ -346,6 +349,7 @@ class _Scans:
         self.warnings: list[dict[str, Any]] = []
         self.errors = 0  # pages that could not be rendered or recognised at all
         self.skipped = 0  # pages without text left unread because OCR is off
+        self._quiet = False  # warnings held back while OCR competes with a text layer
 
     def wanted(self, paragraphs: list[str], page: pdfium.PdfPage) -> bool:
         """Whether a page is a scan to recognise: negligible text, something drawn on it."""
@@ -368,13 +372,39 @@ class _Scans:
         return min(self.options.ocr_dpi / 72.0, MAX_SIDE / max(width, height, 1.0))
 
     def recognise(
-        self, image: np.ndarray, scale: float, page: int, page_start: int, count: int
+        self,
+        image: np.ndarray,
+        scale: float,
+        page: int,
+        page_start: int,
+        count: int,
+        *,
+        text_layer: list[str] | None = None,
     ) -> list[str]:
         """The page's paragraphs from OCR; [] (and a warning) when recognition fails.
 
         `scale` is the image's pixels per point, `page_start` the page's offset in the text.
+        A page with a short text layer keeps it when OCR reads no more than it holds (an
+        upside-down or stylised page): a real text layer is never replaced by less.
         """
-        from studyrag.ingest.ocr import get_engine, ocr_paragraphs
+        from studyrag.ingest.ocr import get_engine, ocr_paragraphs, visible_chars
+
+        if text_layer and visible_chars(text_layer) > 0:
+            warnings_before = len(self.warnings)
+            errors_before = self.errors
+            self._quiet = True
+            try:
+                read = self.recognise(image, scale, page, page_start, count)
+            finally:
+                self._quiet = False
+            if visible_chars(read) > visible_chars(text_layer):
+                for warning in self.warnings[warnings_before:]:
+                    self._report(warning)
+                return read
+            self.boxes.pop(str(page), None)
+            del self.warnings[warnings_before:]
+            self.errors = errors_before
+            return text_layer
 
         try:
             lines = get_engine(self.options.ocr_threads).recognise(image)
@@ -410,6 +440,10 @@ class _Scans:
     def failed(self, page: int, message: str) -> None:
         warning = {"page": page, "message": message}
         self.warnings.append(warning)
+        if not self._quiet:
+            self._report(warning)
+
+    def _report(self, warning: dict[str, Any]) -> None:
         if self.options.on_warning is not None:
             self.options.on_warning(warning)
 
