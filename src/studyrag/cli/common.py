@@ -62,19 +62,27 @@ def settings_for(data_dir: Path | None) -> Settings:
     return load_settings(data_dir=data_dir)
 
 
-def setup_logging(level: str = "WARNING") -> None:
-    """Log to stderr through rich; offline model loading; quiet chatty libraries."""
+LOG_FILE = "logs/studyrag.log"
+
+
+def setup_logging(level: str = "WARNING", *, log_file: Path | None = None) -> None:
+    """Log to stderr through rich, or to `log_file` (the chat REPL: a warning printed
+    between a question and its answer is noise on the student's screen); offline model
+    loading; quiet chatty libraries."""
     from rich.logging import RichHandler
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-        force=True,
-    )
+    handler: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler = RichHandler(console=err_console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("chromadb", "httpx", "sentence_transformers", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -135,10 +143,13 @@ def run_command(
     *,
     as_json: bool = False,
     with_chat: bool = False,
+    log_to_file: bool = False,
 ) -> T:
-    """The body of most commands: logging, settings, services open for `fn`, errors shown."""
-    setup_logging()
+    """The body of most commands: logging, settings, services open for `fn`, errors shown.
+
+    `log_to_file`: log records go to <data dir>/logs/studyrag.log instead of the terminal."""
     settings = settings_for(data_dir)
+    setup_logging(log_file=settings.data_dir / LOG_FILE if log_to_file else None)
     return run(lambda: with_services(settings, fn, with_chat=with_chat), as_json=as_json)
 
 
