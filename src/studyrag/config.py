@@ -121,6 +121,11 @@ class LLMSettings(BaseModel):
     n_threads: int = Field(default=max(1, (os.cpu_count() or 2)), ge=1)
     max_tokens: int = Field(default=384, ge=1)
     temperature: float = Field(default=0.2, ge=0)
+    # Repetition settings passed to the model (llama.cpp and Ollama `repeat_penalty` over the
+    # last 64 tokens; the OpenAI-style penalties per token count and presence). 1.0 / 0.0 = off.
+    repeat_penalty: float = Field(default=1.1, ge=0)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     seed: int = 42
     ollama_url: str = "http://127.0.0.1:11434"
     openai_base_url: str = "http://127.0.0.1:8080/v1"
@@ -147,6 +152,11 @@ class ChatSettings(BaseModel):
     # Check each answer sentence against the sources once the stream ends: verify, move or
     # add its [n], quote the supporting span (chat/attribution.py). Off: markers as written.
     attribution: bool = True
+    # End an answer where it starts repeating itself (chat/loops.py).
+    stop_loops: bool = True
+    # Earlier answers enter the prompt cut to this many tokens: enough to resolve "it" in a
+    # follow-up, too little for the model to copy the whole answer again.
+    history_answer_tokens: int = Field(default=96, ge=0)
 
 
 class APISettings(BaseModel):

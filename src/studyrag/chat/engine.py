@@ -23,18 +23,23 @@ from studyrag.backends.llm.base import ChatMessage, ChatModel, GenerationStats, 
 from studyrag.chat.attribution import attribute
 from studyrag.chat.citations import mark_cited, resolve_citations, strip_markers
 from studyrag.chat.conversations import ConversationManager
+from studyrag.chat.echo import ECHO_STOPS, EchoFilter, strip_echo
+from studyrag.chat.loops import Loop, RepetitionGuard, copies_previous
 from studyrag.chat.model_slot import ChatModelSlot
 from studyrag.chat.prompts import (
+    RAG_BASIC,
     PromptFit,
     PromptTemplate,
     available_templates,
     check_template_name,
     fit_prompt,
     parse_rewrite,
+    question_room,
     rewrite_prompt,
 )
 from studyrag.config import Settings
 from studyrag.errors import (
+    ContextTooLong,
     GenerationFailed,
     InvalidChatRequest,
     MessageNotFound,
@@ -57,6 +62,8 @@ ABSOLUTE_MAX_MESSAGE_CHARS = 1_000_000
 MAX_ANSWER_TOP_K = 50
 MAX_ANSWER_TOKENS = 32_768
 REWRITE_MAX_TOKENS = 48
+# What an earlier answer becomes in a prompt asked again because the model copied it.
+OMITTED_ANSWER = "(answered)"
 SUGGESTED_TITLES = 3
 SUGGESTED_TERMS = 5
 # Enough chunk text to find a corpus's frequent terms without reading all of it.
@@ -64,8 +71,26 @@ _TERM_SAMPLE_CHUNKS = 200
 _TERM = re.compile(r"[^\W\d_]{4,}")
 
 
-def check_message(text: str, settings: Settings) -> str:
-    """The question without surrounding blanks; CHAT_006 (422) when empty or over the limit."""
+def answer_tokens(max_tokens: int | None, settings: Settings, model: ChatModel) -> int:
+    """The answer's token cap: the request's or the settings', at most half the window."""
+    budget = max_tokens if max_tokens is not None else settings.llm.max_tokens
+    if budget < 1:
+        raise InvalidChatRequest("max_tokens must be at least 1.")
+    # Half the window for the answer at most, or no source could ever fit.
+    return min(budget, max(16, model.context_window // 2))
+
+
+def check_message(
+    text: str,
+    settings: Settings,
+    *,
+    model: ChatModel | None = None,
+    template: PromptTemplate | None = None,
+    max_tokens: int | None = None,
+) -> str:
+    """The question without surrounding blanks; CHAT_006 (422) when empty or over the
+    character limit, CHAT_003 (413) when `model` is given and the question leaves no room in
+    its context window for the answer and one source (counted with the model's tokenizer)."""
     question = text.strip()
     if not question:
         raise InvalidChatRequest(
@@ -80,6 +105,38 @@ def check_message(text: str, settings: Settings) -> str:
             details={"field": "message", "length": len(question), "limit": limit},
             hint="Shorten it, or raise STUDYRAG_CHAT__MAX_MESSAGE_CHARS.",
         )
+    if model is not None:
+        tpl = template or available_templates(settings.chat.templates).get(
+            settings.chat.template, RAG_BASIC
+        )
+        budget = answer_tokens(max_tokens, settings, model)
+        room = question_room(
+            tpl,
+            count_tokens=model.count_tokens,
+            context_window=model.context_window,
+            max_tokens=budget,
+        )
+        # Short questions need no tokenizer: a token covers at least one byte of UTF-8.
+        tokens = model.count_tokens(question) if len(question.encode()) > room else 0
+        if tokens > room:
+            keep = max(0, int(len(question) * room / tokens))
+            raise ContextTooLong(
+                f"The message takes {tokens} tokens; with the answer ({budget} tokens) and "
+                f"its sources, the model's {model.context_window}-token context leaves room "
+                f"for {max(room, 0)}.",
+                details={
+                    "field": "message",
+                    "tokens": tokens,
+                    "limit": max(room, 0),
+                    "length": len(question),
+                    "suggested_chars": keep,
+                    "context_window": model.context_window,
+                    "max_tokens": budget,
+                },
+                hint=f"Shorten the message to about {keep} characters, ask for a shorter "
+                "answer (max_tokens), or use a model with a larger context "
+                "(STUDYRAG_LLM__N_CTX).",
+            )
     return question
 
 
@@ -205,6 +262,7 @@ class _Answer:
     sources: list[Any] = field(default_factory=list)
     stats: GenerationStats | None = None
     first_token: float | None = None
+    shown: int = 0  # token events sent (seq of the last one)
     prompt_tokens: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     generated: bool = False  # the text came from the model (else it is our own message)
@@ -338,8 +396,10 @@ class ChatEngine:
         notebook_id: str | None,
     ) -> AsyncGenerator[ChatEvent, None]:
         chat = self.settings.chat
-        question = check_message(message or "", self.settings)
         tpl = self.template(template or chat.template)
+        question = check_message(
+            message or "", self.settings, model=model, template=tpl, max_tokens=max_tokens
+        )
         mode = search_mode or self.settings.search.mode
         if mode not in MODES:
             raise InvalidChatRequest(
@@ -348,11 +408,7 @@ class ChatEngine:
         k = top_k if top_k is not None else chat.top_k
         if not 1 <= k <= MAX_ANSWER_TOP_K:
             raise InvalidChatRequest(f"top_k must be between 1 and {MAX_ANSWER_TOP_K}.")
-        budget = max_tokens if max_tokens is not None else self.settings.llm.max_tokens
-        if budget < 1:
-            raise InvalidChatRequest("max_tokens must be at least 1.")
-        # Half the window for the answer at most, or no source could ever fit.
-        budget = min(budget, max(16, model.context_window // 2))
+        budget = answer_tokens(max_tokens, self.settings, model)
 
         scope = await self.conversations.scope(conversation_id, notebook_id)
         filters = (
@@ -536,6 +592,7 @@ class ChatEngine:
                 context_window=model.context_window,
                 max_tokens=max_tokens,
                 sources=context.sources,
+                answer_tokens=self.settings.chat.history_answer_tokens,
             )
             return context, fit
 
@@ -552,9 +609,51 @@ class ChatEngine:
         )
         yield SourcesEvent([s.to_dict() for s in fit.sources])
         answer.generated = True
-        stream = model.stream(
-            fit.messages, max_tokens=max_tokens, temperature=self.settings.llm.temperature
+        previous = [m.content for m in history if m.role == "assistant"]
+        messages = fit.messages
+        for attempt in (1, 2):
+            tokens = self._tokens(answer, messages, max_tokens, previous)
+            async with aclosing(tokens):
+                async for event in tokens:
+                    yield event
+            loop = answer.meta.get("loop")
+            if attempt == 2 or not previous or not _copied(answer, previous):
+                break
+            # The model copies an earlier answer: ask again with the earlier answers blanked
+            # (the questions stay, so a follow-up still reads as one, and the turns still
+            # alternate, which some chat templates insist on). The client's streamed text is
+            # replaced by the final content of `done`.
+            log.info("Answer %s repeats an earlier answer; asking without them", answer.message.id)
+            answer.meta["history_copy"] = {"retried": True, "loop": loop}
+            answer.meta.pop("loop", None)
+            answer.parts.clear()
+            answer.stats = None
+            messages = [
+                ChatMessage("assistant", OMITTED_ANSWER) if m.role == "assistant" else m
+                for m in fit.messages
+            ]
+            previous = []
+        self._clean(answer)
+        if answer.stats is not None and answer.stats.finish_reason == "error":
+            raise GenerationFailed("The model stopped with an error.")
+
+    async def _tokens(
+        self,
+        answer: _Answer,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        previous: list[str],
+    ) -> AsyncGenerator[ChatEvent, None]:
+        """Stream one generation into `answer`; stop the model where it starts to loop."""
+        guard = RepetitionGuard(previous=previous) if self.settings.chat.stop_loops else None
+        echo = EchoFilter()
+        stream = answer.model.stream(
+            messages,
+            max_tokens=max_tokens,
+            temperature=self.settings.llm.temperature,
+            stop=ECHO_STOPS,
         )
+        loop: Loop | None = None
         # When our consumer stops, closing the model's stream stops the generation too.
         async with _closing(stream):
             async for event in stream:
@@ -564,11 +663,38 @@ class ChatEngine:
                     if answer.first_token is None:
                         answer.first_token = time.perf_counter() - answer.started
                     answer.parts.append(event.text)
-                    yield TokenEvent(len(answer.parts), event.text)
+                    if guard is not None and (loop := guard.feed(event.text)) is not None:
+                        break  # the piece that closed the loop is not shown
+                    shown = echo.feed(event.text)
+                    if shown:
+                        answer.shown += 1
+                        yield TokenEvent(answer.shown, shown)
                 else:
                     answer.stats = event.stats
-        if answer.stats is not None and answer.stats.finish_reason == "error":
-            raise GenerationFailed("The model stopped with an error.")
+        if loop is not None:
+            # The stream was closed before its end: the stats are what we measured.
+            answer.stats = self._partial_stats(answer)
+            answer.stats.finish_reason = "repetition"
+            answer.meta["loop"] = {
+                "kind": loop.kind,
+                "start": loop.start,
+                "unit": loop.unit[:200],
+                "generated_chars": len("".join(answer.parts)),
+            }
+            answer.parts[:] = [guard.text[: loop.start].rstrip()] if guard is not None else []
+        rest = echo.flush()
+        if rest and loop is None:
+            answer.shown += 1
+            yield TokenEvent(answer.shown, rest)
+
+    def _clean(self, answer: _Answer) -> None:
+        """The generated text without prompt echo (headers, role tags, a repeated question)."""
+        raw = "".join(answer.parts)
+        labels = [s.label() for s in answer.sources]
+        clean, removed = strip_echo(raw, labels)
+        if removed:
+            answer.meta["echo_removed"] = removed
+            answer.parts[:] = [clean]
 
     def _relevant(self, result: SearchResult, mode: str) -> bool:
         """Cosine similarity decides where there is one; a lexical match needs a fused score."""
@@ -749,6 +875,14 @@ async def _discard(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         # Retrieved here, or asyncio would log "Task exception was never retrieved".
         log.debug("Discarded task ended with %r", task.exception())
+
+
+def _copied(answer: _Answer, previous: list[str]) -> bool:
+    """Whether the answer is an earlier answer again (its start, or nearly all of it)."""
+    loop = answer.meta.get("loop")
+    if loop is not None and loop.get("kind") == "history" and not "".join(answer.parts).strip():
+        return True
+    return copies_previous("".join(answer.parts), previous)
 
 
 def _words(text: str) -> list[str]:

@@ -21,6 +21,9 @@ MESSAGE_OVERHEAD = 4
 REPLY_PRIMER = 4
 # A source cut below this many characters says nothing useful; it is dropped instead.
 MIN_SOURCE_CHARS = 40
+# Room a question must leave in the window for one short source (its "[n] file, p. N"
+# header and MIN_SOURCE_CHARS of text), or the answer could cite nothing.
+MIN_SOURCE_TOKENS = 48
 NO_SOURCES = "(no sources)"
 # The longest template name a request may carry.
 TEMPLATE_NAME_MAX_CHARS = 100
@@ -166,6 +169,37 @@ class PromptFit:
     truncated_source: int | None = None
 
 
+def question_room(
+    template: PromptTemplate,
+    *,
+    count_tokens: Callable[[str], int],
+    context_window: int,
+    max_tokens: int,
+) -> int:
+    """Tokens a question may take so the prompt still fits one short source and the answer."""
+    system, user = template.render(context="", question="")
+    fixed = (count_tokens(system) + MESSAGE_OVERHEAD if system else 0) + count_tokens(user)
+    return context_window - max_tokens - REPLY_PRIMER - MESSAGE_OVERHEAD - fixed - MIN_SOURCE_TOKENS
+
+
+def clip_answer(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> str:
+    """An earlier answer cut to its first `max_tokens` tokens (at a word), marked with "…"."""
+    if max_tokens <= 0:
+        return ""
+    if count_tokens(text) <= max_tokens:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # the longest prefix within the budget
+        mid = (lo + hi + 1) // 2
+        if count_tokens(text[:mid]) <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    head = text[:lo]
+    cut = head.rsplit(" ", 1)[0] if " " in head else head
+    return cut.rstrip(" ,;:") + " …"
+
+
 def fit_prompt(
     template: PromptTemplate | str,
     *,
@@ -176,12 +210,22 @@ def fit_prompt(
     context_window: int,
     max_tokens: int,
     sources: Sequence[Source],
+    answer_tokens: int | None = None,
 ) -> PromptFit:
-    """Build the prompt, dropping oldest history, then lowest-ranked sources, until it fits."""
+    """Build the prompt, dropping oldest history, then lowest-ranked sources, until it fits.
+
+    With `answer_tokens`, earlier assistant answers enter the prompt cut to that many
+    tokens: a model that sees its whole previous answer tends to repeat it word for word.
+    """
     tpl = get_template(template) if isinstance(template, str) else template
     budget = context_window - max_tokens - REPLY_PRIMER
     kept_sources = list(sources)
-    kept_history = list(history)
+    kept_history = [
+        ChatMessage(m.role, clip_answer(m.content, answer_tokens, count_tokens))
+        if answer_tokens is not None and m.role == "assistant"
+        else m
+        for m in history
+    ]
     dropped_sources: list[int] = []
     truncated: int | None = None
 

@@ -292,4 +292,6 @@ def chat(
         if current:
             console.print(f"[dim]conversation {current} saved[/]")
 
-    run_command(data_dir, go, with_chat=True)
+    # Warnings (a removed citation marker, a failed rewrite) would land between the prompt
+    # and the answer: the REPL logs to the data directory's log file instead.
+    run_command(data_dir, go, with_chat=True, log_to_file=True)

@@ -61,14 +61,21 @@ def settings_for(data_dir: Path | None) -> Settings:
     return load_settings(data_dir=data_dir)
 
 
-def setup_logging(level: str = "WARNING", fmt: str = "text") -> None:
-    """Log to stderr through rich (or JSON lines); offline model loading; quiet libraries."""
+LOG_FILE = "logs/studyrag.log"
+
+
+def setup_logging(
+    level: str = "WARNING", fmt: str = "text", *, log_file: Path | None = None
+) -> None:
+    """Log to stderr through rich (or JSON lines), or to `log_file` (the chat REPL: a
+    warning printed between a question and its answer is noise on the student's screen);
+    offline model loading; quiet libraries."""
     from studyrag.observability.logs import configure_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    configure_logging(level, fmt, console=err_console)
+    configure_logging(level, fmt, console=err_console, log_file=log_file)
 
 
 def emit(obj: dict[str, Any]) -> None:
@@ -127,10 +134,13 @@ def run_command(
     *,
     as_json: bool = False,
     with_chat: bool = False,
+    log_to_file: bool = False,
 ) -> T:
-    """The body of most commands: logging, settings, services open for `fn`, errors shown."""
-    setup_logging()
+    """The body of most commands: logging, settings, services open for `fn`, errors shown.
+
+    `log_to_file`: log records go to <data dir>/logs/studyrag.log instead of the terminal."""
     settings = settings_for(data_dir)
+    setup_logging(log_file=settings.data_dir / LOG_FILE if log_to_file else None)
     return run(lambda: with_services(settings, fn, with_chat=with_chat), as_json=as_json)
 
 

@@ -13,6 +13,7 @@ import logging
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 # Set by RequestIdMiddleware for the request being served; tasks it starts inherit it.
@@ -51,10 +52,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False, default=str)
 
 
-def configure_logging(level: str = "WARNING", fmt: str = "text", *, console: Any = None) -> None:
-    """Root logging: rich on stderr (on `console`), or JSON lines when `fmt` is "json"."""
+def configure_logging(
+    level: str = "WARNING",
+    fmt: str = "text",
+    *,
+    console: Any = None,
+    log_file: Path | None = None,
+) -> None:
+    """Root logging: rich on stderr (on `console`), or JSON lines when `fmt` is "json";
+    to `log_file` instead of stderr when one is given (text lines, or JSON)."""
     handler: logging.Handler
-    if fmt == "json":
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(
+            JsonFormatter()
+            if fmt == "json"
+            else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    elif fmt == "json":
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
     else:

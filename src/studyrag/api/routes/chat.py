@@ -57,12 +57,18 @@ async def post_message(
     body: ChatRequest, request: Request, services: ServicesDep, runtime: ChatRuntimeDep
 ) -> ChatResponse:
     """Answer one question; without conversation_id a new conversation starts."""
-    question = check_message(body.message, services.settings)
+    options = body.engine_kwargs(services.settings)
+    question = check_message(
+        body.message,
+        services.settings,
+        model=services.chat_model,
+        max_tokens=options["max_tokens"],
+    )
     await runtime.limiter.check(client_key(request))
     gen = await runtime.hub.start_answer(
         question,
         conversation_id=body.conversation_id,
-        options=body.engine_kwargs(services.settings),
+        options=options,
     )
     # The answer is owned by the hub: if this client goes away, it still completes.
     await gen.wait()

@@ -122,7 +122,6 @@ async def stream(
     await services.conversations.get(conversation_id)
     ping = services.settings.api.sse_ping_interval
     if message is not None and resume_from is None:
-        question = check_message(message, services.settings)
         options = ChatOptions(
             template=template,
             top_k=top_k,
@@ -132,11 +131,15 @@ async def stream(
             if document_ids or file_types
             else None,
         )
+        kwargs = options.engine_kwargs(services.settings)
+        question = check_message(
+            message, services.settings, model=services.chat_model, max_tokens=kwargs["max_tokens"]
+        )
         await runtime.limiter.check(client_key(request))
         gen = await runtime.hub.start_answer(
             question,
             conversation_id=conversation_id,
-            options=options.engine_kwargs(services.settings),
+            options=kwargs,
         )
         return EventSourceResponse(_events(gen, 0), ping=ping)
     latest = runtime.hub.latest(conversation_id)

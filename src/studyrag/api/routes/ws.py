@@ -146,11 +146,18 @@ class _Session:
         # pong: nothing to do; last_seen was updated when it arrived.
 
     async def _message(self, frame: WSMessageFrame) -> None:
-        question = check_message(frame.content, self.settings)
+        engine = self.hub.chat
+        options = frame.engine_kwargs(self.settings)
+        question = check_message(
+            frame.content,
+            self.settings,
+            model=engine.model if engine is not None else None,
+            max_tokens=options["max_tokens"],
+        )
         # The address, not this socket's id: reconnecting must not reset the budget.
         await self.limiter.check(client_key(self.client.websocket))
         await self.hub.start_answer(
             question,
             conversation_id=self.client.conversation_id,
-            options=frame.engine_kwargs(self.settings),
+            options=options,
         )

@@ -96,6 +96,7 @@ class _Job:
     seed: int
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[_Event]
+    penalties: dict[str, float] = field(default_factory=dict)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, event: _Event) -> None:
@@ -123,6 +124,7 @@ class _Job:
                     stop=self.stop,
                     seed=self.seed,
                     stream=True,
+                    **self.penalties,  # type: ignore[arg-type]
                 ),
             )
             try:
@@ -395,6 +397,11 @@ class LlamaCppChatModel(ChatModel):
             seed=self._settings.seed,
             loop=asyncio.get_running_loop(),
             events=asyncio.Queue(),
+            penalties={
+                "repeat_penalty": self._settings.repeat_penalty,
+                "frequency_penalty": self._settings.frequency_penalty,
+                "presence_penalty": self._settings.presence_penalty,
+            },
         )
         engine.submit(job)
         try:

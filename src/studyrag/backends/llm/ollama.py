@@ -202,6 +202,9 @@ class OllamaChatModel(RemoteChatModel):
             "num_ctx": self._settings.n_ctx,
             "temperature": temperature,
             "seed": self._settings.seed,
+            "repeat_penalty": self._settings.repeat_penalty,
+            "frequency_penalty": self._settings.frequency_penalty,
+            "presence_penalty": self._settings.presence_penalty,
         }
         if stop:
             options["stop"] = list(stop)

@@ -52,6 +52,10 @@ class OpenAIChatModel(RemoteChatModel):
         )
         # Servers that reject stream_options are remembered and asked without it.
         self._send_stream_options = True
+        # llama.cpp's repeat_penalty is no OpenAI parameter: sent as an extra field (llama.cpp
+        # server and LM Studio read it, others ignore it); a server that refuses it is
+        # remembered and asked without it.
+        self._send_repeat_penalty = settings.repeat_penalty != 1.0
 
     async def health_check(self) -> dict[str, Any]:
         """Whether the server answers GET /models; never raises."""
@@ -167,10 +171,20 @@ class OpenAIChatModel(RemoteChatModel):
                     stop=stop or openai.omit,
                     stream=True,
                     stream_options=options if options is not None else openai.omit,
+                    frequency_penalty=self._settings.frequency_penalty or openai.omit,
+                    presence_penalty=self._settings.presence_penalty or openai.omit,
+                    extra_body=(
+                        {"repeat_penalty": self._settings.repeat_penalty}
+                        if self._send_repeat_penalty
+                        else None
+                    ),
                 )
             except openai.BadRequestError as exc:
                 if self._send_stream_options and "stream_options" in str(exc):
                     self._send_stream_options = False
+                    continue
+                if self._send_repeat_penalty and "repeat_penalty" in str(exc):
+                    self._send_repeat_penalty = False
                     continue
                 raise self._translate(exc) from exc
             except openai.OpenAIError as exc:
