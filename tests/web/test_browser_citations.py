@@ -161,7 +161,10 @@ def test_hostile_document_and_answer_render_as_text(
     # The document's passage, in the hover card, the source list and the viewer.
     chip = answer.get_by_test_id("citation").first
     chip.hover()
-    assert "<script>" in page.get_by_test_id("citation-card").inner_text()
+    # The card shows the checked quote (the supporting sentence), as text.
+    card = page.get_by_test_id("citation-card")
+    assert "Mitochondria make ATP in this document too." in card.inner_text()
+    assert card.locator("script, img, a, iframe, [onerror]").count() == 0
     chip.click()
     viewer = page.get_by_test_id("source-viewer")
     viewer.get_by_test_id("highlight").wait_for(timeout=30_000)
