@@ -1,6 +1,7 @@
 """Retrieval quality per mode: SciFact nDCG@10 / recall@100, FinanceBench evidence-page recall@5.
 
-Usage: python -m bench.retrieval_quality [--scifact-limit N] [--skip-financebench]
+Usage: python -m bench.retrieval_quality [--scifact-limit N] [--skip-financebench|--skip-scifact]
+A skipped set keeps its figures from the previous results file (marked as not re-run).
 Documents go through the real pipeline (SciFact abstracts as Markdown files: title heading +
 abstract; FinanceBench filings as the original PDFs).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import shutil
 import time
@@ -16,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import CACHE, DATA, read_jsonl, write_result
+from bench.common import CACHE, DATA, RESULTS, read_jsonl, write_result
 from studyrag.config import Settings
 from studyrag.services import Services, open_services
 
@@ -31,6 +33,10 @@ def ndcg_at_k(ranked: list[str], relevant: set[str], k: int = 10) -> float:
 
 def recall_at_k(ranked: list[str], relevant: set[str], k: int) -> float:
     return len(set(ranked[:k]) & relevant) / len(relevant) if relevant else 0.0
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 async def _ingest_folder(services: Services, folder: Path) -> dict[str, Any]:
@@ -62,7 +68,7 @@ async def scifact(limit: int | None) -> dict[str, Any]:
             title = " ".join(doc["title"].split()) or doc["_id"]
             (docs_dir / f"{doc['_id']}.md").write_text(f"# {title}\n\n{doc['text']}\n")
     settings = Settings(data_dir=work / "data")
-    out: dict[str, Any] = {"corpus_docs": len(corpus)}
+    out: dict[str, Any] = {"corpus_docs": len(corpus), "measured": _now()}
     async with open_services(settings) as services:
         if not (work / "ready").exists():
             out["ingest"] = await _ingest_folder(services, docs_dir)
@@ -92,7 +98,7 @@ async def financebench() -> dict[str, Any]:
     questions = read_jsonl(root / "questions.jsonl")
     work = CACHE / "financebench"
     settings = Settings(data_dir=work / "data")
-    out: dict[str, Any] = {"questions": len(questions)}
+    out: dict[str, Any] = {"questions": len(questions), "measured": _now()}
     async with open_services(settings) as services:
         if not (work / "ready").exists():
             out["ingest"] = await _ingest_folder(services, root / "pdfs")
@@ -113,9 +119,18 @@ async def financebench() -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    result: dict[str, Any] = {"scifact_train": await scifact(args.scifact_limit)}
-    if not args.skip_financebench:
-        result["financebench_dev"] = await financebench()
+    previous_path = RESULTS / "retrieval_quality.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() else {}
+    result: dict[str, Any] = {}
+    for key, skip, run in (
+        ("scifact_train", args.skip_scifact, lambda: scifact(args.scifact_limit)),
+        ("financebench_dev", args.skip_financebench, financebench),
+    ):
+        if not skip:
+            result[key] = await run()
+        elif key in previous:
+            when = previous[key].get("measured", previous.get("machine", {}).get("when"))
+            result[key] = {**previous[key], "measured": when, "not_re_run": True}
     result["reference"] = {
         "scifact_test_bm25_ndcg@10_published": 0.665,
         "note": "published BM25 is on the SciFact test split; ours is the train split",
@@ -127,4 +142,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--scifact-limit", type=int, default=None)
     parser.add_argument("--skip-financebench", action="store_true")
+    parser.add_argument("--skip-scifact", action="store_true")
     asyncio.run(main(parser.parse_args()))

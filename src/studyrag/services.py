@@ -19,6 +19,7 @@ from studyrag.db.notebooks import NotebookRepo
 from studyrag.db.repo import COMPLETED, DocumentRepo
 from studyrag.db.session import Database
 from studyrag.ingest.originals import OriginalStore
+from studyrag.ingest.page_headings import CONTEXTS_OUTDATED
 from studyrag.ingest.pipeline import IngestionPipeline, vector_metadata
 from studyrag.jobs.events import EventPublisher
 from studyrag.jobs.inprocess import InProcessJobRunner
@@ -106,6 +107,7 @@ async def open_services(
         )
         await pipeline.reconcile()
         await _tag_old_vectors(notebook_repo, repo, vectors)
+        await _warn_outdated_contexts(notebook_repo)
         broker = await stack.enter_async_context(build_broker(settings))
         events = EventPublisher(broker)
         await events.start()
@@ -210,6 +212,17 @@ def _reload_engine(engine: ChatEngine) -> Callable[[set[str]], None]:
             engine.reload_templates()
 
     return changed
+
+
+async def _warn_outdated_contexts(notebooks: NotebookRepo) -> None:
+    """Documents indexed before page headings existed (0004) search as before until reindexed."""
+    stale = await notebooks.state(CONTEXTS_OUTDATED)
+    if stale:
+        log.warning(
+            "%s document(s) were indexed before chunks carried their page headings; run "
+            "`studyrag documents reindex` once to recompute their contexts and embeddings",
+            stale,
+        )
 
 
 async def _tag_old_vectors(

@@ -23,6 +23,8 @@ def test_ids_and_opaque_titles_are_left_out() -> None:
 
 def test_title_equal_to_the_name_is_not_repeated() -> None:
     assert document_context("lecture-notes.md", "Lecture Notes", [draft()]) == "lecture notes"
+    # A document without a title is stored with its file name as one.
+    assert document_context("AMEX_2022_10K.pdf", "AMEX_2022_10K", [draft()]) == "AMEX 2022 10K"
 
 
 def test_embedding_text_joins_what_is_there() -> None:

@@ -158,9 +158,11 @@ def documents_reindex(
     data_dir: DataDir = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Recompute embeddings with the current embedding model."""
+    """Recompute chunk contexts and embeddings with the current embedding model."""
 
     async def go(services: Services) -> list[Any]:
+        from studyrag.ingest.page_headings import CONTEXTS_OUTDATED
+
         ids = [await services.documents.resolve_id_prefix(d) for d in document_ids or []]
         ids = ids or await services.documents.all_ids(status="completed")
         out = []
@@ -171,6 +173,9 @@ def documents_reindex(
                 emit(ingest_json(r))
             else:
                 print_ingest(r)
+        if not document_ids and all(r.ok for r in out):
+            # Every document now has the contexts of this version (migration 0004).
+            await services.notebooks.repo.clear_state(CONTEXTS_OUTDATED)
         return out
 
     results = run_command(data_dir, go, as_json=as_json)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -276,6 +276,44 @@ class DocumentRepo:
                     ],
                 )
         return ids
+
+    async def update_chunk_contexts(self, contexts: dict[int, str]) -> None:
+        """Set chunks' contexts and their full-text rows in one transaction (ids -> context)."""
+        if not contexts:
+            return
+        async with self.db.session() as s:
+            table = Chunk.__table__
+            assert isinstance(table, Table)
+            # Core, not ORM: an executemany UPDATE keyed by a bound id.
+            stmt = update(table).where(table.c.id == bindparam("cid"))
+            await s.execute(
+                stmt.values(context=bindparam("ctx")),
+                [{"cid": cid, "ctx": ctx} for cid, ctx in contexts.items()],
+            )
+            if self.db.is_sqlite:
+                # The FTS5 table is standalone: a row is replaced by deleting and inserting it.
+                # (PostgreSQL's tsvector column is generated from the context and follows it.)
+                rows = (
+                    await s.execute(
+                        select(Chunk.id, Chunk.text, Chunk.section).where(
+                            Chunk.id.in_(list(contexts))
+                        )
+                    )
+                ).all()
+                await s.execute(
+                    text("DELETE FROM chunks_fts WHERE rowid = :id"), [{"id": r.id} for r in rows]
+                )
+                await s.execute(
+                    text("INSERT INTO chunks_fts(rowid, text, section) VALUES (:id, :text, :sec)"),
+                    [
+                        {
+                            "id": r.id,
+                            "text": r.text,
+                            "sec": f"{contexts[r.id]} {r.section}".strip(),
+                        }
+                        for r in rows
+                    ],
+                )
 
     async def delete_chunks(self, document_id: str, session: AsyncSession | None = None) -> None:
         """Remove a document's chunks and their full-text rows."""

@@ -25,7 +25,7 @@ import anyio
 from studyrag.backends.embeddings.base import Embedder
 from studyrag.backends.vectors.base import VectorStore
 from studyrag.config import IngestSettings
-from studyrag.db.models import Document
+from studyrag.db.models import Chunk, Document
 from studyrag.db.repo import (
     CANCELLED,
     COMPLETED,
@@ -50,6 +50,7 @@ from studyrag.ingest.loaders import SUPPORTED_SUFFIXES, get_loader
 from studyrag.ingest.loaders.base import ExtractedDocument, LoadOptions
 from studyrag.ingest.originals import OriginalStore
 from studyrag.ingest.ownership import owner_gone, process_owner
+from studyrag.ingest.page_headings import chunk_contexts, page_headings_from_text
 from studyrag.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ class _Prepared:
     extracted: ExtractedDocument
     drafts: list[ChunkDraft]
     result: IngestResult
-    context: str = ""
+    # Per draft: what it is part of (document name and title, its page's heading).
+    contexts: list[str] = field(default_factory=list)
     # When it was uploaded: only older versions of its file name are retired.
     created_at: Any = None
 
@@ -530,7 +532,12 @@ class IngestionPipeline:
                 raise ExtractionFailed(f"{doc.filename} contains no text that could be extracted.")
         except Exception as exc:
             return await self._fail(result, doc.id, exc, report)
-        context = document_context(doc.filename, extracted.metadata.get("title"), drafts)
+        contexts = chunk_contexts(
+            document_context(doc.filename, extracted.metadata.get("title"), drafts),
+            # From the text and page starts alone, as a reindex finds them again.
+            page_headings_from_text(extracted.text, extracted.metadata.get("page_starts")),
+            [(d.start, d.page) for d in drafts],
+        )
         return _Prepared(
             doc.id,
             doc.file_type,
@@ -538,7 +545,7 @@ class IngestionPipeline:
             extracted,
             drafts,
             result,
-            context,
+            contexts,
             created_at=doc.created_at,
         )
 
@@ -605,7 +612,9 @@ class IngestionPipeline:
         store: VectorStore,
     ) -> None:
         await self.repo.set_step([p.document_id for p in batch], "embedding", 15.0)
-        inputs = [embedding_input(d, p.context) for p in batch for d in p.drafts]
+        inputs = [
+            embedding_input(d, c) for p in batch for d, c in zip(p.drafts, p.contexts, strict=True)
+        ]
         # Which slice of `inputs` belongs to which document, for per-document progress.
         spans: list[tuple[_Prepared, int, int]] = []
         offset = 0
@@ -651,7 +660,8 @@ class IngestionPipeline:
             try:
                 self._check(p.document_id, cancelled)
                 report(_progress(p, "storing", STEP_PERCENT["storing"]))
-                ids = await self.repo.insert_chunks(p.document_id, _chunk_rows(p.drafts, p.context))
+                rows = _chunk_rows(p.drafts, p.contexts)
+                ids = await self.repo.insert_chunks(p.document_id, rows)
             except Exception as exc:
                 await self._fail(p.result, p.document_id, exc, report)
             else:
@@ -888,6 +898,13 @@ class IngestionPipeline:
             )
         t = time.perf_counter()
         embedder, store = self.embedder, self.vectors
+        # Contexts are derived from the stored text, so chunks indexed before page headings
+        # existed get them (in SQL and full-text search too); copy_vectors embeds them.
+        chunks = await self.repo.chunks_for(document_id)
+        content = await self.repo.get_content(document_id)
+        contexts = stored_contexts(doc.filename, doc.meta, content, chunks)
+        changed = {c.id: ctx for c, ctx in zip(chunks, contexts, strict=True) if c.context != ctx}
+        await self.repo.update_chunk_contexts(changed)
         # Chunk ids are stable, so the upsert replaces the vectors in place: the document is
         # never without them. The collection is per model: another model's stay apart.
         count = await self.copy_vectors(document_id, embedder, store)
@@ -1031,13 +1048,37 @@ def document_context(filename: str, title: Any, drafts: list[ChunkDraft]) -> str
         if (
             re.search(r"[^\W\d_]{3,}", clean)
             and clean.casefold() != first_heading.casefold()
-            and clean.casefold() != stem.casefold()
+            # The file name as a title (what a document without one is stored with) adds nothing.
+            and _SEPARATORS.sub(" ", clean).strip().casefold() != stem.casefold()
         ):
             parts.append(clean)
     return " — ".join(parts)
 
 
-def _chunk_rows(drafts: list[ChunkDraft], context: str) -> list[dict[str, Any]]:
+def stored_contexts(
+    filename: str, meta: dict[str, Any], content: str, chunks: list[Chunk]
+) -> list[str]:
+    """Each stored chunk's context, recomputed as ingestion computes it for new chunks."""
+    drafts = [
+        ChunkDraft(
+            text=c.text,
+            start=c.start_char,
+            end=c.end_char,
+            page=c.page,
+            section=tuple(c.section.split(" > ")) if c.section else (),
+            token_count=c.token_count,
+            index=c.index,
+        )
+        for c in chunks
+    ]
+    return chunk_contexts(
+        document_context(filename, meta.get("title"), drafts),
+        page_headings_from_text(content, meta.get("page_starts")),
+        [(d.start, d.page) for d in drafts],
+    )
+
+
+def _chunk_rows(drafts: list[ChunkDraft], contexts: list[str]) -> list[dict[str, Any]]:
     return [
         {
             "context": context,
@@ -1049,7 +1090,7 @@ def _chunk_rows(drafts: list[ChunkDraft], context: str) -> list[dict[str, Any]]:
             "section": " > ".join(d.section),
             "token_count": d.token_count,
         }
-        for d in drafts
+        for d, context in zip(drafts, contexts, strict=True)
     ]
 
 
