@@ -146,7 +146,7 @@ class DocumentBusy(DocumentError):
 class FileUnpacksTooLarge(DocumentError):
     """A zip-based document (DOCX) that inflates past the size or ratio caps: a zip bomb."""
 
-    error_code = "DOC_008"
+    error_code = "DOC_014"
     status_code = 413
     default_hint = (
         "Save the document again in its program (or split it); the caps are "

@@ -38,7 +38,7 @@ async def test_docx_bomb_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
     assert bomb.stat().st_size < 1 << 20
     async with open_services(Settings(data_dir=tmp_path / "data")) as services:
         refused = await services.pipeline.ingest_file(bomb)
-        assert (refused.status, refused.error_code) == ("failed", "DOC_008")
+        assert (refused.status, refused.error_code) == ("failed", "DOC_014")
         assert "decompression bomb" in (refused.error or "")
         # A real document of the same kind still goes through the same check.
         ok = await services.pipeline.ingest_file(good)
@@ -47,7 +47,7 @@ async def test_docx_bomb_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
     tiny = Settings(data_dir=tmp_path / "data2", ingest=IngestSettings(max_unpacked_mb=0.001))
     async with open_services(tiny) as services:
         capped = await services.pipeline.ingest_file(good)
-        assert (capped.status, capped.error_code) == ("failed", "DOC_008")
+        assert (capped.status, capped.error_code) == ("failed", "DOC_014")
         assert "unpacks to more than" in (capped.error or "")
 
 
@@ -114,3 +114,18 @@ async def test_failed_documents_are_bounded_per_notebook(tmp_path: Path) -> None
         # Their originals went with them: only the kept ones have a file.
         files = [p for p in (tmp_path / "data" / "files").rglob("*") if p.is_file()]
         assert len(files) == 3
+
+
+async def test_a_killed_upload_leaves_nothing_after_a_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data)
+    async with open_services(settings, with_jobs=True):
+        pass
+    # What a SIGKILL mid-upload leaves: a partial original and a partial archive.
+    (data / "files" / ".incoming").mkdir(parents=True, exist_ok=True)
+    (data / "files" / ".incoming" / "partial").write_bytes(b"x" * 1000)
+    (data / "imports").mkdir(exist_ok=True)
+    (data / "imports" / "partial.zip").write_bytes(b"PK\x03\x04" + b"x" * 1000)
+    async with open_services(settings, with_jobs=True):
+        assert list((data / "files" / ".incoming").iterdir()) == []
+        assert list((data / "imports").iterdir()) == []

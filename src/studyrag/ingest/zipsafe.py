@@ -29,7 +29,7 @@ def ratio_exceeded(unpacked: int, packed: int, max_ratio: float) -> bool:
 def check_zip_document(path: Path, *, max_unpacked: int, max_ratio: float) -> int:
     """Inflate every entry of a zip-based document (counting only); its unpacked size.
 
-    FileUnpacksTooLarge (DOC_008) for a decompression bomb. A file that is no zip or is
+    FileUnpacksTooLarge (DOC_014) for a decompression bomb. A file that is no zip or is
     damaged passes: its loader reports that with its own message.
     """
     total = 0
