@@ -79,12 +79,13 @@ class _Events:
 
 
 async def file_parts(
-    request: Request, *, invalid: type[StudyRAGError], max_files: int
+    request: Request, *, field: str, invalid: type[StudyRAGError], max_files: int
 ) -> AsyncGenerator[FilePart, None]:
-    """The form's file parts in order; each must be read (or abandoned) before the next.
+    """The form's file parts under `field`, in order; each is read (or abandoned) before
+    the next.
 
     `invalid` is raised for a body that is not multipart/form-data or is malformed, and for
-    more than `max_files` file parts. Fields that are not files are skipped.
+    more than `max_files` file parts. Other fields, and fields that are not files, are skipped.
     """
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
@@ -132,19 +133,19 @@ async def file_parts(
         if kind != "begin":
             continue
         headers: dict[bytes, bytes] = {}
-        field, value = b"", b""
+        hname, value = b"", b""
         while (kind_data := await next_event())[0] != "headers":
             kind, data = kind_data
             if kind == "hfield":
-                field += data
+                hname += data
             elif kind == "hvalue":
                 value += data
             elif kind == "hend":
-                headers[field.lower()] = value
-                field, value = b"", b""
+                headers[hname.lower()] = value
+                hname, value = b"", b""
         _, options = parse_options_header(headers.get(b"content-disposition", b""))
         chunks = part_data()
-        if b"filename" not in options:
+        if b"filename" not in options or options.get(b"name", b"") != field.encode():
             async for _ in chunks:  # a plain field: skipped
                 pass
             continue

@@ -80,7 +80,7 @@ async def upload(
             f"The upload is {int(declared) / 1e6:.1f} MB; the limit is "
             f"{settings.max_file_size_mb:g} MB."
         )
-    parts = file_parts(request, invalid=InvalidDocumentRequest, max_files=1)
+    parts = file_parts(request, field="file", invalid=InvalidDocumentRequest, max_files=1)
     file = await anext(parts, None)
     if file is None:
         raise InvalidDocumentRequest(

@@ -54,7 +54,7 @@ async def import_notebook(request: Request, services: ServicesDep) -> NotebookIm
             f"The archive is over the {limits.max_archive_mb:g} MB limit.",
             details={"limit": limits.max_archive_bytes, "size": int(declared)},
         )
-    parts = file_parts(request, invalid=InvalidNotebook, max_files=1)
+    parts = file_parts(request, field="file", invalid=InvalidNotebook, max_files=1)
     upload = await anext(parts, None)
     if upload is None:
         raise InvalidNotebook(

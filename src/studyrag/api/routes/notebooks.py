@@ -90,7 +90,9 @@ async def upload_documents(
 
     The form is streamed: each file goes straight into the data directory's .incoming/ and
     is refused (DOC_002) as soon as it passes the size limit, before the rest is read."""
-    parts = file_parts(request, invalid=InvalidNotebook, max_files=MAX_FILES_PER_UPLOAD)
+    parts = file_parts(
+        request, field="files", invalid=InvalidNotebook, max_files=MAX_FILES_PER_UPLOAD
+    )
     first = await anext(parts, None)
     if first is None:
         raise InvalidNotebook("No files in the upload.", hint="Send files under the field `files`.")
