@@ -63,10 +63,22 @@ class IngestSettings(BaseModel):
     ocr_threads: int = Field(default=max(1, min(2, (os.cpu_count() or 2) // 2)), ge=1, le=64)
     # Resolution scanned PDF pages are rendered at for OCR.
     ocr_dpi: int = Field(default=200, ge=72, le=400)
+    # Zip-based documents (DOCX) are inflated and counted before they are parsed
+    # (ingest/zipsafe.py): refused past this total or this unpacked/packed ratio of one part
+    # (100x, the bound zip-bomb detectors commonly use, as for archives).
+    max_unpacked_mb: float = Field(default=512.0, gt=0)
+    max_unpack_ratio: float = Field(default=100.0, ge=1)
+    # Failed documents kept per notebook (newest first, to show why they failed); older
+    # ones are removed with their originals, so refused uploads cannot pile up.
+    keep_failed: int = Field(default=50, ge=0, le=10_000)
 
     @property
     def max_file_size_bytes(self) -> int:
         return int(self.max_file_size_mb * 1024 * 1024)
+
+    @property
+    def max_unpacked_bytes(self) -> int:
+        return int(self.max_unpacked_mb * 1024 * 1024)
 
 
 class ArchiveSettings(BaseModel):

@@ -143,6 +143,17 @@ class DocumentBusy(DocumentError):
     default_hint = "Wait until its ingestion finishes (GET /api/documents/{id}), then try again."
 
 
+class FileUnpacksTooLarge(DocumentError):
+    """A zip-based document (DOCX) that inflates past the size or ratio caps: a zip bomb."""
+
+    error_code = "DOC_014"
+    status_code = 413
+    default_hint = (
+        "Save the document again in its program (or split it); the caps are "
+        "STUDYRAG_INGEST__MAX_UNPACKED_MB and STUDYRAG_INGEST__MAX_UNPACK_RATIO."
+    )
+
+
 # --- search ------------------------------------------------------------------------------
 class SearchError(StudyRAGError):
     error_code = "SEARCH_000"

@@ -201,6 +201,8 @@ async def open_services(
             await stack.enter_async_context(runner)
             metrics.watch(metrics.jobs, lambda: float(runner.queued), state="queued")
             metrics.watch(metrics.jobs, lambda: float(runner.running), state="running")
+            # Archives a killed upload left (no unfinished import refers to them) go first.
+            await archives.clear_orphan_uploads()
             await jobs.start()
             await jobs.resume_deletions()
         yield services

@@ -22,12 +22,14 @@ from tests.conftest import free_port
 
 
 @contextmanager
-def running_chroma(path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A real `chroma run` server on 127.0.0.1: (chroma+http URL, process)."""
+def running_chroma(
+    path: Path, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real `chroma run` server on 127.0.0.1 (on `port`, else a free one): (URL, process)."""
     exe = Path(sys.executable).with_name("chroma")
     if not exe.exists():
         exe = Path(shutil.which("chroma") or "chroma")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [str(exe), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,

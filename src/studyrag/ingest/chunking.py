@@ -22,6 +22,11 @@ aside: a citation may be coarse, never wrong.
 A span longer than ``chunk_size`` is cut into windows of at most ``chunk_size`` tokens that
 overlap by ``chunk_overlap`` tokens, preferring sentence ends near the limit, then word
 boundaries.
+
+Chunks are bounded in characters too: a token the tokenizer reports over ``MAX_TOKEN_CHARS``
+characters (a 2 MB "word" without spaces is one unknown token to a WordPiece model) counts
+as one token per ``MAX_TOKEN_CHARS`` characters, so the windows cut through it and no chunk
+holds more than ``chunk_size * MAX_TOKEN_CHARS`` characters of tokens.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ _SENTENCE_END = frozenset(".!?。！？")
 # A chunk under chunk_size / _SMALL_FRACTION tokens is too small to stand alone: the share
 # of a chunk the windows already give up to end at a sentence (_SENTENCE_LOOKBACK_FRACTION).
 _SMALL_FRACTION = 4
+# Longest token counted as one: real word pieces are a few characters; a longer one is a run
+# the tokenizer gave up on (WordPiece maps any word over 100 characters to one [UNK]).
+MAX_TOKEN_CHARS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +123,24 @@ class _Cut:
         )
 
 
+def _bounded(offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Token offsets with every token over MAX_TOKEN_CHARS split into pieces of that size."""
+    if all(e - s <= MAX_TOKEN_CHARS for s, e in offsets):
+        return offsets
+    out: list[tuple[int, int]] = []
+    for s, e in offsets:
+        out.extend((i, min(i + MAX_TOKEN_CHARS, e)) for i in range(s, e, MAX_TOKEN_CHARS))
+        if s == e:
+            out.append((s, e))
+    return out
+
+
 def _groups(doc: ExtractedDocument, tokenizer: Tokenizer) -> Iterator[_Group]:
     """Tokenize each span once and group consecutive spans sharing (section, page)."""
     current: _Group | None = None
     text = doc.text
     for span in doc.spans:
-        piece = _Piece(span, tokenizer.offsets(text[span.start : span.end]))
+        piece = _Piece(span, _bounded(tokenizer.offsets(text[span.start : span.end])))
         if current is None or (current.section, current.page) != (span.section, span.page):
             if current is not None:
                 yield current

@@ -47,10 +47,11 @@ from studyrag.errors import (
 )
 from studyrag.ingest.chunking import ChunkDraft, chunk_document
 from studyrag.ingest.loaders import SUPPORTED_SUFFIXES, get_loader
-from studyrag.ingest.loaders.base import ExtractedDocument, LoadOptions
+from studyrag.ingest.loaders.base import ExtractedDocument, Loader, LoadOptions
 from studyrag.ingest.originals import OriginalStore
 from studyrag.ingest.ownership import owner_gone, process_owner
 from studyrag.ingest.page_headings import chunk_contexts, page_headings_from_text
+from studyrag.ingest.zipsafe import ZIP_BASED_TYPES, check_zip_document
 from studyrag.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,8 @@ class IngestionPipeline:
         # One at a time per sha256 in this process: dedupe (check, then create) and
         # releasing an original (unused?, then remove) must not interleave.
         self._sha_locks: dict[str, asyncio.Lock] = {}
+        # Documents whose delete is running in this process (a retried delete waits for it).
+        self._deleting: set[str] = set()
         # Vector stores being filled for another embedding model (a model switch): deletes
         # reach them too, so the new vectors never outlive their document.
         self.shadow_vectors: list[VectorStore] = []
@@ -511,7 +514,7 @@ class IngestionPipeline:
             )
             t = time.perf_counter()
             extracted: ExtractedDocument = await anyio.to_thread.run_sync(
-                loader.load, path, limiter=_EXTRACT_LIMITER
+                self._load_checked, loader, doc.file_type, path, limiter=_EXTRACT_LIMITER
             )
             result.timings["extract"] = time.perf_counter() - t
             self._check(doc.id, cancelled)
@@ -780,6 +783,9 @@ class IngestionPipeline:
         except Exception:
             # The stores themselves are failing; the row stays "processing" for reconcile().
             log.exception("could not roll back %s", result.filename)
+        else:
+            if status == FAILED:
+                await self._prune_failed(document_id)
         report(
             Progress(
                 result.filename,
@@ -792,6 +798,24 @@ class IngestionPipeline:
         )
         self.metrics.ingest_documents.labels(status=status).inc()
         return result
+
+    async def _prune_failed(self, document_id: str) -> None:
+        """Keep only the newest `keep_failed` failed documents of this one's notebook."""
+        try:
+            doc = await self.repo.get(document_id)
+            older, _ = await self.repo.list(
+                notebook_id=doc.notebook_id,
+                status=FAILED,
+                limit=1000,
+                offset=self.settings.keep_failed,
+            )
+            for old in older:
+                if await self.repo.set_status(
+                    old.id, DELETING, expect=FAILED, owner=process_owner()
+                ):
+                    await self._finish_delete(old)
+        except StudyRAGError as exc:
+            log.warning("could not remove old failed documents: %s", exc.message)
 
     def _observe(self, result: IngestResult) -> None:
         """Record a completed document's step durations (extract, chunk, embed, store)."""
@@ -854,8 +878,30 @@ class IngestionPipeline:
         )
         return await self.repo.get(document_id)
 
+    def _load_checked(self, loader: Loader, file_type: str, path: Path) -> ExtractedDocument:
+        """Extract, after the zip-safety check for zip-based types (a bomb is never parsed)."""
+        if file_type in ZIP_BASED_TYPES:
+            check_zip_document(
+                path,
+                max_unpacked=self.settings.max_unpacked_bytes,
+                max_ratio=self.settings.max_unpack_ratio,
+            )
+        return loader.load(path)
+
     async def delete_document(self, document_id: str) -> Document:
-        """Remove a document and every chunk everywhere (not while it is being ingested)."""
+        """Remove a document and every chunk everywhere (not while it is being ingested).
+
+        A document left `deleting` by a delete that failed (a store that was down) is hidden
+        from every read, but a delete of it again finishes the job instead of answering 404.
+        """
+        async with self.repo.db.session() as s:
+            stuck = await s.get(Document, document_id)
+        if stuck is not None and stuck.status == DELETING:
+            mine = stuck.owner == process_owner() and document_id not in self._deleting
+            if not (mine or owner_gone(stuck.owner, stuck.updated_at)):
+                raise DocumentBusy(f"{stuck.filename} is being deleted already.")
+            await self._finish_delete(stuck)
+            return stuck
         doc = await self.repo.get(document_id)
         busy = DocumentBusy(f"{doc.filename} is being ingested; cancel it or delete it after that.")
         abandoned = doc.status == PROCESSING and owner_gone(doc.owner, doc.updated_at)
@@ -881,9 +927,13 @@ class IngestionPipeline:
         await self._finish_delete(doc)
 
     async def _finish_delete(self, doc: Document) -> None:
-        await self._delete_vectors(doc.id)
-        await self.repo.delete_document(doc.id)
-        await self.release_original(doc.sha256)
+        self._deleting.add(doc.id)
+        try:
+            await self._delete_vectors(doc.id)
+            await self.repo.delete_document(doc.id)
+            await self.release_original(doc.sha256)
+        finally:
+            self._deleting.discard(doc.id)
 
     async def reindex(self, document_id: str) -> IngestResult:
         """Recompute a document's embeddings with the current embedding model."""

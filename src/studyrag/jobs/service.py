@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,9 +124,12 @@ class JobService:
         return job
 
     # --- creating jobs -----------------------------------------------------------------
-    async def upload(self, notebook_id: str, files: Sequence[Upload]) -> UploadAccepted:
+    async def upload(
+        self, notebook_id: str, files: Sequence[Upload] | AsyncIterable[Upload]
+    ) -> UploadAccepted:
         """Store each file's bytes, queue the accepted ones in one job; never waits for
-        the model. A refused file (type, size) is reported and stored nowhere."""
+        the model. A refused file (type, size) is reported and stored nowhere. `files` may
+        arrive one by one (a streamed form): each is stored before the next is read."""
         await self.notebooks.get(notebook_id)
         job = await self.jobs.create(kind=INGEST, notebook_id=notebook_id)
         answer: list[UploadedDocument] = []
@@ -145,10 +148,14 @@ class JobService:
         )
 
     async def _store_uploads(
-        self, notebook_id: str, job_id: str, files: Sequence[Upload], answer: list[UploadedDocument]
+        self,
+        notebook_id: str,
+        job_id: str,
+        files: Sequence[Upload] | AsyncIterable[Upload],
+        answer: list[UploadedDocument],
     ) -> None:
         settings = self.pipeline.settings
-        for f in files:
+        async for f in _each(files):
             # Checked per file: a deletion that starts meanwhile must not get new documents.
             await self.notebooks.get(notebook_id)
             try:
@@ -483,3 +490,12 @@ def _progress_event(p: Progress, *, notebook_id: str | None, job_id: str) -> dic
     if p.warning is not None:
         event["warning"] = p.warning
     return event
+
+
+async def _each(files: Sequence[Upload] | AsyncIterable[Upload]) -> AsyncIterator[Upload]:
+    if isinstance(files, AsyncIterable):
+        async for f in files:
+            yield f
+    else:
+        for f in files:
+            yield f

@@ -367,6 +367,25 @@ class NotebookArchives:
         """Check a whole archive (worker thread); an archive error changes nothing."""
         return await anyio.to_thread.run_sync(check_archive, path, self.settings)
 
+    async def clear_orphan_uploads(self) -> int:
+        """Remove uploaded archives no unfinished import job refers to (an upload killed
+        while it was stored, or checked and refused by a process that died); how many."""
+        if not self.imports_dir.is_dir():
+            return 0
+        kept = {
+            str(job.meta.get("archive") or "")
+            for job in await self.job_repo.unfinished()
+            if job.kind == IMPORT_NOTEBOOK
+        }
+        removed = 0
+        for leftover in list(self.imports_dir.iterdir()):
+            if leftover.is_file() and str(leftover) not in kept:
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.warning("removed %d partial archive upload(s) from %s", removed, self.imports_dir)
+        return removed
+
     async def accept_upload(self, chunks: AsyncIterator[bytes]) -> NotebookImportAccepted:
         """Keep an uploaded archive, check it whole, then queue its import as a job."""
         await anyio.to_thread.run_sync(lambda: self.imports_dir.mkdir(parents=True, exist_ok=True))

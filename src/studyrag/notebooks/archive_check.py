@@ -33,6 +33,7 @@ from studyrag.errors import (
     ArchiveUnsafe,
     ArchiveVersionUnsupported,
 )
+from studyrag.ingest.zipsafe import ratio_exceeded
 from studyrag.schemas.archive import (
     ENTRY_PATTERNS,
     FORMAT,
@@ -46,9 +47,6 @@ from studyrag.schemas.archive import (
 M = TypeVar("M", bound=BaseModel)
 
 BLOCK = 1 << 20
-# Entries smaller than this are never called bombs: a tiny file of one repeated character
-# deflates 1000x and is harmless. The total-size cap bounds many of them.
-_RATIO_FLOOR = 1 << 20
 # A JSON entry is parsed in memory: one document's text and chunks, one conversation.
 _MAX_JSON_ENTRY = 512 << 20
 _MAX_MANIFEST = 64 << 20
@@ -144,7 +142,7 @@ class Counter:
 
 def check_ratio(info: zipfile.ZipInfo, unpacked: int, limits: ArchiveSettings) -> None:
     """ArchiveBomb when an entry unpacks to more than max_ratio times its packed size."""
-    if unpacked > _RATIO_FLOOR and unpacked > limits.max_ratio * max(1, info.compress_size):
+    if ratio_exceeded(unpacked, info.compress_size, limits.max_ratio):
         raise ArchiveBomb(
             f"The archive entry {info.filename!r} unpacks to more than "
             f"{limits.max_ratio:g} times its packed size: a decompression bomb.",

@@ -10,16 +10,19 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
-from fastapi import APIRouter, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from studyrag.api.deps import ServicesDep
-from studyrag.api.routes.notebooks import _chunks, safe_filename
+from studyrag.api.multipart import file_parts, multipart_openapi
+from studyrag.api.routes.notebooks import safe_filename
 from studyrag.errors import (
     DocumentError,
     ExtractionFailed,
     FileTooLarge,
+    FileUnpacksTooLarge,
     IngestionFailed,
+    InvalidDocumentRequest,
     InvalidSpan,
     OriginalMissing,
     RangeNotSatisfiable,
@@ -38,7 +41,14 @@ from studyrag.schemas.documents import (
 router = APIRouter(prefix="/api/documents", tags=["documents"])
 
 _ERRORS: dict[str, type[DocumentError]] = {
-    c.error_code: c for c in (UnsupportedFileType, FileTooLarge, ExtractionFailed, IngestionFailed)
+    c.error_code: c
+    for c in (
+        UnsupportedFileType,
+        FileTooLarge,
+        ExtractionFailed,
+        IngestionFailed,
+        FileUnpacksTooLarge,
+    )
 }
 # The largest window of extracted text one request returns.
 MAX_TEXT_WINDOW = 200_000
@@ -52,16 +62,17 @@ _CONTENT_TYPES = {
 }
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, openapi_extra=multipart_openapi("file", many=False))
 async def upload(
     request: Request,
-    file: UploadFile,
     services: ServicesDep,
     notebook_id: str | None = Query(None, max_length=64),
 ) -> dict[str, Any]:
-    """Ingest one file and wait for it (POST /api/notebooks/{id}/documents does not wait)."""
+    """Ingest one file and wait for it (POST /api/notebooks/{id}/documents does not wait).
+
+    The form is streamed straight into the data directory's .incoming/, the size limit
+    checked as it arrives (413 DOC_002 at once, the rest unread)."""
     nb_id = await services.notebooks.resolve_id(notebook_id)
-    name = safe_filename(file.filename)
     settings = services.settings.ingest
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_file_size_bytes + 65536:
@@ -69,10 +80,18 @@ async def upload(
             f"The upload is {int(declared) / 1e6:.1f} MB; the limit is "
             f"{settings.max_file_size_mb:g} MB."
         )
-    check_upload(name, file.size, settings)
+    parts = file_parts(request, field="file", invalid=InvalidDocumentRequest, max_files=1)
+    file = await anext(parts, None)
+    if file is None:
+        raise InvalidDocumentRequest(
+            "No file in the upload.", hint="Send the file under the form field `file`."
+        )
+    name = safe_filename(file.filename)
+    check_upload(name, None, settings)
     sha, size = await services.originals.save_stream(
-        _chunks(file), limit=settings.max_file_size_bytes, name=name
+        file.chunks, limit=settings.max_file_size_bytes, name=name
     )
+    await parts.aclose()
     registered = await services.pipeline.register_stored(
         sha=sha, size=size, filename=name, notebook_id=nb_id
     )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from starlette.datastructures import UploadFile
 
 from studyrag.api.deps import ServicesDep
+from studyrag.api.multipart import file_parts, multipart_openapi
 from studyrag.errors import ArchiveTooLarge, InvalidNotebook
 from studyrag.schemas.archive import NotebookImportAccepted
 
@@ -36,7 +35,12 @@ async def export_notebook(
     )
 
 
-@router.post("/import", status_code=202, response_model=NotebookImportAccepted)
+@router.post(
+    "/import",
+    status_code=202,
+    response_model=NotebookImportAccepted,
+    openapi_extra=multipart_openapi("file", many=False),
+)
 async def import_notebook(request: Request, services: ServicesDep) -> NotebookImportAccepted:
     """Check the whole archive (refused with NB_005..NB_010, changing nothing), then restore
     it as a new notebook in a job: follow GET /api/jobs/{job_id} or its events.
@@ -50,21 +54,19 @@ async def import_notebook(request: Request, services: ServicesDep) -> NotebookIm
             f"The archive is over the {limits.max_archive_mb:g} MB limit.",
             details={"limit": limits.max_archive_bytes, "size": int(declared)},
         )
-    async with request.form(max_files=1, max_fields=10) as form:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidNotebook(
-                "No archive in the upload.", hint="Send the archive under the form field `file`."
-            )
-        return await services.archives.accept_upload(_chunks(upload))
+    parts = file_parts(request, field="file", invalid=InvalidNotebook, max_files=1)
+    upload = await anext(parts, None)
+    if upload is None:
+        raise InvalidNotebook(
+            "No archive in the upload.", hint="Send the archive under the form field `file`."
+        )
+    try:
+        return await services.archives.accept_upload(upload.chunks)
+    finally:
+        await parts.aclose()
 
 
 def content_disposition(filename: str) -> str:
     """An attachment header every browser reads: an ASCII name plus the UTF-8 one."""
     ascii_name = filename.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(1 << 20):
-        yield chunk

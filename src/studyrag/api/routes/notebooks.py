@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Query, UploadFile
+from fastapi import APIRouter, Query, Request
 
 from studyrag.api.deps import ServicesDep
+from studyrag.api.multipart import FilePart, file_parts, multipart_openapi
 from studyrag.errors import InvalidNotebook
 from studyrag.jobs.service import Upload
 from studyrag.schemas.documents import DocumentPage, DocumentPublic, JobPublic, UploadAccepted
@@ -76,20 +77,32 @@ async def notebook_documents(
     return DocumentPage(items=[DocumentPublic.from_row(d) for d in docs], total=total)
 
 
-@upload_router.post("/{notebook_id}/documents", status_code=202, response_model=UploadAccepted)
+@upload_router.post(
+    "/{notebook_id}/documents",
+    status_code=202,
+    response_model=UploadAccepted,
+    openapi_extra=multipart_openapi("files", many=True),
+)
 async def upload_documents(
-    notebook_id: str, files: list[UploadFile], services: ServicesDep
+    notebook_id: str, request: Request, services: ServicesDep
 ) -> UploadAccepted:
-    """Store the files and answer at once; ingestion runs as a job (GET /api/jobs/{id})."""
-    if not files:
+    """Store the files and answer at once; ingestion runs as a job (GET /api/jobs/{id}).
+
+    The form is streamed: each file goes straight into the data directory's .incoming/ and
+    is refused (DOC_002) as soon as it passes the size limit, before the rest is read."""
+    parts = file_parts(
+        request, field="files", invalid=InvalidNotebook, max_files=MAX_FILES_PER_UPLOAD
+    )
+    first = await anext(parts, None)
+    if first is None:
         raise InvalidNotebook("No files in the upload.", hint="Send files under the field `files`.")
-    if len(files) > MAX_FILES_PER_UPLOAD:
-        raise InvalidNotebook(
-            f"At most {MAX_FILES_PER_UPLOAD} files per upload; this one has {len(files)}.",
-            hint="Upload them in several requests.",
-        )
-    uploads = [Upload(safe_filename(f.filename), _chunks(f), f.size) for f in files]
-    return await services.jobs.upload(notebook_id, uploads)
+    return await services.jobs.upload(notebook_id, _uploads(first, parts))
+
+
+async def _uploads(first: FilePart, rest: AsyncIterator[FilePart]) -> AsyncIterator[Upload]:
+    yield Upload(safe_filename(first.filename), first.chunks)
+    async for part in rest:
+        yield Upload(safe_filename(part.filename), part.chunks)
 
 
 @router.post("/{notebook_id}/reindex", status_code=202, response_model=JobPublic)
@@ -104,8 +117,3 @@ def safe_filename(raw: str | None) -> str:
     base = re.split(r"[\\/]", raw or "")[-1]
     name = re.sub(r"[^\w.\- ]+", "_", base).strip(" .")
     return name.encode()[:150].decode(errors="ignore") or "upload"
-
-
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(1 << 20):
-        yield chunk
