@@ -173,6 +173,12 @@ class APISettings(BaseModel):
     sse_ping_interval: float = Field(default=15.0, gt=0)
     # When set, /v1 (the OpenAI-compatible endpoint) requires `Authorization: Bearer <key>`.
     key: str = ""
+    # Host header names served besides the bound ones (docs/operations.md): a reverse
+    # proxy's public name. Bound to 0.0.0.0/:: with this empty, any Host is served.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Origins (scheme://host[:port]) allowed besides the server's own for WebSockets and
+    # state-changing requests made by browsers. Empty: same-origin only.
+    allowed_origins: list[str] = Field(default_factory=list)
 
 
 class LogSettings(BaseModel):
