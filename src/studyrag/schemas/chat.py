@@ -46,6 +46,12 @@ class ChatOptions(BaseModel):
         }
 
 
+class StreamRequest(ChatOptions):
+    """POST /api/chat/stream/{conversation_id}: a question whose answer streams as SSE."""
+
+    message: str = Field(max_length=ABSOLUTE_MAX_MESSAGE_CHARS)
+
+
 class ChatRequest(ChatOptions):
     """POST /api/chat/message: a question, in a conversation or starting one."""
 
