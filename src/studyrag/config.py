@@ -179,6 +179,12 @@ class APISettings(BaseModel):
     # Origins (scheme://host[:port]) allowed besides the server's own for WebSockets and
     # state-changing requests made by browsers. Empty: same-origin only.
     allowed_origins: list[str] = Field(default_factory=list)
+    # A request's line and headers must arrive within this many seconds (slow clients).
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # Idle keep-alive connections are closed after this many seconds (uvicorn's own).
+    keep_alive_seconds: int = Field(default=5, ge=1, le=3600)
+    # The largest request line plus headers accepted (uvicorn's h11 buffer), in bytes.
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
 
 
 class LogSettings(BaseModel):

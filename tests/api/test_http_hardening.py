@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -138,3 +139,55 @@ async def test_a_500_carries_its_request_id_and_is_logged_with_it(
             res = await client.get("/api/boom")
     body = house(res, "GEN_001", 500)
     assert body["request_id"] in caplog.text
+
+
+async def test_slow_headers_are_cut_off_at_the_deadline() -> None:
+    import asyncio
+    import time
+
+    import uvicorn
+
+    from studyrag.api.slow_clients import header_deadline_protocol
+    from tests.conftest import free_port
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="off", http=header_deadline_protocol(1.0)
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    try:
+        # A client that trickles its headers is closed soon after the deadline ...
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            for _ in range(20):  # 10 s of headers, one line every half second
+                await writer.drain()
+                await asyncio.sleep(0.5)
+                writer.write(b"X-Slow: 1\r\n")
+            closed = await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionError:
+            closed = True
+        assert closed and time.monotonic() - started < 4
+        writer.close()
+        # ... and one that sends them in time is answered, also on its next request.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 204")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+    finally:
+        server.should_exit = True
+        await task
