@@ -134,12 +134,14 @@ def serve(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-async def read(http: httpx.AsyncClient, url: str, pid: int) -> dict[str, float]:
-    """Stream `url` to the end; count tokens; server CPU and wall time."""
+async def read(
+    http: httpx.AsyncClient, url: str, pid: int, body: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """Stream `url` to the end (POSTing `body` if given); count tokens; CPU and wall time."""
     tokens = 0
     tail = b""
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-    async with http.stream("GET", url) as response:
+    async with http.stream("POST" if body else "GET", url, json=body) as response:
         assert response.status_code == 200, await response.aread()
         async for chunk in response.aiter_bytes():
             joined = tail + chunk
@@ -157,7 +159,8 @@ async def run(port: int, pid: int, n: int, rounds: int) -> dict[str, list[dict[s
         for r in range(rounds):
             cid = f"bench{r}"
             urls = {
-                "studyrag_live": f"/api/chat/stream/{cid}?message=go&max_tokens={n}",
+                # Asking is a POST (its body below); attaching a GET.
+                "studyrag_live": f"/api/chat/stream/{cid}",
                 # Attaching without a message replays the finished answer.
                 "studyrag_replay": f"/api/chat/stream/{cid}",
                 "bare_live": f"/bare/live?n={n}",
@@ -165,7 +168,8 @@ async def run(port: int, pid: int, n: int, rounds: int) -> dict[str, list[dict[s
             }
             order = list(urls) if r % 2 == 0 else ["bare_live", "bare_replay", *list(urls)[:2]]
             for name in order:
-                result = await read(http, urls[name], pid)
+                ask = {"message": "go", "max_tokens": n} if name == "studyrag_live" else None
+                result = await read(http, urls[name], pid, ask)
                 if result["tokens"] != n:
                     raise RuntimeError(f"{name}: {result['tokens']} of {n} tokens arrived")
                 runs.setdefault(name, []).append(result)

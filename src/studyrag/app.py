@@ -19,6 +19,7 @@ from studyrag.api.errors import (
     install_error_handlers,
     max_body_bytes,
 )
+from studyrag.api.origin import HostOriginMiddleware
 from studyrag.api.telemetry import RequestTelemetryMiddleware
 from studyrag.config import Settings, load_settings
 from studyrag.observability.metrics import Metrics
@@ -65,6 +66,10 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
     app.add_middleware(
         BodyLimitMiddleware, limit=lambda scope: _body_limit(scope, settings), area_of=area_of
     )
+    # Before the body is read: a rebound or cross-site request is refused unread.
+    app.add_middleware(
+        HostOriginMiddleware, settings=lambda scope: _settings(scope, settings), area_of=area_of
+    )
     # Outside the body limit, so its 413s are timed and logged like any other answer.
     app.add_middleware(RequestTelemetryMiddleware)
     # Added last, so it runs first: the request id is known when a body is refused.
@@ -89,11 +94,16 @@ async def _warm_up(services: Services) -> None:
     log.info("warmed up in %.1f s", time.perf_counter() - t)
 
 
-def _body_limit(scope: Scope, settings: Settings | None) -> int:
-    """The chat body limit of the running app's settings."""
+def _settings(scope: Scope, settings: Settings | None) -> Settings | None:
+    """The running app's settings (those its services were opened with), else the given."""
     app = scope.get("app")
     services = getattr(getattr(app, "state", None), "services", None)
-    cfg = services.settings if services is not None else settings
+    return services.settings if services is not None else settings
+
+
+def _body_limit(scope: Scope, settings: Settings | None) -> int:
+    """The chat body limit of the running app's settings."""
+    cfg = _settings(scope, settings)
     return max_body_bytes(cfg) if cfg is not None else 1 << 20
 
 
@@ -110,6 +120,8 @@ class StudyRAGServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, *, app: FastAPI) -> None:
         super().__init__(config)
         self.studyrag_app = app
+        # The Host check (api/origin.py) allows the names of the address really bound.
+        app.state.bind_host = config.host
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start as uvicorn does, then tell CLI commands of this data dir where we are."""

@@ -185,6 +185,18 @@ class APISettings(BaseModel):
     sse_ping_interval: float = Field(default=15.0, gt=0)
     # When set, /v1 (the OpenAI-compatible endpoint) requires `Authorization: Bearer <key>`.
     key: str = ""
+    # Host header names served besides the bound ones (docs/operations.md): a reverse
+    # proxy's public name. Bound to 0.0.0.0/:: with this empty, any Host is served.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Origins (scheme://host[:port]) allowed besides the server's own for WebSockets and
+    # state-changing requests made by browsers. Empty: same-origin only.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # A request's line and headers must arrive within this many seconds (slow clients).
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # Idle keep-alive connections are closed after this many seconds (uvicorn's own).
+    keep_alive_seconds: int = Field(default=5, ge=1, le=3600)
+    # The largest request line plus headers accepted (uvicorn's h11 buffer), in bytes.
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
 
 
 class LogSettings(BaseModel):

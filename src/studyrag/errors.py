@@ -294,11 +294,34 @@ class RouteNotFound(StudyRAGError):
     status_code = 404
 
 
+class HostNotAllowed(StudyRAGError):
+    """A Host header that names none of the server's names (DNS rebinding)."""
+
+    error_code = "REQUEST_004"
+    status_code = 421
+    default_hint = (
+        "Use the address the server is bound to, or add this name to api.allowed_hosts "
+        "(STUDYRAG_API__ALLOWED_HOSTS) when a reverse proxy forwards it."
+    )
+
+
+class OriginNotAllowed(StudyRAGError):
+    """A cross-site browser request that changes state, or a cross-site WebSocket."""
+
+    error_code = "REQUEST_005"
+    status_code = 403
+    default_hint = (
+        "Send the request from the server's own pages, or add the page's origin to "
+        "api.allowed_origins (STUDYRAG_API__ALLOWED_ORIGINS)."
+    )
+
+
 class MethodNotAllowed(StudyRAGError):
     """The path exists, but not for this HTTP method."""
 
     error_code = "METHOD_NOT_ALLOWED"
     status_code = 405
+    default_hint = "Use one of the methods listed in the Allow header."
 
 
 class HTTPError(StudyRAGError):

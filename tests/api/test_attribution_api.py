@@ -82,7 +82,7 @@ async def test_rest_answers_carry_checked_quotes(http: httpx.AsyncClient) -> Non
 async def test_sse_done_carries_the_stored_attribution(http: httpx.AsyncClient) -> None:
     cid = await new_conversation(http)
     params = {"message": QUESTIONS[1], "max_tokens": 32}
-    async with http.stream("GET", f"/api/chat/stream/{cid}", params=params) as response:
+    async with http.stream("POST", f"/api/chat/stream/{cid}", json=params) as response:
         assert response.status_code == 200
         events = [e async for e in sse_events(response)]
     done = events[-1]

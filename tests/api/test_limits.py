@@ -99,9 +99,9 @@ async def test_rate_limit_is_per_address_whatever_the_socket_or_client_id(
             assert refused.json()["error_code"] == "RATE_001"
             assert refused.json()["details"]["limit"] == RATE
             assert 1 <= int(refused.headers["retry-after"]) <= 60
-        sse = await http.get(
+        sse = await http.post(
             f"/api/chat/stream/{cid}",
-            params={"message": QUESTION},
+            json={"message": QUESTION},
             headers={"X-Client-ID": "a-fourth-tab"},
         )
         assert sse.status_code == 429 and sse.json()["error_code"] == "RATE_001"
@@ -154,7 +154,7 @@ async def test_idle_websocket_is_pinged_and_sse_keeps_alive(
         assert ping["ts"] > 0
     comments = 0
     params = {"message": "Explain photosynthesis in detail.", "max_tokens": 40}
-    async with http.stream("GET", f"/api/chat/stream/{cid}", params=params) as response:
+    async with http.stream("POST", f"/api/chat/stream/{cid}", json=params) as response:
         async for line in response.aiter_lines():
             comments += line.startswith(":")
             if line.startswith("event: done"):

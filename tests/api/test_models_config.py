@@ -277,7 +277,7 @@ async def test_chat_switch_while_a_generation_streams(client: Any, server: LiveS
     old_path = str(default_model_path())
     cid = await new_conversation(client)
     params = {"message": LONG_QUESTION, "max_tokens": 300}
-    async with client.stream("GET", f"/api/chat/stream/{cid}", params=params) as response:
+    async with client.stream("POST", f"/api/chat/stream/{cid}", json=params) as response:
         assert response.status_code == 200
         events = sse_events(response)
         seen: list[Any] = []

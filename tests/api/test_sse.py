@@ -1,4 +1,4 @@
-"""GET /api/chat/stream over a real socket with httpx streaming and the real SmolLM2 model."""
+"""POST (ask) and GET (attach) /api/chat/stream over a real socket, with the real SmolLM2."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ async def read_all(
         return [e async for e in sse_events(response)]
 
 
+async def ask_all(http: httpx.AsyncClient, cid: str, body: dict[str, Any]) -> list[SSEEvent]:
+    """Ask (POST) and read the whole answer."""
+    async with http.stream("POST", stream_url(cid), json=body) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return [e async for e in sse_events(response)]
+
+
 def tokens(events: list[SSEEvent]) -> list[tuple[int, str]]:
     return [(e.data["seq"], e.data["delta"]) for e in events if e.event == "token"]
 
@@ -45,7 +53,7 @@ def ids(events: list[SSEEvent]) -> list[int]:
 
 async def test_events_in_order_with_ids(http: httpx.AsyncClient) -> None:
     cid = await new_conversation(http)
-    events = await read_all(http, cid, {"message": QUESTION, "max_tokens": SHORT})
+    events = await ask_all(http, cid, {"message": QUESTION, "max_tokens": SHORT})
     names = [e.event for e in events]
     assert names[:2] == ["start", "sources"] and names[-1] == "done"
     assert set(names[2:-1]) == {"token"}
@@ -63,10 +71,10 @@ async def test_last_event_id_replays_exactly_what_was_missed(http: httpx.AsyncCl
     cid = await new_conversation(http)
     params = {"message": LONG_QUESTION, "max_tokens": 60}
     first: list[SSEEvent] = []
-    async with http.stream("GET", stream_url(cid), params=params) as response:
+    async with http.stream("POST", stream_url(cid), json=params) as response:
         async for event in sse_events(response, limit=6):
             first.append(event)
-    # The browser's automatic reconnect: same URL, message included, plus Last-Event-ID.
+    # A reconnect of the former protocol: GET, message included, plus Last-Event-ID.
     rest = await read_all(http, cid, params, headers={"Last-Event-ID": first[-1].id or ""})
     combined = first + rest
     assert ids(combined) == list(range(1, len(combined) + 1)), "no loss, no duplicates"
@@ -83,7 +91,7 @@ async def test_attach_without_message_and_nothing_to_attach_to(http: httpx.Async
     assert nothing[0].data["error_code"] == "CHAT_008"
 
     params = {"message": LONG_QUESTION, "max_tokens": 40}
-    async with http.stream("GET", stream_url(cid), params=params) as response:
+    async with http.stream("POST", stream_url(cid), json=params) as response:
         events = sse_events(response)
         opening = await anext(events)
         assert opening.event == "start"
@@ -98,10 +106,10 @@ async def test_last_event_id_of_an_earlier_answer_replays_the_current_one_whole(
     # Event numbers restart at 1 in every answer: a browser that reconnects with the id of
     # answer A while answer B runs must get B from its start, not B minus its first events.
     cid = await new_conversation(http)
-    answer_a = await read_all(http, cid, {"message": QUESTION, "max_tokens": SHORT})
+    answer_a = await ask_all(http, cid, {"message": QUESTION, "max_tokens": SHORT})
     assert answer_a[-1].event == "done"
     params = {"message": LONG_QUESTION, "max_tokens": 40}
-    async with http.stream("GET", stream_url(cid), params=params) as response:
+    async with http.stream("POST", stream_url(cid), json=params) as response:
         events = sse_events(response)
         opening = await anext(events)
         assert opening.event == "start"
@@ -125,10 +133,10 @@ async def test_last_event_id_of_an_earlier_answer_replays_the_current_one_whole(
 async def test_second_question_while_streaming_is_409(http: httpx.AsyncClient) -> None:
     cid = await new_conversation(http)
     params = {"message": LONG_QUESTION, "max_tokens": 40}
-    async with http.stream("GET", stream_url(cid), params=params) as response:
+    async with http.stream("POST", stream_url(cid), json=params) as response:
         events = sse_events(response)
         assert (await anext(events)).event == "start"
-        busy = await http.get(stream_url(cid), params={"message": QUESTION})
+        busy = await http.post(stream_url(cid), json={"message": QUESTION})
         assert busy.status_code == 409
         assert busy.json()["error_code"] == "CHAT_007"
         assert [e async for e in events][-1].event == "done"
@@ -137,7 +145,7 @@ async def test_second_question_while_streaming_is_409(http: httpx.AsyncClient) -
 async def test_disconnect_does_not_lose_the_answer(http: httpx.AsyncClient) -> None:
     cid = await new_conversation(http)
     params = {"message": LONG_QUESTION, "max_tokens": 40}
-    async with http.stream("GET", stream_url(cid), params=params) as response:
+    async with http.stream("POST", stream_url(cid), json=params) as response:
         seen = [e async for e in sse_events(response, limit=3)]
     assert seen[-1].event == "token"
     message_id = seen[0].data["message_id"]
@@ -154,11 +162,21 @@ async def test_disconnect_does_not_lose_the_answer(http: httpx.AsyncClient) -> N
 async def test_stream_errors_before_streaming_use_the_error_shape(
     http: httpx.AsyncClient,
 ) -> None:
-    missing = await http.get(stream_url("nope"), params={"message": QUESTION})
+    missing = await http.post(stream_url("nope"), json={"message": QUESTION})
     assert missing.status_code == 404 and missing.json()["error_code"] == "CHAT_005"
     cid = await new_conversation(http)
-    empty = await http.get(stream_url(cid), params={"message": "  "})
+    empty = await http.post(stream_url(cid), json={"message": "  "})
     assert empty.status_code == 422 and empty.json()["error_code"] == "CHAT_006"
     for bad_id in ("abc", "-1", ":3", "ab:cd"):
         bad = await http.get(stream_url(cid), headers={"Last-Event-ID": bad_id})
         assert bad.status_code == 422 and bad.json()["error_code"] == "CHAT_006", bad_id
+
+
+async def test_a_get_never_starts_an_answer(http: httpx.AsyncClient) -> None:
+    # Any web page, link or prefetch can send a GET: it must not write (issue 12).
+    cid = await new_conversation(http)
+    refused = await http.get(stream_url(cid), params={"message": QUESTION})
+    assert refused.status_code == 422 and refused.json()["error_code"] == "CHAT_006"
+    assert "POST" in refused.json()["details"]["hint"]
+    conversation = (await http.get(f"/api/chat/conversations/{cid}")).json()
+    assert conversation["message_count"] == 0

@@ -74,7 +74,7 @@ async def test_a_question_too_long_for_the_window_is_refused_on_every_transport(
 
         created = await http.post("/api/chat/conversations", json={})
         cid = created.json()["id"]
-        sse = await http.get(f"/api/chat/stream/{cid}", params={"message": TOO_LONG})
+        sse = await http.post(f"/api/chat/stream/{cid}", json={"message": TOO_LONG})
         assert sse.status_code == 413, sse.text
         assert_refused(sse.json())
 

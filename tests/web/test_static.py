@@ -29,7 +29,7 @@ async def client(tmp_path: Path) -> httpx.AsyncClient:
     # No lifespan: these routes need no backend, so no model is loaded.
     app = create_app(Settings(data_dir=tmp_path / "data"))
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
         yield c  # type: ignore[misc]
 
 

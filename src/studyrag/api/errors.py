@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from studyrag.config import Settings
@@ -91,8 +92,11 @@ class RequestIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                headers = list(message.get("headers") or [])
+                # An error handler outside this middleware may have set it already.
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", rid.encode()))
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_id)
@@ -162,19 +166,52 @@ class BodyLimitMiddleware:
         await self.app(scope, buffered, send)
 
 
+def allowed_methods(app: Any, scope: Scope) -> list[str]:
+    """Every method some route of this path answers (the `Allow` of a 405), sorted."""
+    methods: set[str] = set()
+    probe = {**scope, "method": "\x00"}  # matches no route fully: each path match is PARTIAL
+
+    def walk(routes: list[Any]) -> None:
+        for route in routes:
+            included = getattr(route, "original_router", None)  # FastAPI's include_router
+            if included is not None:
+                walk(included.routes)
+                continue
+            match, _ = route.matches(probe)
+            if match is not Match.NONE:
+                methods.update(getattr(route, "methods", None) or ())
+
+    walk(getattr(getattr(app, "router", None), "routes", []))
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI, *, area_of: AreaOf) -> None:
     """Map StudyRAGError, validation errors and anything unexpected to the one shape."""
 
     def respond(
-        request: Request, error: StudyRAGError, headers: dict[str, str] | None = None
+        request: Request,
+        error: StudyRAGError,
+        headers: dict[str, str] | None = None,
+        *,
+        logged: bool = False,
     ) -> JSONResponse:
         area = area_of(request.scope)
         count_error(request.scope, error.error_code, area.name)
-        return JSONResponse(
-            area.body(error, request_id_of(request)),
-            status_code=error.status_code,
-            headers=headers,
-        )
+        rid = request_id_of(request)
+        if error.status_code >= 500 and not logged:
+            # Every 5xx is in the log with the request id its client was given.
+            log.error(
+                "%s %s answered %d %s (request %s): %s",
+                request.method,
+                request.url.path,
+                error.status_code,
+                error.error_code,
+                rid,
+                error.message,
+            )
+        # Also set here: an unexpected error is answered outside RequestIdMiddleware.
+        headers = {**(headers or {}), "X-Request-ID": rid} if rid else headers
+        return JSONResponse(area.body(error, rid), status_code=error.status_code, headers=headers)
 
     @app.exception_handler(StudyRAGError)
     async def _studyrag(request: Request, exc: StudyRAGError) -> JSONResponse:
@@ -205,19 +242,29 @@ def install_error_handlers(app: FastAPI, *, area_of: AreaOf) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
         error: StudyRAGError
+        headers = dict(exc.headers or {})
         if exc.status_code == RouteNotFound.status_code:
             error = RouteNotFound(message)
         elif exc.status_code == MethodNotAllowed.status_code:
-            error = MethodNotAllowed(message)
+            allow = allowed_methods(request.app, request.scope)
+            if allow:
+                headers["Allow"] = ", ".join(allow)
+            error = MethodNotAllowed(message, details={"allow": allow})
         else:
             error = HTTPError(message, status_code=exc.status_code)
-        return respond(request, error)
+        return respond(request, error, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with the traceback; the client sees no internals.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        error = StudyRAGError(
-            "Internal server error; the request id identifies it in the server log."
+        log.exception(
+            "unhandled error on %s %s (request %s)",
+            request.method,
+            request.url.path,
+            request_id_of(request),
         )
-        return respond(request, error)
+        error = StudyRAGError(
+            "Internal server error; the request id identifies it in the server log.",
+            hint="Try again; if it keeps failing, report the request id to the operator.",
+        )
+        return respond(request, error, logged=True)

@@ -203,9 +203,9 @@ def _ask_server(
             created = http.post("/api/chat/conversations", json={"notebook_id": match[0]["id"]})
             if created.status_code != 201:
                 return None
-            params = {"message": question, **{k: v for k, v in options.items() if v}}
+            body = {"message": question, **{k: v for k, v in options.items() if v}}
             cid = created.json()["id"]
-            with http.stream("GET", f"/api/chat/stream/{cid}", params=params) as stream:
+            with http.stream("POST", f"/api/chat/stream/{cid}", json=body) as stream:
                 if stream.status_code != 200:
                     stream.read()
                     fail(stream.json())

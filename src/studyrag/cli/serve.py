@@ -15,6 +15,7 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Start the HTTP/WebSocket server."""
+    from studyrag.api.slow_clients import header_deadline_protocol
     from studyrag.app import create_app
     from studyrag.app import serve as run_server
 
@@ -32,4 +33,8 @@ def serve(
         access_log=False,
         ws_max_size=settings.api.ws_max_frame_bytes * 4,
         timeout_graceful_shutdown=10,
+        # Slow clients (docs/operations.md): headers within a deadline, bounded in size.
+        http=header_deadline_protocol(settings.api.header_timeout_seconds),
+        timeout_keep_alive=settings.api.keep_alive_seconds,
+        h11_max_incomplete_event_size=settings.api.max_header_bytes,
     )

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from studyrag.schemas.base import SQLITE_INT_MAX
 from studyrag.schemas.notebooks import DESCRIPTION_MAX, NAME_MAX
 
 FORMAT = "studyrag-notebook"
@@ -42,7 +43,7 @@ class _Strict(BaseModel):
 class ArchiveEntry(_Strict):
     """Size and sha256 of one entry's (uncompressed) bytes, as written."""
 
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=SQLITE_INT_MAX)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -60,12 +61,12 @@ class ArchivedDocumentRef(_Strict):
     filename: str
     original: str | None = None
     vectors: str | None = None
-    chunks: int = Field(ge=0)
+    chunks: int = Field(ge=0, le=SQLITE_INT_MAX)
 
 
 class ArchiveManifest(_Strict):
     format: str
-    format_version: int
+    format_version: int = Field(le=SQLITE_INT_MAX)
     created_at: datetime
     studyrag_version: str = ""
     notebook: ArchivedNotebook
@@ -78,14 +79,14 @@ class ArchiveManifest(_Strict):
 
 
 class ArchivedChunk(_Strict):
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=SQLITE_INT_MAX)
     text: str
-    start_char: int = Field(ge=0)
-    end_char: int = Field(ge=0)
-    page: int | None = None
+    start_char: int = Field(ge=0, le=SQLITE_INT_MAX)
+    end_char: int = Field(ge=0, le=SQLITE_INT_MAX)
+    page: int | None = Field(default=None, ge=0, le=SQLITE_INT_MAX)
     section: str = ""
     context: str = ""
-    token_count: int = Field(default=0, ge=0)
+    token_count: int = Field(default=0, ge=0, le=SQLITE_INT_MAX)
 
 
 class ArchivedDocument(_Strict):
@@ -93,7 +94,7 @@ class ArchivedDocument(_Strict):
     id: str = Field(min_length=1, max_length=64)
     filename: str = Field(min_length=1, max_length=512)
     file_type: str = Field(min_length=1, max_length=16)
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=SQLITE_INT_MAX)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     # completed | failed | cancelled (in-flight documents are not exported)
     status: str = Field(pattern=r"^(completed|failed|cancelled)$")
@@ -106,12 +107,12 @@ class ArchivedDocument(_Strict):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     # Chunk ids it had where it was exported, by index (message sources name them).
-    chunk_ids: list[int] = Field(default_factory=list)
+    chunk_ids: list[Annotated[int, Field(ge=0, le=SQLITE_INT_MAX)]] = Field(default_factory=list)
     chunks: list[ArchivedChunk] = Field(default_factory=list)
 
 
 class ArchivedMessage(_Strict):
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=SQLITE_INT_MAX)
     role: str = Field(pattern=r"^(user|assistant|system)$")
     content: str = ""
     sources: list[Any] = Field(default_factory=list)
@@ -124,7 +125,7 @@ class ArchivedConversation(_Strict):
     title: str = Field(max_length=200)
     status: str = Field(pattern=r"^(active|archived)$")
     metadata: dict[str, Any] = Field(default_factory=dict)
-    last_seq: int = Field(ge=0)
+    last_seq: int = Field(ge=0, le=SQLITE_INT_MAX)
     last_message_at: datetime | None = None
     created_at: datetime
     updated_at: datetime

@@ -29,6 +29,13 @@ UTCDateTime = Annotated[
 ]
 
 
+# The largest integer SQLite stores (int64): every integer a request may carry is bounded by
+# it or less, so none overflows on its way into a query (422, never 500).
+SQLITE_INT_MAX = 2**63 - 1
+# The longest age a request may name, in seconds: 100 years (a datetime stays representable).
+MAX_AGE_SECONDS = 100 * 366 * 86_400
+
+
 class PublicModel(BaseModel):
     """A record as the API, the WebSocket frames and the CLI's --json show it."""
 

@@ -10,7 +10,7 @@ from studyrag.chat.engine import ABSOLUTE_MAX_MESSAGE_CHARS, MAX_ANSWER_TOKENS, 
 from studyrag.chat.prompts import TEMPLATE_NAME_MAX_CHARS
 from studyrag.config import Settings
 from studyrag.retrieval.types import SearchMode
-from studyrag.schemas.base import PublicModel
+from studyrag.schemas.base import SQLITE_INT_MAX, PublicModel
 from studyrag.schemas.conversations import ConversationPublic, MessagePublic
 from studyrag.schemas.documents import Quote
 from studyrag.schemas.search import SearchFiltersIn
@@ -44,6 +44,12 @@ class ChatOptions(BaseModel):
             "max_tokens": min(self.max_tokens, cap) if self.max_tokens else cap,
             "notebook_id": self.notebook_id,
         }
+
+
+class StreamRequest(ChatOptions):
+    """POST /api/chat/stream/{conversation_id}: a question whose answer streams as SSE."""
+
+    message: str = Field(max_length=ABSOLUTE_MAX_MESSAGE_CHARS)
 
 
 class ChatRequest(ChatOptions):
@@ -107,7 +113,7 @@ class WSTypingFrame(BaseModel):
     """The client's `typing` frame, relayed to the conversation's other clients."""
 
     type: Literal["typing"]
-    is_typing: bool
+    is_typing: bool = Field(strict=True)  # "yes" and 1 are refused
 
 
 class WSResumeFrame(BaseModel):
@@ -115,4 +121,4 @@ class WSResumeFrame(BaseModel):
 
     type: Literal["resume"]
     message_id: str = Field(min_length=1, max_length=ID_MAX_CHARS)
-    last_seq: int = Field(default=0, ge=0)
+    last_seq: int = Field(default=0, ge=0, le=SQLITE_INT_MAX)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from studyrag.chat.prompts import TEMPLATE_NAME_MAX_CHARS
 from studyrag.db.conversations import TITLE_MAX_CHARS
-from studyrag.schemas.base import PublicModel, UTCDateTime
+from studyrag.schemas.base import MAX_AGE_SECONDS, SQLITE_INT_MAX, PublicModel, UTCDateTime
 
 if TYPE_CHECKING:
     from studyrag.db.models import Conversation, Message
@@ -138,11 +138,14 @@ class CleanupRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    keep_last: int | None = Field(default=None, ge=0)
-    drop_incomplete: bool = False
-    older_than_seconds: float | None = Field(default=None, ge=0)
+    # Strict: `true` is no count and "yes" no flag (JSON numbers and booleans only).
+    keep_last: int | None = Field(default=None, ge=0, le=SQLITE_INT_MAX, strict=True)
+    drop_incomplete: bool = Field(default=False, strict=True)
+    older_than_seconds: float | None = Field(
+        default=None, ge=0, le=MAX_AGE_SECONDS, strict=True, allow_inf_nan=False
+    )
     # Remove a soft-deleted conversation and its messages for good.
-    purge: bool = False
+    purge: bool = Field(default=False, strict=True)
 
 
 class CleanupReport(PublicModel):

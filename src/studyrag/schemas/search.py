@@ -34,9 +34,10 @@ class SearchRequest(BaseModel):
     notebook_id: str | None = Field(default=None, max_length=64)
     mode: SearchMode | None = None
     top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K)
-    min_score: float | None = None
+    # Far wider than any score of any mode (cosine, BM25, fused): only absurd values are refused.
+    min_score: float | None = Field(default=None, ge=-1e6, le=1e6, allow_inf_nan=False)
     filters: SearchFiltersIn | None = None
-    group_by_document: bool = False
+    group_by_document: bool = Field(default=False, strict=True)
 
 
 class SearchResultPublic(PublicModel):

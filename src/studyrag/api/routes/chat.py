@@ -24,6 +24,7 @@ from studyrag.errors import (
     InvalidChatRequest,
     PayloadTooLarge,
 )
+from studyrag.schemas.base import SQLITE_INT_MAX
 from studyrag.schemas.chat import ChatRequest, ChatResponse, StopResult
 from studyrag.schemas.conversations import (
     CleanupReport,
@@ -99,7 +100,7 @@ async def list_conversations(
     updated_before: datetime | None = None,
     limit: int = Query(default=20, ge=1, le=MAX_PAGE_SIZE),
     cursor: str | None = Query(default=None, max_length=512),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=SQLITE_INT_MAX),
 ) -> ConversationPage:
     """Conversations by latest activity; follow next_cursor for the next page."""
     if notebook_id is not None:
@@ -191,8 +192,8 @@ async def list_messages(
     conversation_id: str,
     services: ServicesDep,
     limit: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
-    before_seq: int | None = Query(default=None, ge=0),
-    after_seq: int | None = Query(default=None, ge=0),
+    before_seq: int | None = Query(default=None, ge=0, le=SQLITE_INT_MAX),
+    after_seq: int | None = Query(default=None, ge=0, le=SQLITE_INT_MAX),
     order: Literal["asc", "desc"] = "asc",
 ) -> MessagePage:
     """A page of messages next to a seq cursor (before_seq: older, after_seq: newer)."""

@@ -8,9 +8,11 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Query
+from fastapi import Path as PathParam
 
 from studyrag.api.deps import ServicesDep
 from studyrag.errors import HighlightUnavailable, InvalidSpan
+from studyrag.schemas.base import SQLITE_INT_MAX
 from studyrag.schemas.documents import ChunkPublic, PageRect, Quote
 
 router = APIRouter(prefix="/api/chunks", tags=["documents"])
@@ -18,8 +20,8 @@ router = APIRouter(prefix="/api/chunks", tags=["documents"])
 
 @router.get("/{chunk_id}", response_model=ChunkPublic)
 async def get_chunk(
-    chunk_id: int,
     services: ServicesDep,
+    chunk_id: int = PathParam(le=SQLITE_INT_MAX),
     start: int | None = Query(None, ge=0, le=1 << 40),
     end: int | None = Query(None, ge=0, le=1 << 40),
 ) -> ChunkPublic:

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from studyrag.api.deps import ServicesDep
@@ -29,6 +29,7 @@ from studyrag.errors import (
     UnsupportedFileType,
 )
 from studyrag.ingest.pipeline import check_upload
+from studyrag.schemas.base import SQLITE_INT_MAX
 from studyrag.schemas.documents import (
     ChunkLocation,
     DocumentDetail,
@@ -238,8 +239,8 @@ async def get_text(
 )
 async def get_page_image(
     document_id: str,
-    page: int,
     services: ServicesDep,
+    page: int = Path(le=SQLITE_INT_MAX),
     scale: float = Query(1.5, gt=0, le=4, allow_inf_nan=False),
 ) -> Response:
     """One page of a PDF (or an image's one page) rendered as PNG (cached; a few megapixels)."""

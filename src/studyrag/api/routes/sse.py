@@ -1,4 +1,6 @@
-"""GET /api/chat/stream/{conversation_id}: an answer as Server-Sent Events, resumable by id.
+"""/api/chat/stream/{conversation_id}: an answer as Server-Sent Events, resumable by id.
+
+POST asks (and streams the new answer); GET attaches to the current or latest answer.
 
 Every event's `id:` is `<generation id>:<buffer id>`, so a client that reconnects with
 `Last-Event-ID` gets exactly the events it missed of that answer. Buffer ids restart at 1 in
@@ -21,17 +23,9 @@ from studyrag.api.deps import ServicesDep
 from studyrag.api.generations import BufferedEvent, Generation
 from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep
-from studyrag.chat.engine import (
-    ABSOLUTE_MAX_MESSAGE_CHARS,
-    MAX_ANSWER_TOKENS,
-    MAX_ANSWER_TOP_K,
-    check_message,
-)
-from studyrag.chat.prompts import TEMPLATE_NAME_MAX_CHARS
+from studyrag.chat.engine import ABSOLUTE_MAX_MESSAGE_CHARS, check_message
 from studyrag.errors import InvalidChatRequest, MessageNotFound
-from studyrag.retrieval.types import SearchMode
-from studyrag.schemas.chat import ChatOptions
-from studyrag.schemas.search import SearchFiltersIn
+from studyrag.schemas.chat import StreamRequest
 
 router = APIRouter(prefix="/api/chat", tags=["chat"])
 
@@ -75,7 +69,7 @@ async def _events(gen: Generation, after: int) -> AsyncIterator[ServerSentEvent]
 async def _nothing() -> AsyncIterator[ServerSentEvent]:
     error = MessageNotFound(
         "No answer is being generated in this conversation, and none finished recently.",
-        hint="Pass ?message=... to ask a question.",
+        hint="POST a message to this URL to ask a question.",
     )
     yield ServerSentEvent(data=json.dumps(error.to_dict(None)), event="error")
 
@@ -100,6 +94,25 @@ def _last_event_id(request: Request, query: str | None) -> tuple[str | None, int
     return match["gen"], int(match["n"])
 
 
+@router.post("/stream/{conversation_id}", response_class=EventSourceResponse)
+async def ask_stream(
+    conversation_id: str,
+    body: StreamRequest,
+    request: Request,
+    services: ServicesDep,
+    runtime: ChatRuntimeDep,
+) -> EventSourceResponse:
+    """Ask: store the question and stream its answer from event 1 (409 if one runs)."""
+    await services.conversations.get(conversation_id)
+    kwargs = body.engine_kwargs(services.settings)
+    question = check_message(
+        body.message, services.settings, model=services.chat_model, max_tokens=kwargs["max_tokens"]
+    )
+    await runtime.limiter.check(client_key(request))
+    gen = await runtime.hub.start_answer(question, conversation_id=conversation_id, options=kwargs)
+    return EventSourceResponse(_events(gen, 0), ping=services.settings.api.sse_ping_interval)
+
+
 @router.get("/stream/{conversation_id}", response_class=EventSourceResponse)
 async def stream(
     conversation_id: str,
@@ -107,41 +120,23 @@ async def stream(
     services: ServicesDep,
     runtime: ChatRuntimeDep,
     message: str | None = Query(default=None, max_length=ABSOLUTE_MAX_MESSAGE_CHARS),
-    template: str | None = Query(default=None, min_length=1, max_length=TEMPLATE_NAME_MAX_CHARS),
-    top_k: int | None = Query(default=None, ge=1, le=MAX_ANSWER_TOP_K),
-    max_tokens: int | None = Query(default=None, ge=1, le=MAX_ANSWER_TOKENS),
-    search_mode: SearchMode | None = None,
-    document_ids: list[str] | None = Query(default=None),
-    file_types: list[str] | None = Query(default=None),
     last_event_id: str | None = Query(default=None, max_length=100),
 ) -> EventSourceResponse:
-    """Ask (`message`) or attach to the answer in progress; `Last-Event-ID` replays the rest."""
-    # A reconnect carrying Last-Event-ID never starts a new answer, even with `message`:
-    # that is what a browser's EventSource sends when it reconnects by itself.
+    """Attach to the answer in progress (or the latest kept); `Last-Event-ID` replays the rest.
+
+    A GET never starts an answer: asking is `POST` (a GET with side effects could be sent by
+    any page, a link or a prefetch). `message` is accepted only alongside Last-Event-ID, which
+    is what a browser's EventSource of the former protocol sends when it reconnects.
+    """
     resume_from = _last_event_id(request, last_event_id)
     await services.conversations.get(conversation_id)
-    ping = services.settings.api.sse_ping_interval
     if message is not None and resume_from is None:
-        options = ChatOptions(
-            template=template,
-            top_k=top_k,
-            max_tokens=max_tokens,
-            search_mode=search_mode,
-            filters=SearchFiltersIn(document_ids=document_ids, file_types=file_types)
-            if document_ids or file_types
-            else None,
+        raise InvalidChatRequest(
+            "A GET of the stream only attaches to an answer; asking a question is a POST.",
+            details={"field": "message"},
+            hint=f'POST /api/chat/stream/{conversation_id} with {{"message": ...}} as JSON.',
         )
-        kwargs = options.engine_kwargs(services.settings)
-        question = check_message(
-            message, services.settings, model=services.chat_model, max_tokens=kwargs["max_tokens"]
-        )
-        await runtime.limiter.check(client_key(request))
-        gen = await runtime.hub.start_answer(
-            question,
-            conversation_id=conversation_id,
-            options=kwargs,
-        )
-        return EventSourceResponse(_events(gen, 0), ping=ping)
+    ping = services.settings.api.sse_ping_interval
     latest = runtime.hub.latest(conversation_id)
     if latest is None:
         return EventSourceResponse(_nothing(), ping=ping)
