@@ -36,7 +36,7 @@ async def test_twenty_conversations_three_clients_each(
             await group[n % CLIENTS].send(
                 {
                     "type": "message",
-                    "content": f"Question {n}: what does chlorophyll absorb?",
+                    "content": f"What does chlorophyll absorb? (asked in conversation {n})",
                     "max_tokens": TOKENS,
                 }
             )

@@ -177,7 +177,7 @@ def test_empty_query_is_search_001(tmp_path: Path) -> None:
 
 def test_progress_bar_and_summary(tmp_path: Path) -> None:
     folder = write_corpus(tmp_path / "notes")
-    (folder / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (folder / "slides.key").write_bytes(b"PK\x03\x04 Keynote")
     (folder / "deep").mkdir()
     (folder / "deep" / "data.xyz").write_text("nope")
     data = tmp_path / "data"
@@ -188,13 +188,13 @@ def test_progress_bar_and_summary(tmp_path: Path) -> None:
     ), proc.stderr
     skipped = next(x for x in proc.stderr.splitlines() if x.startswith("skipped ("))
     assert skipped.startswith("skipped (not a type StudyRAG reads): ")
-    assert sorted(skipped.split(": ", 1)[1].split(", ")) == ["1 .png", "1 .xyz"]
+    assert sorted(skipped.split(": ", 1)[1].split(", ")) == ["1 .key", "1 .xyz"]
     assert f"library: {data}" in proc.stderr
     assert 'studyrag search "' in proc.stderr and 'studyrag ask "' in proc.stderr
     assert "3/3 files" in proc.stderr  # the bar's final state
     for name in ("biology.pdf", "history.md", "chemistry.txt"):
         assert f"✓ {name}" in proc.stdout
-    assert "photo.png" not in proc.stdout
+    assert "slides.key" not in proc.stdout
     listed = lines(run("documents", "list", "--json", data_dir=data, check=True).stdout)
     assert {d["filename"] for d in listed} == {"biology.pdf", "history.md", "chemistry.txt"}
 
