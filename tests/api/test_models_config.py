@@ -276,6 +276,7 @@ async def test_chat_switch_while_a_generation_streams(client: Any, server: LiveS
     services = server.app.state.services
     old_path = str(default_model_path())
     cid = await new_conversation(client)
+    old_model = services.chat.model
     params = {"message": LONG_QUESTION, "max_tokens": 300}
     async with client.stream("POST", f"/api/chat/stream/{cid}", json=params) as response:
         assert response.status_code == 200
@@ -295,18 +296,20 @@ async def test_chat_switch_while_a_generation_streams(client: Any, server: LiveS
         assert services.chat.model.model_name == SECOND_GGUF
         assert services.chat.slot.in_flight() == 1
         assert any(key[0] == old_path for key in llamacpp._ENGINES)
+        assert old_model._engine is not None
         seen.extend([e async for e in events])
     done = seen[-1]
     assert done.event == "done", [e.event for e in seen[-3:]]
     assert done.data["message"]["status"] == "complete"
     assert done.data["metadata"]["model"] == SMOL  # finished on the old model
-    assert done.data["metadata"]["stats"]["finish_reason"] in ("stop", "length")
-    # Its last lease ended: the old model was closed.
+    assert done.data["metadata"]["stats"]["finish_reason"] in ("stop", "length", "repetition")
+    # Its last lease ended: the old model was closed. (Its weights stay loaded only while
+    # another model instance of this test process, e.g. another module's server, holds them.)
     for _ in range(200):  # the close runs on the server's loop, right after the answer
-        if not any(key[0] == old_path for key in llamacpp._ENGINES):
+        if old_model._engine is None:
             break
         await asyncio.sleep(0.05)
-    assert not any(key[0] == old_path for key in llamacpp._ENGINES)
+    assert old_model._engine is None
     try:
         answer = await client.post(
             "/api/chat/message",
