@@ -26,6 +26,7 @@ from studyrag.cli.common import (
     err_console,
     run_command,
     settings_for,
+    show_error,
     start_embedder,
 )
 
@@ -85,6 +86,7 @@ def ingest(
         else:
             err_console.print(f"[yellow]No files found in {names}.[/]")
         raise typer.Exit(1)
+    _refuse_beside_a_server(data_dir, as_json)
     started = time.perf_counter()
     outcome = run_command(
         data_dir,
@@ -104,6 +106,28 @@ def ingest(
         os._exit(130)
     if any(not r.ok for r in outcome.results):
         raise typer.Exit(1)
+
+
+def _refuse_beside_a_server(data_dir: Path | None, as_json: bool) -> None:
+    """A server running on this library holds its vector store open: vectors this process
+    wrote would stay invisible to its searches, so the files must go through the server."""
+    from studyrag import local_server
+    from studyrag.errors import DocumentBusy
+
+    url = local_server.find(settings_for(data_dir).data_dir)
+    if url is None:
+        return
+    show_error(
+        DocumentBusy(
+            f"A StudyRAG server is running on this library at {url}; it must add the files "
+            "itself, or its searches would not see them. Nothing was ingested.",
+            details={"server": url},
+            hint=f"Upload them in the web interface ({url}/) or with POST "
+            "/api/notebooks/{id}/documents, or stop the server and run this again.",
+        ),
+        as_json=as_json,
+    )
+    raise typer.Exit(1)
 
 
 async def _ingest(
