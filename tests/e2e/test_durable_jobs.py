@@ -119,6 +119,17 @@ def test_sigkill_mid_job_then_restart_completes_the_document(tmp_path: Path) -> 
         )
         assert cli.returncode == 0, cli.stderr
         assert "survey.txt" in cli.stdout and f"by the server at {base}" in cli.stdout
+        # Ingesting beside the server is refused: its vectors would be invisible to it.
+        note = tmp_path / "extra.md"
+        note.write_text("# Extra\n\nComet ninety-nine was seen twice.")
+        refused = studyrag("ingest", str(note), "-n", "Survey", data_dir=data_dir)
+        assert refused.returncode == 1 and "DOC_007" in refused.stderr, refused.stderr
+        assert base in refused.stderr and "Nothing was ingested" in refused.stderr
+        names = [
+            d["filename"]
+            for d in httpx.get(f"{base}/api/notebooks/{nb['id']}/documents").json()["items"]
+        ]
+        assert names == ["survey.txt"]
         asked = studyrag(
             "ask",
             "What does note 7 record?",
