@@ -167,3 +167,41 @@ async def counts_sql(services: Services, document_id: str) -> tuple[int, int, No
             {"d": document_id},
         )
     return int(sql or 0), int(fts or 0), None
+
+
+async def test_a_stop_landing_as_a_document_completes_keeps_it_whole(tmp_path: Path) -> None:
+    """Ctrl-C or shutdown arriving just after the status flip has committed (while its
+    session is still being closed) must not roll back the completed document's chunks."""
+    import asyncio
+
+    folder = write_corpus(tmp_path / "notes")
+    settings = Settings(data_dir=tmp_path / "data")
+    async with open_services(settings) as services:
+        repo = services.pipeline.repo
+        real = repo.set_status
+        committed = asyncio.Event()
+
+        async def slow_after_commit(document_id: str, status: str, **kw: object) -> bool:
+            changed = await real(document_id, status, **kw)  # type: ignore[arg-type]
+            if status == COMPLETED:
+                committed.set()
+                await asyncio.sleep(2)  # the window where a stop lands
+            return changed
+
+        repo.set_status = slow_after_commit  # type: ignore[method-assign]
+        reported: list[str] = []
+        work = asyncio.create_task(
+            services.pipeline.ingest_paths(
+                [folder / "history.md"], progress=lambda p: reported.append(p.step)
+            )
+        )
+        await asyncio.wait_for(committed.wait(), 120)
+        work.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await work
+        repo.set_status = real  # type: ignore[method-assign]
+        (doc,), _ = await services.documents.list()
+        assert doc.status == COMPLETED
+        assert doc.chunk_count > 0
+        assert await counts(services, doc.id) == (doc.chunk_count,) * 3
+        assert reported[-1] == "completed"

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -691,21 +691,17 @@ class IngestionPipeline:
             t = time.perf_counter()
             try:
                 self._check(p.document_id, cancelled)
-                await self._complete(p, ids, embedder.model_name)
+                # A stop (Ctrl-C, shutdown) that lands while the status flips must not
+                # leave the flip half seen: committed in SQL but not in the result, where
+                # the stop's rollback would strip a completed document of its chunks.
+                await _finish_even_if_cancelled(
+                    self._complete(p, ids, embedder.model_name, report)
+                )
             except Exception as exc:
                 await self._fail(p.result, p.document_id, exc, report)
                 continue
             p.result.timings["store"] = sql_time + upsert_share + time.perf_counter() - t
             self._observe(p.result)
-            report(
-                Progress(
-                    p.result.filename,
-                    "completed",
-                    100.0,
-                    document_id=p.document_id,
-                    chunks=len(ids),
-                )
-            )
             log.info(
                 "ingested %s: %d chunks; %s",
                 p.result.filename,
@@ -713,8 +709,11 @@ class IngestionPipeline:
                 " ".join(f"{k} {v:.3f}s" for k, v in p.result.timings.items()),
             )
 
-    async def _complete(self, p: _Prepared, ids: list[int], model_name: str) -> None:
-        """Flip the document to completed, then retire older versions of the same file name."""
+    async def _complete(
+        self, p: _Prepared, ids: list[int], model_name: str, report: ProgressCallback
+    ) -> None:
+        """Flip the document to completed, report it, then retire older versions of the same
+        file name."""
         meta = dict(p.extracted.metadata)
         meta.setdefault("title", Path(p.result.filename).stem)
         done = await self.repo.set_status(
@@ -750,6 +749,11 @@ class IngestionPipeline:
                 log.warning("could not retire %s (%s): %s", old.id, old.filename, exc.message)
                 continue
             p.result.replaced.append(old.id)
+        report(
+            Progress(
+                p.result.filename, "completed", 100.0, document_id=p.document_id, chunks=len(ids)
+            )
+        )
 
     async def _fail(
         self, result: IngestResult, document_id: str, exc: BaseException, report: ProgressCallback
@@ -826,10 +830,12 @@ class IngestionPipeline:
     async def _abandon(self, p: _Prepared) -> None:
         """A prepared document whose processing was stopped from outside goes back to queued."""
         try:
-            await self._rollback(p.document_id)
-            await self.repo.set_status(
+            # Status first: only a document still processing goes back (one that completed
+            # meanwhile keeps its chunks), and a queued one is never searched.
+            if await self.repo.set_status(
                 p.document_id, QUEUED, expect=PROCESSING, owner=None, step="queued", progress=0.0
-            )
+            ):
+                await self._rollback(p.document_id)
         except Exception:
             log.exception("could not put %s back in the queue", p.result.filename)
 
@@ -1026,6 +1032,19 @@ class _Reporter:
 
     def __call__(self, step: str) -> None:
         self.report(Progress(self.filename, step, STEP_PERCENT[step], document_id=self.document_id))
+
+
+async def _finish_even_if_cancelled(step: Coroutine[Any, Any, None]) -> None:
+    """Run `step` to its end even when the caller is cancelled meanwhile; the caller still
+    sees the cancellation, after the step is done (its result or error is then dropped)."""
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure here is the cancelled caller's to ignore
+        raise
 
 
 def _progress(p: _Prepared, step: str, percent: float) -> Progress:
