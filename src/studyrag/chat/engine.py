@@ -68,6 +68,10 @@ SUGGESTED_TITLES = 3
 SUGGESTED_TERMS = 5
 # Enough chunk text to find a corpus's frequent terms without reading all of it.
 _TERM_SAMPLE_CHUNKS = 200
+# While an answer streams, the text sent so far is written to its message at most this often
+# and every this many tokens, whichever comes later: a killed server keeps what clients saw.
+CHECKPOINT_SECONDS = 1.0
+CHECKPOINT_TOKENS = 8
 _TERM = re.compile(r"[^\W\d_]{4,}")
 
 
@@ -269,6 +273,10 @@ class _Answer:
     status: str = "incomplete"
     error: StudyRAGError | None = None
     question: str = ""
+    streamed: list[str] = field(default_factory=list)  # the token deltas handed to clients
+    checkpoint: asyncio.Task[Any] | None = None  # the partial-text write in flight, if any
+    checkpoint_at: float = field(default_factory=time.perf_counter)
+    checkpoint_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -669,6 +677,8 @@ class ChatEngine:
                     if shown:
                         answer.shown += 1
                         yield TokenEvent(answer.shown, shown)
+                        answer.streamed.append(shown)
+                        self._checkpoint(answer)
                 else:
                     answer.stats = event.stats
         if loop is not None:
@@ -686,6 +696,31 @@ class ChatEngine:
         if rest and loop is None:
             answer.shown += 1
             yield TokenEvent(answer.shown, rest)
+
+    def _checkpoint(self, answer: _Answer) -> None:
+        """Store the text streamed so far in the background, at bounded intervals.
+
+        Called after each token was taken by the consumer; the write never delays a token
+        (nothing is written before CHECKPOINT_SECONDS, so the first token is not delayed
+        either). The message stays `incomplete` until the final save, which waits for this.
+        """
+        now = time.perf_counter()
+        if (
+            now - answer.checkpoint_at < CHECKPOINT_SECONDS
+            or answer.shown - answer.checkpoint_tokens < CHECKPOINT_TOKENS
+            or (answer.checkpoint is not None and not answer.checkpoint.done())
+        ):
+            return
+        answer.checkpoint_at, answer.checkpoint_tokens = now, answer.shown
+        answer.checkpoint = asyncio.ensure_future(
+            self._write_partial(answer, "".join(answer.streamed))
+        )
+
+    async def _write_partial(self, answer: _Answer, text: str) -> None:
+        try:
+            await self.conversations.update_message(answer.message.id, content=text)
+        except Exception as exc:  # a failed checkpoint costs durability only, not the answer
+            log.warning("Checkpoint of answer %s failed: %r", answer.message.id, exc)
 
     def _clean(self, answer: _Answer) -> None:
         """The generated text without prompt echo (headers, role tags, a repeated question)."""
@@ -750,6 +785,8 @@ class ChatEngine:
 
     async def _save(self, answer: _Answer) -> tuple[MessagePublic, dict[str, Any]]:
         """Write the answer's final state to its pre-created message."""
+        if answer.checkpoint is not None:
+            await asyncio.wait([answer.checkpoint])  # never lands after the final write
         raw = "".join(answer.parts)
         meta = dict(answer.meta)
         meta["template"] = answer.template

@@ -16,6 +16,7 @@ def serve(
 ) -> None:
     """Start the HTTP/WebSocket server."""
     from studyrag.api.slow_clients import header_deadline_protocol
+    from studyrag.api.ws.frames import TRANSPORT_QUEUE, transport_max_bytes
     from studyrag.app import create_app
     from studyrag.app import serve as run_server
 
@@ -31,7 +32,9 @@ def serve(
         # with its request id, route and duration, instead of uvicorn's access line.
         log_config=None,
         access_log=False,
-        ws_max_size=settings.api.ws_max_frame_bytes * 4,
+        # Frames over the app's limit must reach it (to get an error frame, not close 1009).
+        ws_max_size=transport_max_bytes(settings.api.ws_max_frame_bytes),
+        ws_max_queue=TRANSPORT_QUEUE,
         timeout_graceful_shutdown=10,
         # Slow clients (docs/operations.md): headers within a deadline, bounded in size.
         http=header_deadline_protocol(settings.api.header_timeout_seconds),

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from studyrag.api.ws import frames
 from studyrag.errors import InvalidFrame, StudyRAGError
 from studyrag.jobs.events import notebook_channel
 from studyrag.schemas.documents import DocumentPublic
@@ -70,25 +71,26 @@ async def notebook_socket(websocket: WebSocket, notebook_id: str) -> None:
 
 
 async def _read(websocket: WebSocket) -> None:
-    """Answer pings and refuse anything else, until the client disconnects."""
+    """Answer pings and refuse anything else with an error frame, until the client leaves."""
     while True:
         try:
-            raw = await websocket.receive_text()
-        except (WebSocketDisconnect, RuntimeError, KeyError):
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError, OSError):
             return
+        if message["type"] == "websocket.disconnect":
+            return
+        raw: str | bytes | None = message.get("text")
+        if raw is None:
+            raw = message.get("bytes") or b""
         try:
-            if len(raw) > _MAX_FRAME:
-                raise InvalidFrame(f"Frames are at most {_MAX_FRAME} bytes on this socket.")
-            frame = json.loads(raw)
+            frames.check_size(raw, _MAX_FRAME)
+            frame = frames.loads(raw)
             if not isinstance(frame, dict) or frame.get("type") != "ping":
                 raise InvalidFrame(
-                    'This socket only sends events; the only frame it takes is {"type": "ping"}.'
+                    'This socket only sends events; the only frame it takes is {"type": "ping"}.',
+                    hint='Send {"type": "ping"} to check the connection, or nothing.',
                 )
-        except (ValueError, RecursionError):
-            error = InvalidFrame("The frame is not valid JSON.")
-            await websocket.send_json({"type": "error", **error.to_dict()})
-            continue
-        except InvalidFrame as exc:
+        except StudyRAGError as exc:
             await websocket.send_json({"type": "error", **exc.to_dict()})
             continue
         await websocket.send_json({"type": "pong"})

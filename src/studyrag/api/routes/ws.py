@@ -19,6 +19,7 @@ from studyrag.api.ws.frames import (
     CLOSE_INTERNAL,
     CLOSE_NOT_FOUND,
     CLOSE_TRY_AGAIN,
+    check_size,
     dumps,
     error_frame,
     parse,
@@ -30,7 +31,6 @@ from studyrag.config import Settings
 from studyrag.errors import (
     ConversationNotFound,
     MessageNotFound,
-    PayloadTooLarge,
     StudyRAGError,
     TooManyConnections,
 )
@@ -105,14 +105,8 @@ class _Session:
             raw: str | bytes | None = message.get("text")
             if raw is None:
                 raw = message.get("bytes") or b""
-            size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8"))
             try:
-                if size > max_bytes:
-                    raise PayloadTooLarge(
-                        f"The frame has {size} bytes; the limit is {max_bytes}.",
-                        details={"size": size, "limit": max_bytes},
-                        hint="Send a shorter message.",
-                    )
+                check_size(raw, max_bytes)
                 await self.handle(parse(raw))
             except StudyRAGError as exc:
                 self.hub.metrics.error(exc.error_code)

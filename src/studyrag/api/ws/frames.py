@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from studyrag.errors import InvalidChatRequest, InvalidFrame, RateLimited, StudyRAGError
+from studyrag.errors import (
+    InvalidChatRequest,
+    InvalidFrame,
+    PayloadTooLarge,
+    RateLimited,
+    StudyRAGError,
+)
 
 # Close codes.
 CLOSE_GOING_AWAY = 1001  # server shutdown
@@ -17,6 +24,18 @@ CLOSE_NOT_FOUND = 4404  # unknown or deleted conversation
 CLOSE_OVERFLOW = 4408  # send queue overflow, or a client that stopped reading
 
 CLIENT_TYPES = ("message", "ping", "pong", "typing", "stop", "resume")
+
+# Client frames are flat objects; 32 levels leave room and keep json.loads far from the
+# interpreter's recursion limit (980 levels raised RecursionError and dropped the socket).
+MAX_DEPTH = 32
+# The transport (uvicorn's ws_max_size) accepts frames up to this many times the frame limit,
+# so that a frame over the limit reaches `check_size` and gets an error frame instead of the
+# transport's close 1009. Only a frame over the transport limit still closes the socket.
+TRANSPORT_FACTOR = 64
+# uvicorn's ws_max_queue: frames received but not yet read, per connection (memory bound).
+TRANSPORT_QUEUE = 4
+# A JSON string (escapes included, unterminated at the end) or one bracket.
+_STRUCTURE = re.compile(r'"(?:[^"\\]+|\\.)*"?|[\[\]{}]')
 
 FrameT = TypeVar("FrameT", bound=BaseModel)
 
@@ -67,14 +86,65 @@ def generation_frames(message: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-def parse(raw: str | bytes) -> dict[str, Any]:
-    """A client frame as a dict with a known `type`; InvalidFrame (CHAT_009) otherwise."""
+def transport_max_bytes(frame_limit: int) -> int:
+    """uvicorn's ws_max_size for a frame limit: larger frames are refused by the app, not it."""
+    return frame_limit * TRANSPORT_FACTOR
+
+
+def check_size(raw: str | bytes, limit: int) -> None:
+    """PayloadTooLarge (CHAT_010) when the frame has more than `limit` bytes."""
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise PayloadTooLarge(
+            f"The frame has {size} bytes; the limit is {limit}.",
+            details={"size": size, "limit": limit},
+            hint="Send a shorter frame.",
+        )
+
+
+def nesting_depth(text: str, stop: int = MAX_DEPTH) -> int:
+    """How deep arrays and objects nest in JSON `text` (brackets inside strings don't count);
+    counting stops once it passes `stop`."""
+    depth = deepest = 0
+    for match in _STRUCTURE.finditer(text):
+        char = match.group()[0]
+        if char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > stop:
+                    break
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def loads(raw: str | bytes) -> Any:
+    """JSON of a frame whose nesting is bounded by MAX_DEPTH; InvalidFrame (CHAT_009) otherwise."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        raise InvalidFrame(
+            "The frame is not UTF-8 text.", hint='Send a JSON object such as {"type": "ping"}.'
+        ) from None
+    depth = nesting_depth(text)
+    if depth > MAX_DEPTH:
+        raise InvalidFrame(
+            f"The frame nests arrays or objects more than {MAX_DEPTH} levels deep.",
+            details={"max_depth": MAX_DEPTH},
+            hint="Client frames are flat JSON objects; see docs/protocol.md.",
+        )
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
         raise InvalidFrame(
             "The frame is not valid JSON.", hint='Send a JSON object such as {"type": "ping"}.'
         ) from None
+
+
+def parse(raw: str | bytes) -> dict[str, Any]:
+    """A client frame as a dict with a known `type`; InvalidFrame (CHAT_009) otherwise."""
+    data = loads(raw)
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise InvalidFrame(
             "A frame is a JSON object with a string `type`.",
