@@ -19,8 +19,7 @@ import websockets
 from studyrag.api.ws.frames import MAX_DEPTH
 from tests.api.conftest import LiveServer, new_conversation, ws_client
 
-# Not yet seen passing: both runs timed out (150 s, 500 s) under shared load; run it alone first.
-pytestmark = [pytest.mark.slow, pytest.mark.skip(reason="unverified, see comment above")]
+pytestmark = pytest.mark.slow
 
 ERROR_KEYS = {"type", "error_code", "message", "details", "request_id"}
 
