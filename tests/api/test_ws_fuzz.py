@@ -88,7 +88,9 @@ async def test_chat_socket_survives_fuzz_and_other_clients_are_unaffected(
             assert error["error_code"] in ("CHAT_006", "CHAT_008", "CHAT_009"), (frame[:60], error)
 
         # A flood, sent without waiting, read concurrently: one answer per frame, in order.
-        flood = [rng.choice(frames) if i % 5 else '{"type": "ping"}' for i in range(300)]
+        # It stays within the client's send queue (api.ws_send_queue, 256): past that the
+        # documented answer is a 4408 close, which a loaded machine may reach at any size.
+        flood = [rng.choice(frames) if i % 5 else '{"type": "ping"}' for i in range(200)]
         reader = asyncio.ensure_future(replies(fuzzer.connection, len(flood)))
         for frame in flood:
             await fuzzer.connection.send(frame)
