@@ -694,9 +694,7 @@ class IngestionPipeline:
                 # A stop (Ctrl-C, shutdown) that lands while the status flips must not
                 # leave the flip half seen: committed in SQL but not in the result, where
                 # the stop's rollback would strip a completed document of its chunks.
-                await _finish_even_if_cancelled(
-                    self._complete(p, ids, embedder.model_name, report)
-                )
+                await _finish_even_if_cancelled(self._complete(p, ids, embedder.model_name, report))
             except Exception as exc:
                 await self._fail(p.result, p.document_id, exc, report)
                 continue
