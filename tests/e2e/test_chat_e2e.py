@@ -109,6 +109,13 @@ def test_ask_streams_and_lists_sources(corpus_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Sources" in proc.stdout
     assert "[1] history.md — European History > The French Revolution" in proc.stdout
+    # Into a pipe only the stored answer is written (markers as the server checked them),
+    # not the raw streamed tokens.
+    cid = proc.stdout.rsplit("conversation ", 1)[1].split()[0]
+    conv = json.loads(cli("conversations", "show", cid, "--json", data_dir=corpus_dir).stdout)
+    stored = conv["messages"][-1]["content"]
+    assert " ".join(stored.split()) in " ".join(proc.stdout.split())
+    assert proc.stdout.count(stored.split()[0]) >= 1
 
 
 def test_nothing_relevant_says_so_without_the_model(corpus_dir: Path) -> None:

@@ -15,7 +15,6 @@ from studyrag.cli.common import (
     NotebookOpt,
     console,
     emit,
-    err_console,
     require_documents,
     run_command,
     settings_for,
@@ -38,11 +37,13 @@ async def answer(
     max_tokens: int | None,
     stream_to: Console | None,
     notebook_id: str | None = None,
+    prefix: str = "",
 ) -> dict[str, Any]:
-    """Run one question through the engine; print tokens as they come when asked to."""
-    from contextlib import aclosing
+    """Run one question through the engine; show it live, then as stored, when asked to."""
+    from contextlib import ExitStack, aclosing
 
     from studyrag.chat.engine import DoneEvent, ErrorEvent, TokenEvent
+    from studyrag.cli.answer_view import AnswerView
     from studyrag.errors import GenerationFailed
 
     assert services.chat is not None
@@ -55,14 +56,19 @@ async def answer(
         max_tokens=max_tokens,
         notebook_id=notebook_id,
     )
-    async with aclosing(events):
-        async for event in events:
-            if isinstance(event, TokenEvent) and stream_to is not None:
-                stream_to.print(event.delta, end="", markup=False, highlight=False, soft_wrap=True)
-            elif isinstance(event, ErrorEvent):
-                raise event.exception or GenerationFailed(event.message)
-            elif isinstance(event, DoneEvent):
-                return event.to_dict()
+    with ExitStack() as stack:
+        view = stack.enter_context(AnswerView(stream_to, prefix=prefix)) if stream_to else None
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, TokenEvent) and view is not None:
+                    view.feed(event.delta)
+                elif isinstance(event, ErrorEvent):
+                    raise event.exception or GenerationFailed(event.message)
+                elif isinstance(event, DoneEvent):
+                    done = event.to_dict()
+                    if view is not None:
+                        view.finish(done)
+                    return done
     raise GenerationFailed("The answer ended without a result.")
 
 
@@ -187,9 +193,16 @@ def _ask_server(
         show_error(exc, as_json=as_json)
         raise typer.Exit(1)
 
-    printed = False
+    from contextlib import ExitStack
+
+    from studyrag.cli.answer_view import AnswerView
+
+    view = None if as_json else AnswerView(console)
     try:
-        with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=600)) as http:
+        with (
+            ExitStack() as stack,
+            httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=600)) as http,
+        ):
             books = http.get("/api/notebooks").json()["items"]
             wanted = " ".join((notebook or "").split()).casefold()
             match = [
@@ -209,23 +222,25 @@ def _ask_server(
                 if stream.status_code != 200:
                     stream.read()
                     fail(stream.json())
+                if view is not None:
+                    stack.enter_context(view)
                 event = ""
                 for line in stream.iter_lines():
                     if line.startswith("event:"):
                         event = line.split(":", 1)[1].strip()
                     elif line.startswith("data:"):
                         data = json.loads(line.split(":", 1)[1])
-                        if event == "token" and not as_json:
-                            printed = True
-                            console.print(
-                                data["delta"], end="", markup=False, highlight=False, soft_wrap=True
-                            )
+                        if event == "token" and view is not None:
+                            view.feed(data["delta"])
                         elif event == "error":
                             fail(data)
                         elif event == "done":
+                            if view is not None:
+                                view.finish(data)
                             return dict(data)
     except (httpx.HTTPError, ValueError, KeyError) as exc:
-        if printed:  # half an answer is on screen: asking again here would repeat it
+        if view is not None and view.streamed:
+            # Half an answer is on screen: asking again here would repeat it.
             fail({"error_code": "CHAT_001", "message": f"The server stopped answering: {exc}"})
         return None
     return None
@@ -269,7 +284,6 @@ def chat(
                 current = None
                 console.print("[dim]new conversation[/]")
                 continue
-            console.print("[bold blue]studyrag>[/] ", end="")
             try:
                 done = await answer(
                     services,
@@ -281,9 +295,9 @@ def chat(
                     max_tokens=None,
                     stream_to=console,
                     notebook_id=scope,
+                    prefix="studyrag> ",
                 )
             except StudyRAGError as exc:
-                err_console.print()
                 show_error(exc)
                 continue
             current = done["conversation"]["id"]
