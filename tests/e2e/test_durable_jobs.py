@@ -119,17 +119,30 @@ def test_sigkill_mid_job_then_restart_completes_the_document(tmp_path: Path) -> 
         )
         assert cli.returncode == 0, cli.stderr
         assert "survey.txt" in cli.stdout and f"by the server at {base}" in cli.stdout
-        # Ingesting beside the server is refused: its vectors would be invisible to it.
+        # Ingesting beside the server goes through it (vectors this process wrote would
+        # stay invisible to its searches): the server's own search finds the new file.
         note = tmp_path / "extra.md"
-        note.write_text("# Extra\n\nComet ninety-nine was seen twice.")
-        refused = studyrag("ingest", str(note), "-n", "Survey", data_dir=data_dir)
-        assert refused.returncode == 1 and "DOC_007" in refused.stderr, refused.stderr
-        assert base in refused.stderr and "Nothing was ingested" in refused.stderr
-        names = [
-            d["filename"]
+        note.write_text("# Extra\n\nComet ninety-nine was seen twice over the harbour.")
+        bad = tmp_path / "broken.pdf"
+        bad.write_bytes(b"%PDF-1.4 not really")
+        added = studyrag("ingest", str(note), str(bad), "-n", "Survey", data_dir=data_dir)
+        assert added.returncode == 1, added.stderr  # one file failed, and says why
+        assert "✓ extra.md" in added.stdout and "✗ broken.pdf" in added.stdout, added.stdout
+        said = " ".join(added.stderr.split())
+        assert "1 ingested" in said and "1 failed" in said, said
+        assert f"ingested by the server at {base}" in said
+        names = {
+            d["filename"]: d["status"]
             for d in httpx.get(f"{base}/api/notebooks/{nb['id']}/documents").json()["items"]
-        ]
-        assert names == ["survey.txt"]
+        }
+        assert names == {"survey.txt": "completed", "extra.md": "completed", "broken.pdf": "failed"}
+        found = httpx.post(
+            f"{base}/api/search",
+            json={"query": "comet seen over the harbour", "notebook_id": nb["id"]},
+        ).json()
+        assert found["results"][0]["filename"] == "extra.md", found
+        again = studyrag("ingest", str(note), "-n", "Survey", data_dir=data_dir)
+        assert again.returncode == 0 and "0 ingested, 1 already present" in again.stderr
         asked = studyrag(
             "ask",
             "What does note 7 record?",

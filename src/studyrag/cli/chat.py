@@ -15,6 +15,7 @@ from studyrag.cli.common import (
     NotebookOpt,
     console,
     emit,
+    find_notebook_on_server,
     require_documents,
     run_command,
     settings_for,
@@ -203,17 +204,10 @@ def _ask_server(
             ExitStack() as stack,
             httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=600)) as http,
         ):
-            books = http.get("/api/notebooks").json()["items"]
-            wanted = " ".join((notebook or "").split()).casefold()
-            match = [
-                b
-                for b in books
-                if (b["is_default"] if not wanted else wanted in (b["name"].casefold(), b["id"]))
-                or (len(wanted) >= 4 and b["id"].startswith(wanted))
-            ]
-            if len(match) != 1 or not match[0]["documents_completed"]:
+            nb = find_notebook_on_server(http, notebook)
+            if nb is None or not nb["documents_completed"]:
                 return None
-            created = http.post("/api/chat/conversations", json={"notebook_id": match[0]["id"]})
+            created = http.post("/api/chat/conversations", json={"notebook_id": nb["id"]})
             if created.status_code != 201:
                 return None
             body = {"message": question, **{k: v for k, v in options.items() if v}}

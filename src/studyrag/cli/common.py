@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -262,3 +262,32 @@ def ask_server(
         show_error(exc, as_json=as_json)
         raise typer.Exit(1)
     return url, answer
+
+
+def server_error(reply: Any, as_json: bool) -> NoReturn:
+    """Show the server's error answer (house shape) and exit 1."""
+    from studyrag.errors import StudyRAGError
+
+    try:
+        body = reply.json()
+    except ValueError:
+        body = {"error_code": "GEN_001", "message": reply.text[:200]}
+    details = dict(body.get("details") or {})
+    exc = StudyRAGError(str(body.get("message")), details=details, hint=details.pop("hint", ""))
+    exc.error_code = str(body.get("error_code"))
+    show_error(exc, as_json=as_json)
+    raise typer.Exit(1)
+
+
+def find_notebook_on_server(http: Any, ref: str | None) -> dict[str, Any] | None:
+    """The server's notebook named (or with an id starting with) `ref`, the default one when
+    `ref` is None; None when there is no single match (the local path then explains)."""
+    wanted = " ".join((ref or "").split()).casefold()
+    books = http.get("/api/notebooks").json()["items"]
+    match = [
+        b
+        for b in books
+        if (b["is_default"] if not wanted else wanted in (b["name"].casefold(), b["id"]))
+        or (len(wanted) >= 4 and b["id"].startswith(wanted))
+    ]
+    return match[0] if len(match) == 1 else None

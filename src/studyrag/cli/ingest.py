@@ -26,7 +26,6 @@ from studyrag.cli.common import (
     err_console,
     run_command,
     settings_for,
-    show_error,
     start_embedder,
 )
 
@@ -61,6 +60,8 @@ class _Run:
     seconds: float = 0.0
     # The notebook the files went to; empty for the default one.
     notebook: str = ""
+    # The URL of the server that ingested them, when one ran on the library.
+    via: str = ""
 
 
 def ingest(
@@ -86,8 +87,9 @@ def ingest(
         else:
             err_console.print(f"[yellow]No files found in {names}.[/]")
         raise typer.Exit(1)
-    _refuse_beside_a_server(data_dir, as_json)
     started = time.perf_counter()
+    if _ingest_on_server(files, skipped, notebook, data_dir, as_json, started):
+        return
     outcome = run_command(
         data_dir,
         lambda services: _ingest(services, files, skipped, as_json, notebook),
@@ -108,26 +110,33 @@ def ingest(
         raise typer.Exit(1)
 
 
-def _refuse_beside_a_server(data_dir: Path | None, as_json: bool) -> None:
-    """A server running on this library holds its vector store open: vectors this process
-    wrote would stay invisible to its searches, so the files must go through the server."""
+def _ingest_on_server(
+    files: list[Path],
+    skipped: list[Path],
+    notebook: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+    started: float,
+) -> bool:
+    """A server running on this library holds its vector store open (vectors this process
+    wrote would stay invisible to its searches): it adds the files. False when none runs."""
     from studyrag import local_server
-    from studyrag.errors import DocumentBusy
+    from studyrag.cli.ingest_remote import ingest_via_server
 
     url = local_server.find(settings_for(data_dir).data_dir)
     if url is None:
-        return
-    show_error(
-        DocumentBusy(
-            f"A StudyRAG server is running on this library at {url}; it must add the files "
-            "itself, or its searches would not see them. Nothing was ingested.",
-            details={"server": url},
-            hint=f"Upload them in the web interface ({url}/) or with POST "
-            "/api/notebooks/{id}/documents, or stop the server and run this again.",
-        ),
-        as_json=as_json,
-    )
-    raise typer.Exit(1)
+        return False
+    outcome = _Run(files, skipped)
+    if not ingest_via_server(url, files, notebook, as_json=as_json, outcome=outcome):
+        return False  # it did not answer: this process does the work
+    outcome.seconds = time.perf_counter() - started
+    if not as_json or outcome.stopped:
+        _print_summary(outcome, settings_for(data_dir).data_dir)
+    if outcome.stopped:
+        raise typer.Exit(130)
+    if any(s.step in ("failed", "rejected") for s in outcome.finished):
+        raise typer.Exit(1)
+    return True
 
 
 async def _ingest(
@@ -296,13 +305,16 @@ def _print_summary(outcome: _Run, data_dir: Path) -> None:
         listed = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
         err_console.print(f"[dim]skipped (not a type StudyRAG reads): {listed}[/]", highlight=False)
     if outcome.stopped:
+        left = "were cancelled on the server" if outcome.via else "are queued"
         err_console.print(
-            f"[yellow]Stopped by Ctrl-C[/]: {outcome.queued} files are queued, none of them "
+            f"[yellow]Stopped by Ctrl-C[/]: {outcome.queued} files {left}, none of them "
             "searchable yet. Run the same command again to finish (what is done is kept).",
             highlight=False,
         )
         return
     where = f", notebook {outcome.notebook!r}" if outcome.notebook else ""
+    if outcome.via:
+        where += f", ingested by the server at {outcome.via}"
     err_console.print(f"[dim]library: {data_dir}{where}[/]", highlight=False)
     if counts["ingested"] or counts["already present"]:
         flag = f' --notebook "{outcome.notebook}"' if outcome.notebook else ""

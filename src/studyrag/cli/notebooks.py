@@ -15,7 +15,9 @@ from studyrag.cli.common import (
     console,
     emit,
     err_console,
+    find_notebook_on_server,
     run_command,
+    server_error,
     settings_for,
     show_error,
 )
@@ -227,32 +229,6 @@ def _print_import(job: dict[str, Any], as_json: bool, via: str | None) -> None:
     )
 
 
-def _server_error(reply: Any, as_json: bool) -> None:
-    """Show the server's error (house shape) and exit 1."""
-    from studyrag.errors import StudyRAGError
-
-    try:
-        body = reply.json()
-    except ValueError:
-        body = {"error_code": "GEN_001", "message": reply.text[:200]}
-    exc = StudyRAGError(str(body.get("message")), details=body.get("details") or {})
-    exc.error_code = str(body.get("error_code"))
-    show_error(exc, as_json=as_json)
-    raise typer.Exit(1)
-
-
-def _find_on_server(http: Any, ref: str) -> dict[str, Any] | None:
-    wanted = " ".join(ref.split()).casefold()
-    books = http.get("/api/notebooks").json()["items"]
-    match = [
-        b
-        for b in books
-        if wanted in (b["name"].casefold(), b["id"])
-        or (len(wanted) >= 4 and b["id"].startswith(wanted))
-    ]
-    return match[0] if len(match) == 1 else None
-
-
 def _export_via_server(
     url: str, notebook: str, output: Path | None, vectors: bool, as_json: bool
 ) -> dict[str, Any] | None:
@@ -263,7 +239,7 @@ def _export_via_server(
 
     try:
         with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=600)) as http:
-            nb = _find_on_server(http, notebook)
+            nb = find_notebook_on_server(http, notebook)
             if nb is None:
                 return None  # the local path says why (NB_001)
             target = output or Path(archive_filename(nb["name"]))
@@ -273,7 +249,7 @@ def _export_via_server(
             with http.stream("GET", f"/api/notebooks/{nb['id']}/export", params=params) as reply:
                 if reply.status_code != 200:
                     reply.read()
-                    _server_error(reply, as_json)
+                    server_error(reply, as_json)
                 with tmp.open("wb") as fh:
                     for block in reply.iter_bytes(1 << 20):
                         size += len(block)
@@ -297,7 +273,7 @@ def _import_via_server(url: str, archive: Path, as_json: bool) -> dict[str, Any]
                     "/api/notebooks/import", files={"file": (archive.name, fh, "application/zip")}
                 )
             if reply.status_code != 202:
-                _server_error(reply, as_json)
+                server_error(reply, as_json)
             job_id = reply.json()["job_id"]
             with http.stream("GET", f"/api/jobs/{job_id}/events") as events:
                 event = ""
