@@ -171,7 +171,7 @@ async def _ingest(
             return
         if step.final:
             bar.advance(task_id)
-            console.print(_live_line(step), highlight=False)
+            print_line(bar, _live_line(step))
         elif step.step == "extracting":
             # Files are read ahead of the embedding batches: this moves while the bar waits.
             read += 1
@@ -272,6 +272,12 @@ def _progress_bar() -> Progress:
     )
 
 
+def print_line(bar: Progress, line: str) -> None:
+    """A file's line above the bar: through the bar's own console on a terminal (stdout
+    written meanwhile can land mid-line while the bar redraws), to stdout otherwise."""
+    (bar.console if console.is_terminal else console).print(line, highlight=False)
+
+
 def _live_line(step: Step) -> str:
     if step.step == "completed":
         chunks = f"{step.chunks} chunk" + ("" if step.chunks == 1 else "s")
@@ -306,9 +312,14 @@ def _print_summary(outcome: _Run, data_dir: Path) -> None:
         err_console.print(f"[dim]skipped (not a type StudyRAG reads): {listed}[/]", highlight=False)
     if outcome.stopped:
         left = "were cancelled on the server" if outcome.via else "are queued"
+        unfinished = (
+            f": {outcome.queued} files {left}, none of them searchable yet"
+            if outcome.queued or not outcome.via
+            else ""
+        )
         err_console.print(
-            f"[yellow]Stopped by Ctrl-C[/]: {outcome.queued} files {left}, none of them "
-            "searchable yet. Run the same command again to finish (what is done is kept).",
+            f"[yellow]Stopped by Ctrl-C[/]{unfinished}. Run the same command again to finish "
+            "(what is done is kept).",
             highlight=False,
         )
         return

@@ -19,7 +19,6 @@ from typing import Any
 import typer
 
 from studyrag.cli.common import (
-    console,
     emit,
     err_console,
     find_notebook_on_server,
@@ -57,12 +56,13 @@ def ingest_via_server(
     report of each file; False when the server cannot be used (the caller explains)."""
     import httpx
 
-    from studyrag.cli.ingest import _live_line, _progress_bar
+    from studyrag.cli.ingest import _live_line, _progress_bar, print_line
     from studyrag.ingest.pipeline import Progress as Step
 
     bar = None if as_json else _progress_bar()
     task = bar.add_task("ingesting", total=len(files), stage="") if bar else None
     current_job: str | None = None
+    uploading = 0
 
     def finished(step: Step) -> None:
         if outcome.stopped and step.step == "cancelled":
@@ -73,7 +73,7 @@ def ingest_via_server(
             emit(_json_line(step))
         elif bar is not None and task is not None:
             bar.advance(task)
-            console.print(_live_line(step), highlight=False)
+            print_line(bar, _live_line(step))
 
     with ExitStack() as stack:
         http = stack.enter_context(httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=3600)))
@@ -93,7 +93,9 @@ def ingest_via_server(
             for batch in batches(files):
                 if bar is not None and task is not None:
                     bar.update(task, stage=f"uploading {sent + len(batch)}/{len(files)}")
+                uploading = len(batch)
                 accepted = _upload(http, nb["id"], batch, as_json)
+                uploading = 0
                 sent += len(batch)
                 for doc in accepted["documents"]:
                     if doc["status"] != "queued":
@@ -102,9 +104,18 @@ def ingest_via_server(
                 if current_job:
                     _follow(http, current_job, finished, bar, task)
                 current_job = None
+            if bar is not None and task is not None:
+                bar.update(task, stage="")
         except KeyboardInterrupt:
             outcome.stopped = True
             err_console.print("\n[yellow]Stopping…[/] the server cancels the files in progress.")
+            if uploading:
+                # Stopped mid-request: the files the server had received are its own job now.
+                err_console.print(
+                    f"[yellow]The server goes on with what it received of the last {uploading} "
+                    "files[/]; `studyrag documents list` shows them.",
+                    highlight=False,
+                )
             if current_job:
                 _cancel(http, current_job)
                 # Until the job has stopped: the file in flight may still complete.
