@@ -240,7 +240,7 @@ async def get_text(
 async def get_page_image(
     document_id: str,
     services: ServicesDep,
-    page: int = Path(le=SQLITE_INT_MAX),
+    page: int = Path(ge=1, le=SQLITE_INT_MAX),
     scale: float = Query(1.5, gt=0, le=4, allow_inf_nan=False),
 ) -> Response:
     """One page of a PDF (or an image's one page) rendered as PNG (cached; a few megapixels)."""
