@@ -72,3 +72,18 @@ def test_the_error_shape_is_in_the_schema(spec: dict[str, Any], tmp_path: Path) 
     assert set(shape["required"]) == {"error_code", "message", "details", "request_id"}
     openai = spec["components"]["schemas"]["OpenAIErrorObject"]
     assert {"message", "type", "code"} <= set(openai["required"])
+
+
+async def test_an_unmatched_v1_path_answers_in_openai_shape(tmp_path: Path) -> None:
+    # Found by schemathesis: a model name with a newline matches no route; the 404 was in
+    # the house shape where /v1's schema (and OpenAI clients) expect OpenAI's.
+    import httpx
+
+    app = create_app(Settings(data_dir=tmp_path / "data"))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        res = await client.get("/v1/models/a%0Ab")
+        assert res.status_code == 404
+        assert res.json()["error"]["code"] == "NOT_FOUND"
+        other = await client.get("/api/no-such-route")
+        assert other.status_code == 404 and other.json()["error_code"] == "NOT_FOUND"

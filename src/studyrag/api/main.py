@@ -8,6 +8,7 @@ DOC_006; CHAT_010 or REQUEST_002. A new area adds one line to AREAS.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter
@@ -195,13 +196,15 @@ def area_of(scope: Scope) -> AreaErrors:
         endpoint = _match(scope)
     if endpoint is not None:
         return _AREA_OF_ENDPOINT.get(endpoint, NO_AREA)
-    # A path no route matches (a 404) under an area's prefix is answered in that area's shape:
-    # /v1/models/<a name with a newline> gets OpenAI's error body, as its schema says.
+    # A path no route matches (a 404) is no area's (the metrics say "none"), but under an
+    # area's prefix it is answered in that area's shape: /v1/models/<a name with a newline>
+    # gets OpenAI's error body, as its schema says.
     path = str(scope.get("path", ""))
-    for router, errors in AREAS:
-        if router.prefix and path.startswith(router.prefix + "/"):
-            return errors
-    return NO_AREA
+    under = [(r.prefix, e) for r, e in AREAS if r.prefix and path.startswith(r.prefix + "/")]
+    if not under:
+        return NO_AREA
+    _, errors = max(under, key=lambda pair: len(pair[0]))
+    return replace(NO_AREA, body=errors.body, schema=errors.schema)
 
 
 def _match(scope: Scope) -> Callable[..., Any] | None:
