@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.types import Scope
 
 from studyrag import __version__
+from studyrag.api.cors import AllowListCORSMiddleware
 from studyrag.api.errors import (
     BodyLimitMiddleware,
     RequestIdMiddleware,
@@ -20,18 +21,30 @@ from studyrag.api.errors import (
     max_body_bytes,
 )
 from studyrag.api.origin import HostOriginMiddleware
+from studyrag.api.security_headers import SecurityHeadersMiddleware
 from studyrag.api.telemetry import RequestTelemetryMiddleware
 from studyrag.config import Settings, load_settings
 from studyrag.observability.metrics import Metrics
 
 if TYPE_CHECKING:
+    from studyrag.backends.embeddings.base import Embedder
+    from studyrag.backends.llm.base import ChatModel
     from studyrag.services import Services
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> FastAPI:
-    """The ASGI app; nothing is built until the lifespan starts."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    with_chat: bool = True,
+    chat_model: ChatModel | None = None,
+    embedder: Embedder | None = None,
+) -> FastAPI:
+    """The ASGI app; nothing is built until the lifespan starts.
+
+    `chat_model` and `embedder` replace the configured ones (tests of the HTTP layer pass
+    the fakes of backends/*/fake.py; never an end-to-end test)."""
     from studyrag.api.main import api_router, area_of
 
     @asynccontextmanager
@@ -50,7 +63,14 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
             stack.push_async_callback(watch.aclose)
             app.state.memory_watch = watch
             services = await stack.enter_async_context(
-                open_services(cfg, with_chat=with_chat, with_jobs=True, metrics=metrics)
+                open_services(
+                    cfg,
+                    with_chat=with_chat,
+                    with_jobs=True,
+                    metrics=metrics,
+                    chat_model=chat_model,
+                    embedder=embedder,
+                )
             )
             app.state.services = services
             await _warm_up(services)
@@ -59,12 +79,19 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
             log.info("StudyRAG %s ready; data in %s", __version__, cfg.data_dir)
             yield
 
-    app = FastAPI(title="StudyRAG", version=__version__, lifespan=lifespan)
+    # /docs is the web interface's own page over vendored Swagger UI (api/routes/web.py).
+    app = FastAPI(
+        title="StudyRAG", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     # One registry per app, never the process-wide default: several apps keep their counts.
     metrics = Metrics()
     app.state.metrics = metrics
     app.add_middleware(
         BodyLimitMiddleware, limit=lambda scope: _body_limit(scope, settings), area_of=area_of
+    )
+    # Inside the Host check: a rebound name gets no CORS answer.
+    app.add_middleware(
+        AllowListCORSMiddleware, settings=lambda scope: _settings(scope, settings), area_of=area_of
     )
     # Before the body is read: a rebound or cross-site request is refused unread.
     app.add_middleware(
@@ -74,6 +101,8 @@ def create_app(settings: Settings | None = None, *, with_chat: bool = True) -> F
     app.add_middleware(RequestTelemetryMiddleware)
     # Added last, so it runs first: the request id is known when a body is refused.
     app.add_middleware(RequestIdMiddleware)
+    # Outermost: every answer, refusals of the middleware inside included, carries them.
+    app.add_middleware(SecurityHeadersMiddleware)
     install_error_handlers(app, area_of=area_of)
     app.include_router(api_router)
     return app

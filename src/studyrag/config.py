@@ -191,6 +191,9 @@ class APISettings(BaseModel):
     # Origins (scheme://host[:port]) allowed besides the server's own for WebSockets and
     # state-changing requests made by browsers. Empty: same-origin only.
     allowed_origins: list[str] = Field(default_factory=list)
+    # Origins (scheme://host[:port]) whose pages may read this API's answers (CORS). Empty:
+    # none, every preflight is refused. A listed origin may also send state-changing requests.
+    cors_origins: list[str] = Field(default_factory=list)
     # A request's line and headers must arrive within this many seconds (slow clients).
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
     # Idle keep-alive connections are closed after this many seconds (uvicorn's own).

@@ -85,10 +85,10 @@ class LiveServer:
 
 @contextmanager
 def run_server(
-    settings: Settings, *, ingest: bool = True, with_chat: bool = True
+    settings: Settings, *, ingest: bool = True, with_chat: bool = True, app: FastAPI | None = None
 ) -> Iterator[LiveServer]:
-    """Start create_app(settings) under uvicorn in a thread; stop it on exit."""
-    app = create_app(settings, with_chat=with_chat)
+    """Start create_app(settings) (or `app`) under uvicorn in a thread; stop it on exit."""
+    app = app or create_app(settings, with_chat=with_chat)
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="auto"

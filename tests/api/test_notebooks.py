@@ -368,6 +368,20 @@ async def test_job_events_over_sse_end_with_the_job(http: httpx.AsyncClient) -> 
         assert seen == sorted(seen)
 
 
+async def test_events_of_a_finished_job_end_cleanly(http: httpx.AsyncClient) -> None:
+    # Found by the schemathesis run: the stream of a finished job closed its subscription
+    # while anext() still ran it, raised, and broke the response (IncompleteRead).
+    nb = await create_notebook(http, "SSE finished job")
+    accepted = await upload(http, nb["id"], ("f.md", GEOLOGY.encode()))
+    await wait_job(http, accepted["job_id"])
+    for _ in range(3):
+        async with http.stream("GET", f"/api/jobs/{accepted['job_id']}/events") as response:
+            assert response.status_code == 200
+            body = (await response.aread()).decode()
+        assert body.startswith("event: snapshot"), body
+        assert '"status":"completed"' in body.replace(" ", "")
+
+
 async def test_notebook_delete_removes_everything_everywhere(
     live: LiveServer, http: httpx.AsyncClient
 ) -> None:

@@ -110,3 +110,21 @@ def test_markers_next_to_code_are_still_resolved() -> None:
     assert (cited, removed) == ([2, 3], ["[9]"])
     markers = find_markers(out)
     assert [m.numbers for m in markers] == [(2,), (3,)]
+
+
+# Found by tests/chat/test_citation_properties.py (Hypothesis).
+def test_an_unknown_marker_before_a_known_one_keeps_it_a_citation() -> None:
+    # Removing "[9]" with its space used to leave "Plants[2]": an index, not a citation.
+    out, cited, removed = resolve_citations("Plants [9][2] and more [8][9][3].", SOURCES)
+    assert out == "Plants [2] and more [3]."
+    assert (cited, removed) == ([2, 3], ["[9]", "[8]", "[9]"])
+
+
+def test_a_removal_that_changes_what_is_code_is_resolved_again() -> None:
+    # Without "[9]" the first line is a fence that closes the block the last "[9]" was in.
+    out, cited, removed = resolve_citations("[9]```\n```\n[9]", SOURCES)
+    assert out == "```\n```"
+    assert (cited, removed) == ([], ["[9]", "[9]"])
+    # And a known marker the removal puts inside code is not counted as cited.
+    out, cited, _ = resolve_citations("[9]```\n[2]", SOURCES)
+    assert (out, cited) == ("```\n[2]", [])

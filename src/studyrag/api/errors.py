@@ -16,21 +16,27 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from studyrag.api.openapi import Responses, error_responses
+from studyrag.api.security_headers import add_security_headers
 from studyrag.config import Settings
 from studyrag.errors import (
+    HostNotAllowed,
     HTTPError,
     InvalidRequest,
     MethodNotAllowed,
+    OriginNotAllowed,
     RateLimited,
     RequestTooLarge,
     RouteNotFound,
     StudyRAGError,
 )
 from studyrag.observability.logs import request_id_var
+from studyrag.schemas.errors import ErrorPublic
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,23 @@ class AreaErrors:
     name: str = "none"
     # Every area answers in the house shape but /v1, which speaks OpenAI's (docs/protocol.md).
     body: ErrorBody = house_body
+    # ... and the OpenAPI schema of that shape.
+    schema: type[BaseModel] = ErrorPublic
+    # The errors any route of the area can meet once it runs (the services it calls), for
+    # the OpenAPI schema; a route declares its own besides (api/openapi.py).
+    raises: tuple[type[StudyRAGError], ...] = ()
+
+    def responses(self) -> Responses:
+        """The OpenAPI `responses` every route of the area shares."""
+        before_route: list[type[StudyRAGError]] = [
+            self.invalid,
+            HostNotAllowed,
+            OriginNotAllowed,
+            StudyRAGError,  # 500: anything unexpected, with the request id to report
+        ]
+        if self.too_large is not None:
+            before_route.append(self.too_large)
+        return error_responses(*before_route, *self.raises, model=self.schema)
 
 
 # Paths no area claims (unknown routes) get the generic classes.
@@ -209,9 +232,14 @@ def install_error_handlers(app: FastAPI, *, area_of: AreaOf) -> None:
                 rid,
                 error.message,
             )
-        # Also set here: an unexpected error is answered outside RequestIdMiddleware.
-        headers = {**(headers or {}), "X-Request-ID": rid} if rid else headers
-        return JSONResponse(area.body(error, rid), status_code=error.status_code, headers=headers)
+        # Also set here: an unexpected error is answered outside RequestIdMiddleware and
+        # SecurityHeadersMiddleware (by Starlette's ServerErrorMiddleware).
+        headers = {**(headers or {}), "X-Request-ID": rid} if rid else dict(headers or {})
+        response = JSONResponse(
+            area.body(error, rid), status_code=error.status_code, headers=headers
+        )
+        add_security_headers(response.headers)
+        return response
 
     @app.exception_handler(StudyRAGError)
     async def _studyrag(request: Request, exc: StudyRAGError) -> JSONResponse:

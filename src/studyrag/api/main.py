@@ -8,14 +8,17 @@ DOC_006; CHAT_010 or REQUEST_002. A new area adds one line to AREAS.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.routing import APIRoute
 from starlette.routing import Match, Route, WebSocketRoute
 from starlette.types import Scope
 
 from studyrag.api.errors import NO_AREA, AreaErrors
 from studyrag.api.generations import CHAT_AREA
+from studyrag.api.openapi import merge
 from studyrag.api.routes import (
     chat,
     chunks,
@@ -35,34 +38,124 @@ from studyrag.api.routes import (
     ws,
 )
 from studyrag.errors import (
+    AmbiguousId,
+    ArchiveInvalid,
+    ArchiveTooLarge,
+    BackendUnavailable,
+    BrokerUnavailable,
+    ChunkNotFound,
+    ContextTooLong,
+    ConversationNotFound,
+    DocumentBusy,
+    DocumentNotFound,
+    EmptyLibrary,
+    EmptyQuery,
+    FileTooLarge,
+    GenerationFailed,
+    GenerationInProgress,
+    HighlightUnavailable,
     InvalidChatRequest,
     InvalidDocumentRequest,
     InvalidNotebook,
     InvalidSearchRequest,
     InvalidSetting,
+    InvalidSpan,
+    JobConflict,
+    JobNotFound,
+    LLMUnavailable,
+    MessageNotFound,
+    ModelNotFound,
+    ModelSwitchInProgress,
+    NotebookBusy,
+    NotebookExists,
+    NotebookNotFound,
+    OriginalMissing,
+    PageNotFound,
     PayloadTooLarge,
+    RangeNotSatisfiable,
+    RateLimited,
+    SettingNotChangeable,
+    TooManyConnections,
+    Unauthorized,
+    UnknownModel,
+    UnknownSetting,
+    UnsupportedFileType,
 )
-from studyrag.schemas.openai import openai_error_body
+from studyrag.schemas.openai import OpenAIErrorPublic, openai_error_body
 
-CHAT_ERRORS = AreaErrors(invalid=InvalidChatRequest, too_large=PayloadTooLarge, name=CHAT_AREA)
-DOCUMENT_ERRORS = AreaErrors(invalid=InvalidDocumentRequest, too_large=None, name="documents")
+# What the services behind each area can refuse a request with (the OpenAPI schema's
+# responses; the schemathesis run in tests/api/test_schema_fuzz.py holds them to it).
+_NOTEBOOK = (NotebookNotFound, NotebookExists, NotebookBusy, AmbiguousId, JobConflict)
+_DOCUMENT = (
+    DocumentNotFound,
+    DocumentBusy,
+    NotebookNotFound,
+    NotebookBusy,
+    AmbiguousId,
+    JobConflict,
+    FileTooLarge,
+    UnsupportedFileType,
+    InvalidSpan,
+    OriginalMissing,
+    PageNotFound,
+    RangeNotSatisfiable,
+    HighlightUnavailable,
+    ChunkNotFound,
+)
+_CHAT = (
+    ConversationNotFound,
+    MessageNotFound,
+    NotebookNotFound,
+    DocumentNotFound,
+    AmbiguousId,
+    GenerationInProgress,
+    RateLimited,
+    TooManyConnections,
+    LLMUnavailable,
+    ModelNotFound,
+    ContextTooLong,
+    GenerationFailed,
+    BrokerUnavailable,
+    BackendUnavailable,
+)
+_SEARCH = (EmptyQuery, EmptyLibrary, BackendUnavailable, NotebookNotFound, DocumentNotFound)
+_ADMIN = (
+    UnknownSetting,
+    SettingNotChangeable,
+    UnknownModel,
+    ModelSwitchInProgress,
+    JobConflict,
+    LLMUnavailable,  # Ollama not reachable for a pull
+)
+
+CHAT_ERRORS = AreaErrors(
+    invalid=InvalidChatRequest, too_large=PayloadTooLarge, name=CHAT_AREA, raises=_CHAT
+)
+DOCUMENT_ERRORS = AreaErrors(
+    invalid=InvalidDocumentRequest, too_large=None, name="documents", raises=_DOCUMENT
+)
 
 AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
     (health.router, AreaErrors(name="health")),
     (metrics.router, AreaErrors(name="metrics")),
-    (notebooks.router, AreaErrors(invalid=InvalidNotebook, name="notebooks")),
+    (notebooks.router, AreaErrors(invalid=InvalidNotebook, name="notebooks", raises=_NOTEBOOK)),
     # Uploads have their own, file-sized limit.
     (notebooks.upload_router, DOCUMENT_ERRORS),
     # Imports too: an archive is limited while it is stored (STUDYRAG_ARCHIVE__MAX_ARCHIVE_MB).
     (
         notebook_archive.router,
-        AreaErrors(invalid=InvalidNotebook, too_large=None, name="notebooks"),
+        AreaErrors(
+            invalid=InvalidNotebook,
+            too_large=None,
+            name="notebooks",
+            raises=(*_NOTEBOOK, ArchiveInvalid, ArchiveTooLarge),
+        ),
     ),
     (documents.router, DOCUMENT_ERRORS),
-    (chunks.router, AreaErrors(invalid=InvalidDocumentRequest, name="documents")),
-    (jobs.router, AreaErrors(name="jobs")),
+    (chunks.router, AreaErrors(invalid=InvalidDocumentRequest, name="documents", raises=_DOCUMENT)),
+    (jobs.router, AreaErrors(name="jobs", raises=(JobNotFound, JobConflict, AmbiguousId))),
     (notebook_ws.router, AreaErrors(name="notebooks")),
-    (search.router, AreaErrors(invalid=InvalidSearchRequest, name="search")),
+    (search.router, AreaErrors(invalid=InvalidSearchRequest, name="search", raises=_SEARCH)),
     (chat.router, CHAT_ERRORS),
     (sse.router, CHAT_ERRORS),
     (ws.router, CHAT_ERRORS),
@@ -74,16 +167,22 @@ AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
             too_large=PayloadTooLarge,
             name="openai",
             body=openai_error_body,
+            schema=OpenAIErrorPublic,
+            raises=(*_CHAT, Unauthorized),
         ),
     ),
     (web.router, NO_AREA),
-    (config.router, AreaErrors(invalid=InvalidSetting, name="config")),
-    (models.router, AreaErrors(invalid=InvalidSetting, name="models")),
+    (config.router, AreaErrors(invalid=InvalidSetting, name="config", raises=_ADMIN)),
+    (models.router, AreaErrors(invalid=InvalidSetting, name="models", raises=_ADMIN)),
 )
 
 api_router = APIRouter()
 _AREA_OF_ENDPOINT: dict[Callable[..., Any], AreaErrors] = {}
 for _router, _errors in AREAS:
+    for _route in _router.routes:
+        if isinstance(_route, APIRoute):
+            # Read by include_router below, which builds the routes the schema describes.
+            _route.responses = merge(_errors.responses(), _route.responses)
     api_router.include_router(_router)
     for _route in _router.routes:
         if isinstance(_route, Route | WebSocketRoute):
@@ -95,7 +194,17 @@ def area_of(scope: Scope) -> AreaErrors:
     endpoint = scope.get("endpoint")
     if endpoint is None:  # not routed yet: the body limit runs before routing
         endpoint = _match(scope)
-    return _AREA_OF_ENDPOINT.get(endpoint, NO_AREA) if endpoint is not None else NO_AREA
+    if endpoint is not None:
+        return _AREA_OF_ENDPOINT.get(endpoint, NO_AREA)
+    # A path no route matches (a 404) is no area's (the metrics say "none"), but under an
+    # area's prefix it is answered in that area's shape: /v1/models/<a name with a newline>
+    # gets OpenAI's error body, as its schema says.
+    path = str(scope.get("path", ""))
+    under = [(r.prefix, e) for r, e in AREAS if r.prefix and path.startswith(r.prefix + "/")]
+    if not under:
+        return NO_AREA
+    _, errors = max(under, key=lambda pair: len(pair[0]))
+    return replace(NO_AREA, body=errors.body, schema=errors.schema)
 
 
 def _match(scope: Scope) -> Callable[..., Any] | None:

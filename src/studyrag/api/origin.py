@@ -6,9 +6,9 @@
   REQUEST_004.
 - Origin: a WebSocket handshake and a state-changing request (POST, PUT, PATCH, DELETE) that
   carries an Origin must come from the server's own origin (the Host it was sent to) or one
-  in `api.allowed_origins`; without Origin, a browser's `Sec-Fetch-Site` other than
-  same-origin/none is refused too. Else 403 REQUEST_005. Programs (CLI, curl, the openai
-  client) send neither header and are unaffected.
+  in `api.allowed_origins` or `api.cors_origins` (api/cors.py); without Origin, a browser's
+  `Sec-Fetch-Site` other than same-origin/none is refused too. Else 403 REQUEST_005.
+  Programs (CLI, curl, the openai client) send neither header and are unaffected.
 
 The rules are in docs/protocol.md; the settings in docs/operations.md.
 """
@@ -112,7 +112,8 @@ class HostOriginMiddleware:
         if not bound:
             bound = api.host if api is not None else "127.0.0.1"
         allowed_hosts = api.allowed_hosts if api is not None else []
-        allowed_origins = api.allowed_origins if api is not None else []
+        # A page allowed to read answers (CORS) may also send what it reads about.
+        allowed_origins = [*api.allowed_origins, *api.cors_origins] if api is not None else []
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         host = headers.get("host", "")
         if host and not allowed_host(host, bound=bound, extra=allowed_hosts):

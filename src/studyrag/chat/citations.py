@@ -139,23 +139,41 @@ def resolve_citations(
 ) -> tuple[str, list[int], list[str]]:
     """(answer without unknown markers, cited source indexes sorted, removed markers)."""
     known = {_index_of(s) for s in sources}
-    cited: set[int] = set()
     removed: list[str] = []
 
-    def replace(marker: Marker) -> str | None:
-        valid = [n for n in marker.numbers if n in known]
-        bad = [n for n in marker.numbers if n not in known]
-        cited.update(valid)
-        removed.extend(f"[{n}]" for n in bad)
-        if not bad:
-            return None
-        if not valid:
-            # The leading space goes too, so "word [9]." becomes "word.".
-            return ""
-        lead = answer[marker.start : marker.bracket]
-        return f"{lead}[{', '.join(str(n) for n in valid)}]"
+    def without_unknown(text: str) -> str:
+        following = {m.start: m for m in find_markers(text)}
 
-    clean = rewrite_markers(answer, replace).strip()
+        def kept_after(marker: Marker) -> bool:
+            """Whether a marker glued after this one ("[9][2]") stays."""
+            after = following.get(marker.end)
+            while after is not None and not any(n in known for n in after.numbers):
+                after = following.get(after.end)
+            return after is not None
+
+        def replace(marker: Marker) -> str | None:
+            valid = [n for n in marker.numbers if n in known]
+            bad = [n for n in marker.numbers if n not in known]
+            removed.extend(f"[{n}]" for n in bad)
+            if not bad:
+                return None
+            lead = text[marker.start : marker.bracket]
+            if not valid:
+                # The leading space goes too, so "word [9]." becomes "word."; but not before
+                # a kept marker: "word [9][2]" is "word [2]", not the index "word[2]".
+                return lead if kept_after(marker) else ""
+            return f"{lead}[{', '.join(str(n) for n in valid)}]"
+
+        return rewrite_markers(text, replace).strip()
+
+    # A removal can change what is code: "[9]```" becomes "```", a fence that opens (or
+    # closes) a block around a later marker. Resolve again until nothing changes (each pass
+    # that changes the text removes a marker, so this ends): no marker left names an unknown
+    # source, and what is cited is what the final text cites (found by a property test).
+    clean, before = without_unknown(answer), answer
+    while clean != before:
+        clean, before = without_unknown(clean), clean
+    cited = {n for marker in find_markers(clean) for n in marker.numbers}
     if removed:
         log.warning(
             "Removed citation markers %s that match none of the %d sources",

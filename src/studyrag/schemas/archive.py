@@ -66,7 +66,7 @@ class ArchivedDocumentRef(_Strict):
 
 class ArchiveManifest(_Strict):
     format: str
-    format_version: int = Field(le=SQLITE_INT_MAX)
+    format_version: int = Field(ge=1, le=SQLITE_INT_MAX)
     created_at: datetime
     studyrag_version: str = ""
     notebook: ArchivedNotebook

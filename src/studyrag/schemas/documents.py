@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from studyrag.db.models import Chunk, Document, Job
+from studyrag.schemas.base import UTCDateTime
 
 _INTERNAL_META = frozenset({"page_starts", "page_boxes"})
 
@@ -30,8 +30,8 @@ class DocumentPublic(BaseModel):
     embedding_model: str | None = None
     job_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
+    created_at: UTCDateTime | None = None
+    updated_at: UTCDateTime | None = None
 
     @classmethod
     def from_row(cls, doc: Document) -> DocumentPublic:
@@ -166,8 +166,8 @@ class JobPublic(BaseModel):
     progress: float
     counts: dict[str, int]
     error: str | None = None
-    created_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: UTCDateTime | None = None
+    finished_at: UTCDateTime | None = None
     documents: list[DocumentPublic] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from studyrag.db.models import Notebook
 from studyrag.db.notebooks import NotebookCounts
+from studyrag.schemas.base import UTCDateTime
 
 NAME_MAX = 200
 DESCRIPTION_MAX = 2000
@@ -39,8 +38,8 @@ class NotebookPublic(BaseModel):
     conversations: int
     size_bytes: int
     chunks: int
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
+    created_at: UTCDateTime | None = None
+    updated_at: UTCDateTime | None = None
 
     @classmethod
     def from_row(cls, nb: Notebook, counts: NotebookCounts | None = None) -> NotebookPublic:

@@ -183,6 +183,19 @@ def chunk(
 
 
 # --- errors --------------------------------------------------------------------------------
+class OpenAIErrorObject(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class OpenAIErrorPublic(BaseModel):
+    """OpenAI's error body, the one /v1 answers with (openai_error_body)."""
+
+    error: OpenAIErrorObject
+
+
 def _error_type(status: int) -> str:
     if status in (401, 403):
         return "authentication_error"

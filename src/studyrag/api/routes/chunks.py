@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/chunks", tags=["documents"])
 @router.get("/{chunk_id}", response_model=ChunkPublic)
 async def get_chunk(
     services: ServicesDep,
-    chunk_id: int = PathParam(le=SQLITE_INT_MAX),
+    chunk_id: int = PathParam(ge=1, le=SQLITE_INT_MAX),
     start: int | None = Query(None, ge=0, le=1 << 40),
     end: int | None = Query(None, ge=0, le=1 << 40),
 ) -> ChunkPublic:

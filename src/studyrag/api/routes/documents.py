@@ -169,7 +169,14 @@ async def reindex_document(document_id: str, services: ServicesDep) -> JobPublic
     return await services.jobs.public(job.id)
 
 
-@router.get("/{document_id}/file")
+@router.get(
+    "/{document_id}/file",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"*/*": {}}, "description": "The original, in its own type"},
+        206: {"content": {"*/*": {}}, "description": "The range asked for"},
+    },
+)
 async def get_original(document_id: str, request: Request, services: ServicesDep) -> Response:
     """The original file, with its type, a safe download name and HTTP Range support."""
     doc = await services.documents.get(document_id)
@@ -240,7 +247,7 @@ async def get_text(
 async def get_page_image(
     document_id: str,
     services: ServicesDep,
-    page: int = Path(le=SQLITE_INT_MAX),
+    page: int = Path(ge=1, le=SQLITE_INT_MAX),
     scale: float = Query(1.5, gt=0, le=4, allow_inf_nan=False),
 ) -> Response:
     """One page of a PDF (or an image's one page) rendered as PNG (cached; a few megapixels)."""

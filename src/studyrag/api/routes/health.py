@@ -11,7 +11,11 @@ from studyrag.observability.health import health_report
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", response_class=JSONResponse)
+@router.get(
+    "/health",
+    response_class=JSONResponse,
+    responses={503: {"description": "unavailable: a required backend is down (the same report)"}},
+)
 async def health(services: ServicesDep) -> JSONResponse:
     """ok, degraded (the chat model is down) or unavailable (503: a required backend is)."""
     status, body = await health_report(services)

@@ -31,7 +31,11 @@ async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
     return await services.jobs.public(job_id)
 
 
-@router.get("/{job_id}/events")
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "The job's events"}},
+)
 async def job_events(job_id: str, request: Request, services: ServicesDep) -> EventSourceResponse:
     """Server-Sent Events: a `snapshot` of the job, then every `document_updated`,
     `document_added`, `document_deleted`, `job_progress` and `job_updated` until it ends."""
@@ -59,8 +63,12 @@ async def job_events(job_id: str, request: Request, services: ServicesDep) -> Ev
                     return
                 pending = asyncio.ensure_future(anext(subscription))
         finally:
-            if pending is not None:
+            if pending is not None and not pending.done():
+                # The task is inside anext(): cancelling it ends the generator (its finally
+                # unsubscribes); aclose() now raised "asynchronous generator is already
+                # running" and broke the response of every finished job (found by fuzzing).
                 pending.cancel()
-            await subscription.aclose()  # type: ignore[attr-defined]
+            else:
+                await subscription.aclose()  # type: ignore[attr-defined]
 
     return EventSourceResponse(stream(), ping=services.settings.api.sse_ping_interval)

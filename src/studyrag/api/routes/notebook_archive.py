@@ -19,7 +19,11 @@ _MULTIPART_SLACK = 64 * 1024
 router = APIRouter(prefix="/api/notebooks", tags=["notebooks"])
 
 
-@router.get("/{notebook_id}/export")
+@router.get(
+    "/{notebook_id}/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "The archive (zip)"}},
+)
 async def export_notebook(
     notebook_id: str,
     services: ServicesDep,
