@@ -249,3 +249,98 @@ def _json(payload: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+# One sentence the PDF supports (page 3) and one it says nothing about; attribution runs with
+# the real embedder, so the second is the one the server flags.
+MIXED_ANSWER = (
+    "Mitochondria make **ATP**, the energy currency of the cell [1]. "
+    "The Eiffel Tower was painted purple by Napoleon in 1802 [1]."
+)
+UNSUPPORTED = "The Eiffel Tower was painted purple by Napoleon in 1802"
+
+
+def test_an_unsupported_sentence_is_marked_inline_also_after_reload(
+    server: str, browser: Any, watch: Watch, notebook: dict[str, str], fake_llm: OllamaTestServer
+):
+    fake_llm.behaviour.reply = MIXED_ANSWER
+    try:
+        ctx, page = open_page(browser, watch, f"{server}/#/n/{notebook['id']}")
+        answer = ask(page, "What do mitochondria make?")
+    finally:
+        fake_llm.behaviour.reply = "Mitochondria make ATP [1]."
+    cid = page.evaluate("location.hash").split("/c/")[1]
+    stored = httpx.get(f"{server}/api/chat/conversations/{cid}/messages").json()["items"][-1]
+    sentences = stored["metadata"]["attribution"]["sentences"]
+    flagged = [stored["content"][s["start"] : s["end"]] for s in sentences if not s["supported"]]
+    assert len(flagged) == 1 and UNSUPPORTED in flagged[0], sentences
+
+    def check(answer: Any) -> None:
+        marks = answer.get_by_test_id("unverified")
+        marked = " ".join(marks.all_inner_texts())
+        assert UNSUPPORTED in marked, marked
+        assert "Mitochondria" not in marked  # the supported sentence is not marked
+        assert marks.first.get_attribute("title") == "not found in the sources"
+        style = marks.first.evaluate("e => getComputedStyle(e).textDecorationStyle")
+        assert style == "dotted"
+        body = answer.get_by_test_id("answer-body")
+        # Markdown and the chip of the supported sentence are intact around the mark.
+        assert body.locator("strong").inner_text() == "ATP"
+        assert body.get_by_test_id("citation").count() >= 1
+        assert "**" not in body.inner_text() and "\u2402" not in body.inner_text()
+        assert "not found in the sources" in answer.get_by_test_id("unverified-note").inner_text()
+
+    check(answer)
+    answer.get_by_test_id("unverified").first.hover()
+    shot(page, "26-unverified-sentence")
+    page.reload()  # from the stored message
+    answer = page.get_by_test_id("assistant-message").last
+    answer.get_by_test_id("unverified").first.wait_for()
+    check(answer)
+    shot(page, "27-unverified-after-reload")
+    watch.clean()
+    ctx.close()
+
+
+def test_ollama_pull_shows_its_progress_and_errors(
+    server: str, browser: Any, watch: Watch, fake_llm: OllamaTestServer
+):
+    ctx, page = open_page(browser, watch, f"{server}/#/settings")
+    page.get_by_test_id("pull-name").wait_for()
+    assert page.get_by_test_id("pull-unavailable").count() == 0
+    page.evaluate(
+        """() => { window.__pull = [];
+          new MutationObserver(() => {
+            const b = document.querySelector('[data-testid=pull-progress]');
+            if (b && window.__pull.at(-1) !== b.value) window.__pull.push(b.value); })
+          .observe(document.body, {subtree: true, childList: true, characterData: true,
+                                    attributes: true}); }"""
+    )
+    fake_llm.behaviour.pull_steps = 8
+    page.get_by_test_id("pull-name").fill("tinyllama")
+    page.get_by_test_id("pull-start").click()
+    page.get_by_test_id("pull-status").filter(has_text="tinyllama is downloaded").wait_for(
+        timeout=30_000
+    )
+    values = page.evaluate("window.__pull")
+    assert values[-1] == 100 and any(0 < v < 100 for v in values), values
+    assert "tinyllama:latest" in fake_llm.behaviour.models
+    # The list of chat models now offers it.
+    page.get_by_test_id("chat-model-select").locator("option", has_text="tinyllama").wait_for(
+        state="attached"
+    )
+    shot(page, "28-ollama-pulled")
+    # A name Ollama's library does not have: its error, as message and hint.
+    fake_llm.behaviour.pullable = False
+    try:
+        page.get_by_test_id("pull-name").fill("no-such-model")
+        page.get_by_test_id("pull-start").click()
+        error = page.get_by_test_id("pull").get_by_test_id("error")
+        error.wait_for(timeout=30_000)
+        assert "no-such-model" in error.inner_text() or "does not exist" in error.inner_text()
+    finally:
+        fake_llm.behaviour.pullable = True
+    error.scroll_into_view_if_needed()
+    shot(page, "29-ollama-pull-error")
+    watch.clean()
+    ctx.close()

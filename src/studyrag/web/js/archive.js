@@ -1,6 +1,6 @@
 // Notebook export (a zip download) and import (upload with progress, then the restore job's
 // progress until the new notebook exists).
-import { ApiError, api, errorBox, followJob, h, uploadForm } from "./api.js";
+import { ApiError, api, errorBox, followJob, h, plural, uploadForm } from "./api.js";
 
 export class ArchivePanel {
   constructor(root) {
@@ -51,7 +51,7 @@ export class ArchivePanel {
     try {
       const res = await api("/api/notebooks");
       const keep = selectId || this.select.value;
-      this.select.replaceChildren(...res.items.map((nb) => h("option", { value: nb.id, selected: nb.id === keep }, `${nb.name} (${nb.documents} sources, ${nb.conversations} chats)`)));
+      this.select.replaceChildren(...res.items.map((nb) => h("option", { value: nb.id, selected: nb.id === keep }, `${nb.name} (${plural(nb.documents, "source")}, ${plural(nb.conversations, "chat")})`)));
       this.exportBtn.disabled = !res.items.length;
     } catch (err) {
       this.exportMsg.replaceChildren(errorBox(err));
@@ -112,7 +112,7 @@ export class ArchivePanel {
       });
       upBar.value = 100;
       jobBar.hidden = false;
-      text.textContent = `Restoring “${accepted.name}”: ${accepted.documents} sources, ${accepted.conversations} chats…`;
+      text.textContent = `Restoring “${accepted.name}”: ${plural(accepted.documents, "source")}, ${plural(accepted.conversations, "chat")}…`;
       const job = await followJob(accepted.job_id, (type, ev) => {
         const pct = type === "job_progress" ? ev.progress : type === "snapshot" ? ev.progress : null;
         if (pct !== null && pct !== undefined) {

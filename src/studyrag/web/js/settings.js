@@ -31,8 +31,8 @@ export class SettingsView {
         h("header", { class: "home-head" }, h("a", { href: "#/", class: "ghost small back" }, "← Notebooks"), h("h1", {}, "Settings")),
         this.health,
         this.models,
-        config,
         archive,
+        config,
       ),
     );
     this.config = new ConfigForm(config);
@@ -200,6 +200,7 @@ export class SettingsView {
       });
       if (this.closed) return;
       this.embJobId = null;
+      this.loadHealth();
       await this.loadModels();
       if (job.status === "completed") this.embMsg.replaceChildren(h("span", { class: "ok small", testid: "embedding-done" }, "Re-embedding done: search and ingestion use the new model."));
       else if (job.status === "cancelled") this.embMsg.replaceChildren(h("span", { class: "muted small" }, "Cancelled: the previous embedding model stays in use."));
