@@ -237,9 +237,7 @@ def test_export_a_notebook_and_import_it_back(
     ctx.close()
 
 
-def test_an_export_refused_by_the_server_shows_its_error(
-    server: str, browser: Any, watch: Watch
-):
+def test_an_export_refused_by_the_server_shows_its_error(server: str, browser: Any, watch: Watch):
     # The notebook is deleted while the page shows it: the server's error, not a file.
     nb = new_notebook(server, "Soon gone")
     ctx, page = open_settings(browser, watch, server, accept_downloads=True)

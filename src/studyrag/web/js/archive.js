@@ -110,7 +110,7 @@ export class ArchivePanel {
         upBar.value = Math.round(p * 100);
         text.textContent = p < 1 ? `Uploading ${file.name}: ${upBar.value}%` : "Checking the archive…";
       });
-      upBar.value = 100;
+      upBar.hidden = true; // uploaded and checked: the restore's own progress from here
       jobBar.hidden = false;
       text.textContent = `Restoring “${accepted.name}”: ${plural(accepted.documents, "source")}, ${plural(accepted.conversations, "chat")}…`;
       const job = await followJob(accepted.job_id, (type, ev) => {
