@@ -132,6 +132,24 @@ def no_horizontal_overflow(page: Any) -> None:
     assert not bad, bad
 
 
+def record_texts(page: Any, testid: str) -> None:
+    """Keep, in the page, every text the element with this testid shows (read: texts())."""
+    page.evaluate(
+        """(testid) => { window.__texts = window.__texts || {}; const seen = [];
+          window.__texts[testid] = seen;
+          new MutationObserver(() => {
+            const el = document.querySelector(`[data-testid=${testid}]`);
+            if (el && seen.at(-1) !== el.textContent) seen.push(el.textContent); })
+          .observe(document.body, {subtree: true, childList: true, characterData: true}); }""",
+        testid,
+    )
+
+
+def texts(page: Any, testid: str) -> list[str]:
+    """What record_texts kept so far."""
+    return list(page.evaluate("(t) => window.__texts[t]", testid))
+
+
 def shot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

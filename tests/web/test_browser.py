@@ -16,7 +16,6 @@ import pytest
 from tests.conftest import free_port
 from tests.web.harness import (
     Watch,
-    launch,
     make_pdf,
     new_notebook,
     no_horizontal_overflow,
@@ -37,19 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {"STUDYRAG_LLM__MAX_TOKENS": "48", "STUDYRAG_LLM__N_THREADS": "2"}
     with serve(root / "data", free_port(), root / "serve.log", env) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def watch(server: str) -> Watch:
-    return Watch(server)
 
 
 def context(browser: Any, watch: Watch, **kw: Any) -> Any:

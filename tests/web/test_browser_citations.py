@@ -14,7 +14,7 @@ import pytest
 
 from tests.backends.llm.ollama_server import OllamaTestServer
 from tests.conftest import free_port
-from tests.web.harness import Watch, launch, make_pdf, new_notebook, serve, shot, upload
+from tests.web.harness import Watch, make_pdf, new_notebook, serve, shot, upload
 
 pytestmark = pytest.mark.slow
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -49,19 +49,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake_llm: OllamaTestServer)
     }
     with serve(root / "data", free_port(), root / "serve.log", env) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def watch(server: str) -> Watch:
-    return Watch(server)
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,13 @@ import pytest
 from tests.conftest import free_port
 from tests.web.harness import (
     Watch,
-    launch,
     make_pdf,
     new_notebook,
     no_horizontal_overflow,
+    record_texts,
     serve,
     shot,
+    texts,
     upload,
 )
 
@@ -49,19 +50,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {"STUDYRAG_LLM__MAX_TOKENS": "48", "STUDYRAG_LLM__N_THREADS": "2"}
     with serve(data, free_port(), root / "serve.log", env) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def watch(server: str) -> Watch:
-    return Watch(server)
 
 
 @pytest.fixture(scope="module")
@@ -205,17 +193,10 @@ def test_export_a_notebook_and_import_it_back(
     assert archive.read_bytes()[:2] == b"PK"
     page.get_by_test_id("export-message").filter(has_text="started").wait_for()
     # Import the file back: upload progress, then the job's, then the new notebook.
-    page.evaluate(
-        """() => { window.__importStates = [];
-          new MutationObserver(() => {
-            const s = document.querySelector('[data-testid=import-status]');
-            if (s && window.__importStates.at(-1) !== s.textContent)
-              window.__importStates.push(s.textContent); })
-          .observe(document.body, {subtree: true, childList: true, characterData: true}); }"""
-    )
+    record_texts(page, "import-status")
     page.get_by_test_id("import-input").set_input_files(str(archive))
     page.get_by_test_id("import-open").wait_for(timeout=120_000)
-    states = page.evaluate("window.__importStates")
+    states = texts(page, "import-status")
     assert any(s.startswith(("Uploading", "Checking")) for s in states), states
     assert any(s.startswith("Restoring") for s in states), states
     assert states[-1] == "Import done."
@@ -262,20 +243,13 @@ def test_embedding_switch_shows_the_reindex_progress(
     server: str, browser: Any, watch: Watch, course: dict[str, str]
 ):
     ctx, page = open_settings(browser, watch, server)
-    page.evaluate(
-        """() => { window.__embStates = [];
-          new MutationObserver(() => {
-            const s = document.querySelector('[data-testid=embedding-status]');
-            if (s && window.__embStates.at(-1) !== s.textContent)
-              window.__embStates.push(s.textContent); })
-          .observe(document.body, {subtree: true, childList: true, characterData: true}); }"""
-    )
+    record_texts(page, "embedding-status")
     select = page.get_by_test_id("embedding-model-select")
     select.select_option(select.locator("option", has_text="minilm-copy").get_attribute("value"))
     page.get_by_test_id("embedding-model-switch").click()
     page.get_by_test_id("confirm").click()
     page.get_by_test_id("embedding-done").wait_for(timeout=180_000)
-    states = page.evaluate("window.__embStates")
+    states = texts(page, "embedding-status")
     assert any("documents" in s and "%" in s for s in states), states
     assert "minilm-copy" in page.get_by_test_id("embedding-model-current").inner_text()
     assert httpx.get(f"{server}/health").json()["embeddings"]["model"].endswith("minilm-copy")

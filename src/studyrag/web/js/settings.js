@@ -222,7 +222,7 @@ export class SettingsView {
         h(
           "p",
           { class: "small", testid: "pull-unavailable" },
-          `Not available: this server answers with ${provider === "llamacpp" ? "the embedded llama.cpp model" : `the ${provider} provider`}, and only Ollama downloads models. `,
+          `Not available: ${provider === "none" ? "this server has no chat model" : `this server answers with ${provider === "llamacpp" ? "the embedded llama.cpp model" : `the ${provider} provider`}`}, and only Ollama downloads models. `,
           "To use Ollama, install it and run ",
           h("code", {}, "ollama serve"),
           "; its models then appear in the list above. An embedded model needs no download: put a ",
