@@ -6,6 +6,7 @@ HTML renders as text" exact. Retrieval, storage and streaming are the real ones.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,16 @@ def open_page(browser: Any, watch: Watch, url: str) -> tuple[Any, Any]:
     page = ctx.new_page()
     page.goto(url)
     return ctx, page
+
+
+@contextmanager
+def replying(fake_llm: OllamaTestServer, reply: str) -> Iterator[None]:
+    """The chat model answers `reply` inside the block, the module's usual answer after."""
+    fake_llm.behaviour.reply = reply
+    try:
+        yield
+    finally:
+        fake_llm.behaviour.reply = "Mitochondria make ATP [1]."
 
 
 def ask(page: Any, question: str) -> Any:
@@ -133,12 +144,9 @@ def test_hostile_document_and_answer_render_as_text(
     doc.write_text(HOSTILE_DOC, encoding="utf-8")
     nb = new_notebook(server, "Hostile")
     (doc_id,) = upload(server, nb, doc)
-    fake_llm.behaviour.reply = HOSTILE_ANSWER
-    try:
+    with replying(fake_llm, HOSTILE_ANSWER):
         ctx, page = open_page(browser, watch, f"{server}/#/n/{nb}")
         answer = ask(page, "What do mitochondria make?")
-    finally:
-        fake_llm.behaviour.reply = "Mitochondria make ATP [1]."
     body = answer.get_by_test_id("answer-body")
     text = body.inner_text()
     assert '<script>alert("answer")</script>' in text  # shown, not run
@@ -250,12 +258,9 @@ UNSUPPORTED = "The Eiffel Tower was painted purple by Napoleon in 1802"
 def test_an_unsupported_sentence_is_marked_inline_also_after_reload(
     server: str, browser: Any, watch: Watch, notebook: dict[str, str], fake_llm: OllamaTestServer
 ):
-    fake_llm.behaviour.reply = MIXED_ANSWER
-    try:
+    with replying(fake_llm, MIXED_ANSWER):
         ctx, page = open_page(browser, watch, f"{server}/#/n/{notebook['id']}")
         answer = ask(page, "What do mitochondria make?")
-    finally:
-        fake_llm.behaviour.reply = "Mitochondria make ATP [1]."
     cid = page.evaluate("location.hash").split("/c/")[1]
     stored = httpx.get(f"{server}/api/chat/conversations/{cid}/messages").json()["items"][-1]
     sentences = stored["metadata"]["attribution"]["sentences"]
@@ -295,13 +300,15 @@ def test_ollama_pull_shows_its_progress_and_errors(
     ctx, page = open_page(browser, watch, f"{server}/#/settings")
     page.get_by_test_id("pull-name").wait_for()
     assert page.get_by_test_id("pull-unavailable").count() == 0
+    # Every value the page gives the bar (the events may come in one read, faster than a
+    # MutationObserver sees them).
     page.evaluate(
         """() => { window.__pull = [];
-          new MutationObserver(() => {
-            const b = document.querySelector('[data-testid=pull-progress]');
-            if (b && window.__pull.at(-1) !== b.value) window.__pull.push(b.value); })
-          .observe(document.body, {subtree: true, childList: true, characterData: true,
-                                    attributes: true}); }"""
+          const d = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, 'value');
+          Object.defineProperty(HTMLProgressElement.prototype, 'value', {
+            get() { return d.get.call(this); },
+            set(v) { d.set.call(this, v);
+                     if (this.dataset.testid === 'pull-progress') window.__pull.push(v); } }); }"""
     )
     fake_llm.behaviour.pull_steps = 8
     page.get_by_test_id("pull-name").fill("tinyllama")

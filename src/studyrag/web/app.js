@@ -2,7 +2,6 @@
 import { api, confirmDialog, errorBox, h, plural, promptDialog, relTime } from "./js/api.js";
 import { ChatView } from "./js/chat.js";
 import { SearchView } from "./js/search.js";
-import { SettingsView } from "./js/settings.js";
 import { SourcesPanel } from "./js/sources.js";
 import { Viewer } from "./js/viewer.js";
 
@@ -28,6 +27,9 @@ async function route() {
     current = null;
     if (r.view === "settings") {
       document.title = "Settings · StudyRAG";
+      // Loaded when first opened: the notebook and chat views do not wait for its code.
+      const { SettingsView } = await import("./js/settings.js");
+      if (parseRoute().view !== "settings" || settings) return settings;
       settings = new SettingsView(app);
       return settings;
     }
