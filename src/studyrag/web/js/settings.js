@@ -302,7 +302,7 @@ function overallText(status, body) {
 function modelSelect(models, testid, label) {
   const select = h("select", { testid, "aria-label": label });
   models.forEach((m, i) => {
-    const size = m.size ? ` · ${(m.size / 1e6).toFixed(0)} MB` : "";
+    const size = !m.size ? "" : m.size < 1e6 ? ` · ${Math.max(1, Math.round(m.size / 1e3))} kB` : ` · ${Math.round(m.size / 1e6)} MB`;
     select.append(h("option", { value: String(i), selected: m.active, disabled: !m.available }, `${m.name} (${m.provider})${size}${m.active ? " · current" : ""}${m.available ? "" : " · not available"}`));
   });
   return select;
