@@ -140,7 +140,7 @@ export class SettingsView {
             }),
           )
         : null,
-      this.pullBlock(chatActive, res.providers),
+      this.pull(chatActive, res.providers),
     );
     if (res.switching_job_id) this.followEmbedding(res.switching_job_id);
   }
@@ -209,6 +209,14 @@ export class SettingsView {
       this.embJobId = null;
       this.embMsg.replaceChildren(errorBox(err));
     }
+  }
+
+  /** The pull block, kept across reloads of the list (its progress and result stay). */
+  pull(chatActive, providers) {
+    const provider = chatActive ? chatActive.provider : "none";
+    if (!this.pullEl || this.pullProvider !== provider) this.pullEl = this.pullBlock(chatActive, providers);
+    this.pullProvider = provider;
+    return this.pullEl;
   }
 
   pullBlock(chatActive, providers) {
