@@ -323,6 +323,7 @@ def test_ollama_pull_shows_its_progress_and_errors(
     page.get_by_test_id("chat-model-select").locator("option", has_text="tinyllama").wait_for(
         state="attached"
     )
+    page.get_by_test_id("pull-status").scroll_into_view_if_needed()
     shot(page, "28-ollama-pulled")
     # A name Ollama's library does not have: its error, as message and hint.
     fake_llm.behaviour.pullable = False
