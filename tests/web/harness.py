@@ -112,6 +112,44 @@ class Watch:
         assert not self.errors, self.errors
 
 
+def no_horizontal_overflow(page: Any) -> None:
+    """Nothing sticks out on the right, unless a scrolling or clipping box inside the page
+    holds it (body's own overflow-x: hidden does not count)."""
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"], width
+    bad = page.evaluate(
+        """() => { const W = document.documentElement.clientWidth, bad = [];
+          for (const el of document.querySelectorAll('body *')) {
+            const r = el.getBoundingClientRect();
+            if (!r.width || r.right <= W + 1) continue;
+            let held = false;
+            for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+              if (getComputedStyle(a).overflowX !== 'visible') {
+                held = a.getBoundingClientRect().right <= W + 1; break; } }
+            if (!held) bad.push(`${el.tagName}.${el.className} right=${Math.round(r.right)}`); }
+          return bad; }"""
+    )
+    assert not bad, bad
+
+
+def record_texts(page: Any, testid: str) -> None:
+    """Keep, in the page, every text the element with this testid shows (read: texts())."""
+    page.evaluate(
+        """(testid) => { window.__texts = window.__texts || {}; const seen = [];
+          window.__texts[testid] = seen;
+          new MutationObserver(() => {
+            const el = document.querySelector(`[data-testid=${testid}]`);
+            if (el && seen.at(-1) !== el.textContent) seen.push(el.textContent); })
+          .observe(document.body, {subtree: true, childList: true, characterData: true}); }""",
+        testid,
+    )
+
+
+def texts(page: Any, testid: str) -> list[str]:
+    """What record_texts kept so far."""
+    return list(page.evaluate("(t) => window.__texts[t]", testid))
+
+
 def shot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

@@ -14,7 +14,15 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.web.harness import Watch, launch, make_pdf, new_notebook, serve, shot, upload
+from tests.web.harness import (
+    Watch,
+    make_pdf,
+    new_notebook,
+    no_horizontal_overflow,
+    serve,
+    shot,
+    upload,
+)
 
 pytestmark = pytest.mark.slow
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -28,19 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {"STUDYRAG_LLM__MAX_TOKENS": "48", "STUDYRAG_LLM__N_THREADS": "2"}
     with serve(root / "data", free_port(), root / "serve.log", env) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def watch(server: str) -> Watch:
-    return Watch(server)
 
 
 def context(browser: Any, watch: Watch, **kw: Any) -> Any:
@@ -86,26 +81,6 @@ def wait_answer_done(page: Any) -> None:
                           && m.dataset.status !== ''; }""",
         timeout=ANSWER_TIMEOUT,
     )
-
-
-def no_horizontal_overflow(page: Any) -> None:
-    """Nothing sticks out on the right, unless a scrolling or clipping box inside the page
-    holds it (body's own overflow-x: hidden does not count)."""
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= page.viewport_size["width"], width
-    bad = page.evaluate(
-        """() => { const W = document.documentElement.clientWidth, bad = [];
-          for (const el of document.querySelectorAll('body *')) {
-            const r = el.getBoundingClientRect();
-            if (!r.width || r.right <= W + 1) continue;
-            let held = false;
-            for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
-              if (getComputedStyle(a).overflowX !== 'visible') {
-                held = a.getBoundingClientRect().right <= W + 1; break; } }
-            if (!held) bad.push(`${el.tagName}.${el.className} right=${Math.round(r.right)}`); }
-          return bad; }"""
-    )
-    assert not bad, bad
 
 
 def test_drop_a_pdf_and_watch_it_reach_done(server: str, browser: Any, watch: Watch, pdf: Path):

@@ -6,6 +6,7 @@ HTML renders as text" exact. Retrieval, storage and streaming are the real ones.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from tests.backends.llm.ollama_server import OllamaTestServer
 from tests.conftest import free_port
-from tests.web.harness import Watch, launch, make_pdf, new_notebook, serve, shot, upload
+from tests.web.harness import Watch, make_pdf, new_notebook, serve, shot, upload
 
 pytestmark = pytest.mark.slow
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -52,19 +53,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake_llm: OllamaTestServer)
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def watch(server: str) -> Watch:
-    return Watch(server)
-
-
-@pytest.fixture(scope="module")
 def notebook(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("docs")
     nb = new_notebook(server, "Cited")
@@ -78,6 +66,16 @@ def open_page(browser: Any, watch: Watch, url: str) -> tuple[Any, Any]:
     page = ctx.new_page()
     page.goto(url)
     return ctx, page
+
+
+@contextmanager
+def replying(fake_llm: OllamaTestServer, reply: str) -> Iterator[None]:
+    """The chat model answers `reply` inside the block, the module's usual answer after."""
+    fake_llm.behaviour.reply = reply
+    try:
+        yield
+    finally:
+        fake_llm.behaviour.reply = "Mitochondria make ATP [1]."
 
 
 def ask(page: Any, question: str) -> Any:
@@ -146,12 +144,9 @@ def test_hostile_document_and_answer_render_as_text(
     doc.write_text(HOSTILE_DOC, encoding="utf-8")
     nb = new_notebook(server, "Hostile")
     (doc_id,) = upload(server, nb, doc)
-    fake_llm.behaviour.reply = HOSTILE_ANSWER
-    try:
+    with replying(fake_llm, HOSTILE_ANSWER):
         ctx, page = open_page(browser, watch, f"{server}/#/n/{nb}")
         answer = ask(page, "What do mitochondria make?")
-    finally:
-        fake_llm.behaviour.reply = "Mitochondria make ATP [1]."
     body = answer.get_by_test_id("answer-body")
     text = body.inner_text()
     assert '<script>alert("answer")</script>' in text  # shown, not run
@@ -249,3 +244,98 @@ def _json(payload: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+# One sentence the PDF supports (page 3) and one it says nothing about; attribution runs with
+# the real embedder, so the second is the one the server flags.
+MIXED_ANSWER = (
+    "Mitochondria make **ATP**, the energy currency of the cell [1]. "
+    "The Eiffel Tower was painted purple by Napoleon in 1802 [1]."
+)
+UNSUPPORTED = "The Eiffel Tower was painted purple by Napoleon in 1802"
+
+
+def test_an_unsupported_sentence_is_marked_inline_also_after_reload(
+    server: str, browser: Any, watch: Watch, notebook: dict[str, str], fake_llm: OllamaTestServer
+):
+    with replying(fake_llm, MIXED_ANSWER):
+        ctx, page = open_page(browser, watch, f"{server}/#/n/{notebook['id']}")
+        answer = ask(page, "What do mitochondria make?")
+    cid = page.evaluate("location.hash").split("/c/")[1]
+    stored = httpx.get(f"{server}/api/chat/conversations/{cid}/messages").json()["items"][-1]
+    sentences = stored["metadata"]["attribution"]["sentences"]
+    flagged = [stored["content"][s["start"] : s["end"]] for s in sentences if not s["supported"]]
+    assert len(flagged) == 1 and UNSUPPORTED in flagged[0], sentences
+
+    def check(answer: Any) -> None:
+        marks = answer.get_by_test_id("unverified")
+        marked = " ".join(marks.all_inner_texts())
+        assert UNSUPPORTED in marked, marked
+        assert "Mitochondria" not in marked  # the supported sentence is not marked
+        assert marks.first.get_attribute("title") == "not found in the sources"
+        style = marks.first.evaluate("e => getComputedStyle(e).textDecorationStyle")
+        assert style == "dotted"
+        body = answer.get_by_test_id("answer-body")
+        # Markdown and the chip of the supported sentence are intact around the mark.
+        assert body.locator("strong").inner_text() == "ATP"
+        assert body.get_by_test_id("citation").count() >= 1
+        assert "**" not in body.inner_text() and "\u2402" not in body.inner_text()
+        assert "not found in the sources" in answer.get_by_test_id("unverified-note").inner_text()
+
+    check(answer)
+    answer.get_by_test_id("unverified").first.hover()
+    shot(page, "26-unverified-sentence")
+    page.reload()  # from the stored message
+    answer = page.get_by_test_id("assistant-message").last
+    answer.get_by_test_id("unverified").first.wait_for()
+    check(answer)
+    shot(page, "27-unverified-after-reload")
+    watch.clean()
+    ctx.close()
+
+
+def test_ollama_pull_shows_its_progress_and_errors(
+    server: str, browser: Any, watch: Watch, fake_llm: OllamaTestServer
+):
+    ctx, page = open_page(browser, watch, f"{server}/#/settings")
+    page.get_by_test_id("pull-name").wait_for()
+    assert page.get_by_test_id("pull-unavailable").count() == 0
+    # Every value the page gives the bar (the events may come in one read, faster than a
+    # MutationObserver sees them).
+    page.evaluate(
+        """() => { window.__pull = [];
+          const d = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, 'value');
+          Object.defineProperty(HTMLProgressElement.prototype, 'value', {
+            get() { return d.get.call(this); },
+            set(v) { d.set.call(this, v);
+                     if (this.dataset.testid === 'pull-progress') window.__pull.push(v); } }); }"""
+    )
+    fake_llm.behaviour.pull_steps = 8
+    page.get_by_test_id("pull-name").fill("tinyllama")
+    page.get_by_test_id("pull-start").click()
+    page.get_by_test_id("pull-status").filter(has_text="tinyllama is downloaded").wait_for(
+        timeout=30_000
+    )
+    values = page.evaluate("window.__pull")
+    assert values[-1] == 100 and any(0 < v < 100 for v in values), values
+    assert "tinyllama:latest" in fake_llm.behaviour.models
+    # The list of chat models now offers it.
+    page.get_by_test_id("chat-model-select").locator("option", has_text="tinyllama").wait_for(
+        state="attached"
+    )
+    page.get_by_test_id("pull-status").scroll_into_view_if_needed()
+    shot(page, "28-ollama-pulled")
+    # A name Ollama's library does not have: its error, as message and hint.
+    fake_llm.behaviour.pullable = False
+    try:
+        page.get_by_test_id("pull-name").fill("no-such-model")
+        page.get_by_test_id("pull-start").click()
+        error = page.get_by_test_id("pull").get_by_test_id("error")
+        error.wait_for(timeout=30_000)
+        assert "no-such-model" in error.inner_text() or "does not exist" in error.inner_text()
+    finally:
+        fake_llm.behaviour.pullable = True
+    error.scroll_into_view_if_needed()
+    shot(page, "29-ollama-pull-error")
+    watch.clean()
+    ctx.close()

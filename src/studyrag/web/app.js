@@ -1,4 +1,4 @@
-// StudyRAG web interface: hash routes (#/ home, #/n/<notebook>[/c/<conversation>|/search]).
+// StudyRAG web interface: hash routes (#/ home, #/settings, #/n/<notebook>[/c/<conversation>|/search]).
 import { api, confirmDialog, errorBox, h, plural, promptDialog, relTime } from "./js/api.js";
 import { ChatView } from "./js/chat.js";
 import { SearchView } from "./js/search.js";
@@ -8,18 +8,31 @@ import { Viewer } from "./js/viewer.js";
 const app = document.getElementById("app");
 const banner = document.getElementById("banner");
 let current = null; // the open notebook workspace
+let settings = null; // the settings page, while it is shown
 
 function parseRoute() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
+  if (parts[0] === "settings") return { view: "settings" };
   if (parts[0] === "n" && parts[1]) return { view: "notebook", nb: parts[1], conv: parts[2] === "c" ? parts[3] : null, search: parts[2] === "search" };
   return { view: "home" };
 }
 
 async function route() {
   const r = parseRoute();
-  if (r.view === "home") {
+  app.dataset.view = r.view;
+  if (settings) settings.destroy();
+  settings = null;
+  if (r.view === "home" || r.view === "settings") {
     if (current) current.destroy();
     current = null;
+    if (r.view === "settings") {
+      document.title = "Settings · StudyRAG";
+      // Loaded when first opened: the notebook and chat views do not wait for its code.
+      const { SettingsView } = await import("./js/settings.js");
+      if (parseRoute().view !== "settings" || settings) return settings;
+      settings = new SettingsView(app);
+      return settings;
+    }
     return renderHome();
   }
   if (current && current.nb.id === r.nb) return current.go(r);
@@ -47,7 +60,7 @@ async function renderHome() {
     h(
       "main",
       { class: "home" },
-      h("header", { class: "home-head" }, h("h1", {}, "Your notebooks"), newBtn),
+      h("header", { class: "home-head" }, h("h1", {}, "Your notebooks"), h("span", { class: "row" }, settingsLink(), newBtn)),
       form,
       errors,
       list,
@@ -148,6 +161,7 @@ class Workspace {
           h("a", { href: "#/", class: "ghost small back", "aria-label": "All notebooks" }, "← Notebooks"),
           h("h1", { class: "nb-title", title: nb.name }, nb.name),
           this.tabs,
+          settingsLink(),
         ),
         h("div", { class: "columns" }, h("div", { class: "sidebar" }, sourcesEl, this.convEl), this.main, this.viewerEl),
       ),
@@ -282,6 +296,10 @@ class Workspace {
       this.convErrors.replaceChildren(errorBox(err));
     }
   }
+}
+
+function settingsLink() {
+  return h("a", { href: "#/settings", class: "button ghost small", testid: "settings-open" }, h("span", { "aria-hidden": "true" }, "⚙"), "Settings");
 }
 
 // --- health ---------------------------------------------------------------------------------

@@ -41,11 +41,16 @@ export async function api(path, { method = "GET", body, signal } = {}) {
 
 /** Upload files with upload progress (fetch has none): resolves with the 202 body. */
 export function uploadFiles(notebookId, files, onProgress) {
+  const form = new FormData();
+  for (const f of files) form.append("files", f, f.name);
+  return uploadForm(`/api/notebooks/${encodeURIComponent(notebookId)}/documents`, form, onProgress);
+}
+
+/** POST a multipart form, reporting the share of it sent (0..1); resolves with the JSON body. */
+export function uploadForm(path, form, onProgress) {
   return new Promise((resolve, reject) => {
-    const form = new FormData();
-    for (const f of files) form.append("files", f, f.name);
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", `/api/notebooks/${encodeURIComponent(notebookId)}/documents`);
+    xhr.open("POST", path);
     xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
     xhr.onerror = () =>
       reject(new ApiError(0, { message: "The upload was interrupted.", details: { hint: "Check the server is running and try again." } }));
@@ -60,6 +65,105 @@ export function uploadFiles(notebookId, files, onProgress) {
       else reject(new ApiError(xhr.status, data));
     };
     xhr.send(form);
+  });
+}
+
+/**
+ * POST a JSON body to a Server-Sent Events endpoint (EventSource can only GET) and call
+ * onEvent(name, data) per event. An answer that is not a stream throws its ApiError.
+ */
+export async function postEvents(path, body, onEvent, { signal } = {}) {
+  let res;
+  try {
+    res = await fetch(path, { method: "POST", signal, headers: { "content-type": "application/json", accept: "text/event-stream" }, body: JSON.stringify(body) });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError(0, { message: "The StudyRAG server cannot be reached.", details: { hint: "Check that `make run` (or `studyrag serve`) is still running, then reload." } });
+  }
+  if (!res.ok) {
+    const text = await res.text();
+    let data = null;
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = { message: text.slice(0, 300) };
+    }
+    throw new ApiError(res.status, data);
+  }
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += value.replace(/\r\n?/g, "\n");
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (!data.length) continue; // a ping (comment)
+      let parsed = null;
+      try {
+        parsed = JSON.parse(data.join("\n"));
+      } catch {
+        parsed = { text: data.join("\n") };
+      }
+      onEvent(name, parsed);
+    }
+  }
+}
+
+const JOB_FINISHED = new Set(["completed", "failed", "cancelled"]);
+
+/**
+ * Follow a job to its end: onEvent(type, event) for every event of GET /api/jobs/{id}/events
+ * (`snapshot` first); resolves with the finished job. When the stream breaks, polls instead.
+ */
+export function followJob(jobId, onEvent) {
+  return new Promise((resolve, reject) => {
+    const es = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events`);
+    let finished = false;
+    const finish = (job) => {
+      if (finished) return;
+      finished = true;
+      es.close();
+      resolve(job);
+    };
+    const handle = (type) => (e) => {
+      let data = null;
+      try {
+        data = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      onEvent(type, data);
+      const job = type === "snapshot" ? data : type === "job_updated" ? data.job : null;
+      if (job && JOB_FINISHED.has(job.status)) finish(job);
+    };
+    for (const type of ["snapshot", "job_progress", "job_updated", "document_updated", "document_added", "notebook_imported"]) {
+      es.addEventListener(type, handle(type));
+    }
+    es.onerror = async () => {
+      if (finished) return;
+      es.close();
+      // The stream ended or broke: ask for the job until it is done.
+      try {
+        for (;;) {
+          const job = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
+          onEvent("snapshot", job);
+          if (JOB_FINISHED.has(job.status)) return finish(job);
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      } catch (err) {
+        finished = true;
+        reject(err);
+      }
+    };
   });
 }
 

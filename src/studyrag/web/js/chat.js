@@ -176,6 +176,7 @@ export class ChatView {
       case "stream_end": {
         const m = this.assistant(f.message_id);
         Object.assign(m, f.message, { lastSeq: m.lastSeq });
+        if (!(f.message && f.message.metadata) && f.metadata) m.metadata = f.metadata;
         if (f.message.sources) m.sources = f.message.sources;
         if (this.generating === f.message_id) this.setGenerating(null);
         this.paint(m);
@@ -271,8 +272,9 @@ export class ChatView {
       return;
     }
     const body = h("div", { class: "answer-body", testid: "answer-body" });
+    const unverified = m.id === this.generating ? [] : unsupportedSpans(m);
     if (m.content) {
-      body.append(renderAnswer(m.content, m.sources, { onCite: (s) => this.ctx.openSource(targetOf(s)), onHover: (s, chip, on) => this.hoverCard(s, chip, on) }));
+      body.append(renderAnswer(m.content, m.sources, { unverified, onCite: (s) => this.ctx.openSource(targetOf(s)), onHover: (s, chip, on) => this.hoverCard(s, chip, on) }));
     } else if (m.status !== "error") {
       body.append(h("span", { class: "muted" }, m.sources && m.sources.length ? "Writing the answer…" : "Reading your sources…"));
     }
@@ -282,16 +284,10 @@ export class ChatView {
       const e = m.error || (m.metadata && m.metadata.error) || {};
       parts.push(errorBox({ message: e.message || "The answer failed.", hint: "" }));
     }
-    const unverified = unsupportedSentences(m);
     if (unverified.length) {
-      parts.push(
-        h(
-          "details",
-          { class: "unverified small" },
-          h("summary", {}, `${unverified.length} sentence${unverified.length === 1 ? "" : "s"} not found in the sources`),
-          h("ul", {}, unverified.map((s) => h("li", { testid: "unverified" }, s))),
-        ),
-      );
+      // The marks' title does not show on a touch screen: say once what they mean.
+      const n = unverified.length;
+      parts.push(h("div", { class: "unverified-note muted small", testid: "unverified-note" }, h("span", { class: "unverified" }, n === 1 ? "1 sentence" : `${n} sentences`), ` underlined like this ${n === 1 ? "was" : "were"} not found in the sources: check ${n === 1 ? "it" : "them"} before relying on ${n === 1 ? "it" : "them"}.`));
     }
     if (m.sources && m.sources.length) parts.push(this.sourceList(m));
     m.el.replaceChildren(...parts);
@@ -440,8 +436,11 @@ function targetOf(s) {
   return { document_id: s.document_id, chunk_id: s.chunk_id, start: q.start, end: q.end, page: s.page, filename: s.filename };
 }
 
-function unsupportedSentences(m) {
+/** [start, end] of each sentence the server's attribution found no support for. */
+function unsupportedSpans(m) {
   const att = m.metadata && m.metadata.attribution;
   if (!att || !Array.isArray(att.sentences) || !m.content) return [];
-  return att.sentences.filter((s) => s.supported === false).map((s) => m.content.slice(s.start, s.end).trim()).filter(Boolean);
+  return att.sentences
+    .filter((s) => s.supported === false && Number.isInteger(s.start) && Number.isInteger(s.end) && s.end > s.start)
+    .map((s) => [s.start, s.end]);
 }

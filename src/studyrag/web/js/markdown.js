@@ -50,12 +50,69 @@ export function snippetFragment(snippet) {
 
 const MARKER = /\[(\d+(?:\s*,\s*\d+)*)\]/g;
 
+// Sentence bounds put into the Markdown before it is parsed, so an unverified sentence is
+// found again in the rendered DOM whatever formatting it holds. Both are Unicode symbols
+// (\p{S}): to marked's emphasis rules they are punctuation, which leaves **, _ and list,
+// heading, quote and table syntax as they were. The same characters in the text itself
+// are replaced first, so they cannot be mistaken for bounds.
+const OPEN = "\u2402";
+const CLOSE = "\u2403";
+const BOUNDS = /[\u2402\u2403]/g;
+const HAS_BOUND = /[\u2402\u2403]/;
+const BLOCK_LEADER = /^(?:[ \t]+|[-*+\u2022](?=[ \t])|#{1,6}(?=[ \t])|>|\||\d{1,3}[.)](?=[ \t]))*/;
+
+/**
+ * `text` with OPEN/CLOSE around each span. Spans are [start, end] in code points (the
+ * server's offsets are Python string indexes), so an emoji before them shifts nothing.
+ */
+function withBounds(text, spans) {
+  const cps = Array.from(String(text || "").replace(BOUNDS, "\uFFFD"));
+  const marks = [];
+  for (const [s, e] of spans) {
+    let a = Math.max(0, Math.min(s, cps.length));
+    let b = Math.max(a, Math.min(e, cps.length));
+    // A sentence that starts a line starts after its block syntax ("- ", "# ", "> ", "| ").
+    let lineStart = a;
+    while (lineStart > 0 && cps[lineStart - 1] !== "\n") lineStart -= 1;
+    if (!cps.slice(lineStart, a).join("").trim()) a += Array.from(cps.slice(a, b).join("").match(BLOCK_LEADER)[0]).length;
+    while (b > a && /[\s|]/.test(cps[b - 1])) b -= 1;
+    if (b > a) marks.push([a, OPEN], [b, CLOSE]);
+  }
+  // From the end, so earlier positions stay valid; at one position a CLOSE goes first.
+  marks.sort((x, y) => y[0] - x[0] || (x[1] === OPEN ? -1 : 1));
+  for (const [pos, ch] of marks) cps.splice(pos, 0, ch);
+  return cps.join("");
+}
+
+/** Wrap the text between the bounds in marks saying the sources do not support it. */
+function markUnverified(frag) {
+  const walker = document.createTreeWalker(frag, NodeFilter.SHOW_TEXT);
+  const nodes = [];
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) nodes.push(n);
+  let inside = false;
+  for (const node of nodes) {
+    const text = node.nodeValue;
+    if (!inside && !HAS_BOUND.test(text)) continue;
+    const out = document.createDocumentFragment();
+    for (const part of text.split(/([\u2402\u2403])/)) {
+      if (part === OPEN) inside = true;
+      else if (part === CLOSE) inside = false;
+      else if (inside && part.trim()) out.append(h("span", { class: "unverified", testid: "unverified", title: "not found in the sources" }, part));
+      else if (part) out.append(part);
+    }
+    node.replaceWith(out);
+  }
+}
+
 /**
  * The answer's DOM: Markdown, with each [n] that names a source turned into a chip.
  * onCite(source, chip) is called on click; hover and focus show the quoted passage.
+ * unverified: [start, end] spans of the content (code points) to mark as not supported.
  */
-export function renderAnswer(text, sources, { onCite, onHover } = {}) {
-  const frag = markdownFragment(text);
+export function renderAnswer(text, sources, { onCite, onHover, unverified } = {}) {
+  const spans = unverified || [];
+  const frag = markdownFragment(spans.length ? withBounds(text, spans) : text);
+  if (spans.length) markUnverified(frag);
   const byIndex = new Map((sources || []).map((s) => [Number(s.index), s]));
   const walker = document.createTreeWalker(frag, NodeFilter.SHOW_TEXT);
   const nodes = [];

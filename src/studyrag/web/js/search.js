@@ -43,7 +43,8 @@ export class SearchView {
       this.results.replaceChildren(errorBox({ message: "No source is ticked.", hint: "Tick at least one source on the left." }));
       return;
     }
-    const body = { query, mode: this.mode.value, notebook_id: this.ctx.notebook.id, top_k: 20 };
+    // No top_k: the server's search.top_k (Settings page) decides how many passages come.
+    const body = { query, mode: this.mode.value, notebook_id: this.ctx.notebook.id };
     if (ids) body.filters = { document_ids: ids };
     this.status.textContent = "Searching…";
     try {
