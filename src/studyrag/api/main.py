@@ -17,6 +17,7 @@ from starlette.types import Scope
 from studyrag.api.errors import NO_AREA, AreaErrors
 from studyrag.api.generations import CHAT_AREA
 from studyrag.api.routes import (
+    auth,
     chat,
     chunks,
     config,
@@ -30,11 +31,13 @@ from studyrag.api.routes import (
     notebooks,
     openai,
     search,
+    shares,
     sse,
     web,
     ws,
 )
 from studyrag.errors import (
+    InvalidAuthRequest,
     InvalidChatRequest,
     InvalidDocumentRequest,
     InvalidNotebook,
@@ -79,6 +82,8 @@ AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
     (web.router, NO_AREA),
     (config.router, AreaErrors(invalid=InvalidSetting, name="config")),
     (models.router, AreaErrors(invalid=InvalidSetting, name="models")),
+    (auth.router, AreaErrors(invalid=InvalidAuthRequest, name="auth")),
+    (shares.router, AreaErrors(invalid=InvalidAuthRequest, name="notebooks")),
 )
 
 api_router = APIRouter()
