@@ -85,13 +85,13 @@ class LiveServer:
 
 @contextmanager
 def run_server(
-    settings: Settings, *, ingest: bool = True, with_chat: bool = True
+    settings: Settings, *, ingest: bool = True, with_chat: bool = True, host: str = "127.0.0.1"
 ) -> Iterator[LiveServer]:
     """Start create_app(settings) under uvicorn in a thread; stop it on exit."""
     app = create_app(settings, with_chat=with_chat)
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="auto"
+        app, host=host, port=port, log_level="warning", lifespan="on", ws="auto"
     )
     server = StudyRAGServer(config, app=app)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
