@@ -503,7 +503,9 @@ async def test_b_streams_only_own_answers_over_sse(users: Users, alice: AliceWor
             "POST", f"/api/chat/stream/{conv['id']}", json={"message": "hello", "max_tokens": 4}
         ) as stream:
             assert stream.status_code == 200
-            kinds = [line[6:].strip() async for line in stream.aiter_lines() if line.startswith("event:")]
+            kinds = [
+                line[6:].strip() async for line in stream.aiter_lines() if line.startswith("event:")
+            ]
         assert kinds[0] == "start" and kinds[-1] in ("done", "error")
         res = await b.get(f"/api/chat/stream/{alice.conversation}")
         assert res.status_code == 404
