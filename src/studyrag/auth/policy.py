@@ -91,9 +91,13 @@ class Policy:
         return f"Policy({self.name})"
 
     async def __call__(self, conn: HTTPConnection) -> Principal:
-        auth: AuthService = conn.app.state.services.auth
+        services = getattr(conn.app.state, "services", None)
         if self.public:
-            return LOCAL if auth.mode == "local" else ANONYMOUS
+            # Public routes (the page, /health) are served even by an app without services.
+            local = services is None or services.auth.mode == "local"
+            return LOCAL if local else ANONYMOUS
+        assert services is not None, "the lifespan builds the services before any request"
+        auth: AuthService = services.auth
         try:
             principal = await auth.authenticate(conn)
             self.check(principal)
