@@ -544,3 +544,46 @@ def test_local_mode_on_an_open_address_warns_in_health(tmp_path: Path) -> None:
         assert health["auth"] == {"mode": "local", "warning": warning}
         # Local mode: no login, as today.
         assert httpx.get(f"{server.base}/api/notebooks", timeout=30).status_code == 200
+
+
+def test_an_import_belongs_to_its_importer(users: Users, alice: AliceWorld) -> None:
+    with client(users, users.a_key) as a, client(users, users.c_key) as c:
+        archive = a.get(f"/api/notebooks/{alice.notebook}/export")
+        assert archive.status_code == 200
+        accepted = c.post(
+            "/api/notebooks/import",
+            files={"file": ("alice.zip", archive.content, "application/zip")},
+        )
+        assert accepted.status_code == 202, accepted.text
+        job = accepted.json()["job_id"]
+        assert a.get(f"/api/jobs/{job}").status_code == 404
+        assert wait_job(c, job)["status"] == "completed"
+        mine = {n["id"]: n for n in c.get("/api/notebooks").json()["items"]}
+        restored = [n for n in mine.values() if n["name"].startswith("Alice biology")]
+        assert len(restored) == 1, mine
+        copy = restored[0]["id"]
+        assert copy != alice.notebook
+        assert copy not in {n["id"] for n in a.get("/api/notebooks").json()["items"]}
+        # Its conversations (A's, as exported by A) are carol's now, not A's.
+        convs = c.get("/api/chat/conversations", params={"notebook_id": copy}).json()["items"]
+        assert convs
+        for conv in convs:
+            assert a.get(f"/api/chat/conversations/{conv['id']}").status_code == 404
+
+
+def test_the_message_limit_counts_per_user_not_per_address(tmp_path: Path) -> None:
+    settings = multi_user_settings(tmp_path / "limited")
+    settings.api.rate_limit_per_minute = 1
+    keys = asyncio.run(_make_users(settings))
+    with run_server(settings, ingest=False) as server:
+        ask = {"message": "Say hi.", "max_tokens": 1}
+        with (
+            httpx.Client(base_url=server.base, headers=bearer(keys["b"]), timeout=120) as b,
+            httpx.Client(base_url=server.base, headers=bearer(keys["a"]), timeout=120) as a,
+        ):
+            assert b.post("/api/chat/message", json=ask).status_code == 200
+            refused = b.post("/api/chat/message", json=ask)
+            house(refused, 429, "RATE_001")
+            assert int(refused.headers["retry-after"]) >= 1
+            # Same address (127.0.0.1), another user: a budget of its own.
+            assert a.post("/api/chat/message", json=ask).status_code == 200
