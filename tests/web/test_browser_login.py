@@ -61,7 +61,19 @@ def test_setup_login_logout_and_a_second_user(server: tuple[str, Path, Path]) ->
         page.get_by_test_id("notebook-new").click()
         page.get_by_test_id("notebook-name-input").fill("Teacher only")
         page.get_by_test_id("notebook-create").click()
-        page.wait_for_url(re.compile(r"#/n/"))
+        page.get_by_test_id("drop-zone").wait_for()
+        # An upload (XHR, cookie) and its progress over /ws/notebooks (cookie): both signed in.
+        page.get_by_test_id("upload-input").set_input_files(
+            files=[
+                {
+                    "name": "notes.md",
+                    "mimeType": "text/markdown",
+                    "buffer": b"# Cells\n\nMitochondria make ATP for the cell.\n",
+                }
+            ]
+        )
+        row = page.get_by_test_id("source-row").filter(has_text="notes.md")
+        row.get_by_test_id("source-status").filter(has_text="Done").wait_for(timeout=120_000)
         shot(page, "login-teacher-workspace")
         page.goto(base + "/#/")
         page.get_by_test_id("logout").click()
