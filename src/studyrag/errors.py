@@ -427,6 +427,21 @@ class TooManyConnections(StudyRAGError):
     status_code = 429
 
 
+class LoginThrottled(RateLimited):
+    """Too many login (or setup) attempts from one address: password guessing is slowed."""
+
+    error_code = "RATE_003"
+
+    def __init__(self, retry_after: float, *, limit: int, minutes: int) -> None:
+        StudyRAGError.__init__(
+            self,
+            f"Too many login attempts from this address: at most {limit} in {minutes} minutes.",
+            details={"retry_after": round(retry_after, 1), "limit": limit},
+            hint=f"Wait {max(1, round(retry_after))} s, then log in again.",
+        )
+        self.retry_after = retry_after
+
+
 # --- notebooks, originals and jobs -------------------------------------------------------
 class NotebookError(StudyRAGError):
     error_code = "NB_000"

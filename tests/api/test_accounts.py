@@ -587,3 +587,13 @@ def test_the_message_limit_counts_per_user_not_per_address(tmp_path: Path) -> No
             assert int(refused.headers["retry-after"]) >= 1
             # Same address (127.0.0.1), another user: a budget of its own.
             assert a.post("/api/chat/message", json=ask).status_code == 200
+        # Password guessing is slowed: past 20 attempts from one address, RATE_003.
+        with httpx.Client(base_url=server.base, timeout=60) as web:
+            wrong = {"name": "alice", "password": "guess-guess"}
+            answers = [web.post("/api/auth/login", json=wrong) for _ in range(21)]
+            assert {r.status_code for r in answers[:20]} == {401}
+            throttled = house(answers[20], 429, "RATE_003")
+            assert throttled["details"]["limit"] == 20
+            assert int(answers[20].headers["retry-after"]) >= 1
+            right = web.post("/api/auth/login", json={"name": "alice", "password": PASSWORD_A})
+            house(right, 429, "RATE_003")  # even the right password waits

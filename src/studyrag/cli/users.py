@@ -15,7 +15,9 @@ import typer
 from studyrag.cli.common import DataDir, JsonOut, console, emit, run, settings_for, setup_logging
 
 if TYPE_CHECKING:
+    from studyrag.auth.users import UserService
     from studyrag.db.auth import AuthRepo
+    from studyrag.db.models import User
 
 T = TypeVar("T")
 
@@ -49,6 +51,28 @@ def with_accounts(
     return run(go, as_json=as_json)
 
 
+def change_user(
+    data_dir: Path | None,
+    change: Callable[[UserService], Awaitable[User]],
+    said: Callable[[dict[str, Any]], str],
+    *,
+    as_json: bool,
+) -> None:
+    """Run one change of a user, then print the user (--json) or what was done."""
+
+    async def go(repo: AuthRepo) -> dict[str, Any]:
+        from studyrag.auth.users import UserService
+        from studyrag.schemas.auth import UserPublic
+
+        return UserPublic.from_row(await change(UserService(repo))).to_dict()
+
+    user = with_accounts(data_dir, go, as_json=as_json)
+    if as_json:
+        emit(user)
+    else:
+        console.print(said(user), highlight=False)
+
+
 def read_password(from_stdin: bool) -> str:
     """The new password: stdin's first line, or asked twice on the terminal."""
     if from_stdin:
@@ -67,20 +91,12 @@ def users_create(
 ) -> None:
     """Create a user. The first admin takes over what the local owner had."""
     password = read_password(password_stdin)
-
-    async def go(repo: AuthRepo) -> dict[str, Any]:
-        from studyrag.auth.users import UserService
-        from studyrag.schemas.auth import UserPublic
-
-        user = await UserService(repo).create(name, password, is_admin=admin)
-        return UserPublic.from_row(user).to_dict()
-
-    user = with_accounts(data_dir, go, as_json=as_json)
-    if as_json:
-        emit(user)
-        return
-    role = "admin" if user["is_admin"] else "user"
-    console.print(f"Created {role} [bold]{user['name']}[/].", highlight=False)
+    change_user(
+        data_dir,
+        lambda users: users.create(name, password, is_admin=admin),
+        lambda u: f"Created {'admin' if u['is_admin'] else 'user'} [bold]{u['name']}[/].",
+        as_json=as_json,
+    )
 
 
 @app.command("list")
@@ -122,20 +138,12 @@ def users_disable(
     as_json: JsonOut = False,
 ) -> None:
     """Disable a user: their sessions end and their keys stop working (--enable undoes it)."""
-
-    async def go(repo: AuthRepo) -> dict[str, Any]:
-        from studyrag.auth.users import UserService
-        from studyrag.schemas.auth import UserPublic
-
-        user = await UserService(repo).set_disabled(name, not enable)
-        return UserPublic.from_row(user).to_dict()
-
-    user = with_accounts(data_dir, go, as_json=as_json)
-    if as_json:
-        emit(user)
-        return
-    state = "disabled" if user["disabled"] else "enabled"
-    console.print(f"[bold]{user['name']}[/] is {state}.", highlight=False)
+    change_user(
+        data_dir,
+        lambda users: users.set_disabled(name, not enable),
+        lambda u: f"[bold]{u['name']}[/] is {'disabled' if u['disabled'] else 'enabled'}.",
+        as_json=as_json,
+    )
 
 
 @app.command("reset-password")
@@ -147,16 +155,9 @@ def users_reset_password(
 ) -> None:
     """Give a user a new password; every login session of theirs ends."""
     password = read_password(password_stdin)
-
-    async def go(repo: AuthRepo) -> dict[str, Any]:
-        from studyrag.auth.users import UserService
-        from studyrag.schemas.auth import UserPublic
-
-        user = await UserService(repo).reset_password(name, password)
-        return UserPublic.from_row(user).to_dict()
-
-    user = with_accounts(data_dir, go, as_json=as_json)
-    if as_json:
-        emit(user)
-        return
-    console.print(f"New password set for [bold]{user['name']}[/].", highlight=False)
+    change_user(
+        data_dir,
+        lambda users: users.reset_password(name, password),
+        lambda u: f"New password set for [bold]{u['name']}[/].",
+        as_json=as_json,
+    )

@@ -7,11 +7,15 @@ from fastapi import APIRouter, Request, Response
 from studyrag.api.deps import PublicDep, ServicesDep, SignedInDep
 from studyrag.auth.sessions import COOKIE
 from studyrag.db.models import User
-from studyrag.errors import InvalidAuthRequest
+from studyrag.errors import InvalidAuthRequest, LoginThrottled
 from studyrag.schemas.auth import LoginRequest, MePublic, SetupRequest, UserPublic
 from studyrag.services import Services
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+# Login and setup attempts one address may make per window (successful ones included).
+LOGIN_ATTEMPTS = 20
+LOGIN_WINDOW = 600.0
 
 
 @router.get("/me")
@@ -32,6 +36,7 @@ async def login(
 ) -> UserPublic:
     """Check the name and password (AUTH_003) and set the session cookie."""
     _multi_user(services)
+    await _throttle(services, request)
     user = await services.auth.users.authenticate(body.name, body.password)
     await _start_session(services, user, request, response)
     return UserPublic.from_row(user)
@@ -52,6 +57,7 @@ async def setup(
 ) -> UserPublic:
     """Create the first admin with the one-time setup link's token, and log them in."""
     _multi_user(services)
+    await _throttle(services, request)
     user = await services.auth.setup(body.token, body.name, body.password)
     await _start_session(services, user, request, response)
     return UserPublic.from_row(user)
@@ -62,6 +68,17 @@ def _multi_user(services: Services) -> None:
         raise InvalidAuthRequest(
             "This server runs in local mode: there is nothing to log in to.",
             hint="Set STUDYRAG_AUTH__MODE=multi-user to have accounts.",
+        )
+
+
+async def _throttle(services: Services, request: Request) -> None:
+    """RATE_003 past LOGIN_ATTEMPTS attempts from one address in LOGIN_WINDOW (counted in
+    the broker, so every worker shares the count): guessing passwords stays slow."""
+    address = request.client.host if request.client else "unknown"
+    count, retry_after = await services.broker.hit(f"login:{address}", window=LOGIN_WINDOW)
+    if count > LOGIN_ATTEMPTS:
+        raise LoginThrottled(
+            max(retry_after, 1.0), limit=LOGIN_ATTEMPTS, minutes=int(LOGIN_WINDOW // 60)
         )
 
 
