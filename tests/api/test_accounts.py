@@ -597,3 +597,39 @@ def test_the_message_limit_counts_per_user_not_per_address(tmp_path: Path) -> No
             assert int(answers[20].headers["retry-after"]) >= 1
             right = web.post("/api/auth/login", json={"name": "alice", "password": PASSWORD_A})
             house(right, 429, "RATE_003")  # even the right password waits
+
+
+async def test_taking_a_share_away_closes_that_users_notebook_socket(
+    users: Users, alice: AliceWorld
+) -> None:
+    nb = alice.notebook
+    url = f"ws://127.0.0.1:{users.server.port}/ws/notebooks/{nb}"
+    async with httpx.AsyncClient(
+        base_url=users.server.base, headers=bearer(users.a_key), timeout=120
+    ) as a:
+        shared = await a.post(
+            f"/api/notebooks/{nb}/shares", json={"user": "carol", "role": "viewer"}
+        )
+        assert shared.status_code == 201
+        async with (
+            websockets.connect(url, additional_headers=bearer(users.c_key)) as carol,
+            websockets.connect(url, additional_headers=bearer(users.a_key)) as owner,
+        ):
+            assert json.loads(await asyncio.wait_for(carol.recv(), 30))["type"] == "ready"
+            assert json.loads(await asyncio.wait_for(owner.recv(), 30))["type"] == "ready"
+            removed = await a.request(
+                "DELETE", f"/api/notebooks/{nb}/shares", json={"user": "carol"}
+            )
+            assert removed.status_code == 200
+            frame = json.loads(await asyncio.wait_for(carol.recv(), 30))
+            assert frame["type"] == "error" and frame["error_code"] == "NB_001"
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                await asyncio.wait_for(carol.recv(), 30)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+            # The owner's socket stays, and gets what happens next.
+            made = await a.post(
+                "/api/chat/conversations", json={"notebook_id": nb, "title": "after"}
+            )
+            assert made.status_code == 201
+            event = json.loads(await asyncio.wait_for(owner.recv(), 30))
+            assert event["conversation"]["id"] == made.json()["id"]

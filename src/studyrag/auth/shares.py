@@ -7,6 +7,10 @@ from studyrag.db.auth import EVERYONE, AuthRepo
 from studyrag.errors import InvalidAuthRequest, UserNotFound
 from studyrag.schemas.auth import SharePublic, ShareRole
 
+# The notebook event that makes /ws/notebooks/{id} check again whether its user still sees
+# the notebook (api/routes/notebook_ws.py; never sent to clients).
+SHARE_REMOVED = "share_removed"
+
 
 class ShareService:
     def __init__(self, repo: AuthRepo) -> None:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from studyrag.api.deps import ReadDep
 from studyrag.auth.policy import Access, Principal
+from studyrag.auth.shares import SHARE_REMOVED
 from studyrag.errors import InvalidFrame, StudyRAGError
 from studyrag.jobs.events import notebook_channel
 from studyrag.schemas.documents import DocumentPublic
@@ -60,7 +61,15 @@ async def notebook_socket(websocket: WebSocket, notebook_id: str, principal: Rea
             if reader in done:
                 return  # the client went away
             event = pending.result()
-            if await _visible(access, principal, event):
+            if event.get("type") == SHARE_REMOVED:
+                # A share taken away: a user who no longer sees the notebook is let go.
+                try:
+                    await access.notebook(principal, notebook_id)
+                except StudyRAGError as exc:
+                    await websocket.send_json({"type": "error", **exc.to_dict()})
+                    await websocket.close(code=4404)
+                    return
+            elif await _visible(access, principal, event):
                 await websocket.send_text(json.dumps(event))
             pending = asyncio.ensure_future(anext(subscription))
             first = pending

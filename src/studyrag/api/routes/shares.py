@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from studyrag.api.deps import AccessDep, ServicesDep, WriteDep
+from studyrag.auth.shares import SHARE_REMOVED
 from studyrag.errors import UserNotFound
 from studyrag.schemas.auth import ShareCreate, ShareList, SharePublic, ShareRemove
 
@@ -45,4 +46,8 @@ async def remove_share(
     await access.notebook(principal, notebook_id, "owner")
     if not await services.auth.shares.remove(notebook_id, body.user):
         raise UserNotFound(f"The notebook is not shared with {body.user[:80]!r}.")
+    # Open notebook sockets check again whether their user still sees the notebook.
+    services.jobs.events.emit(
+        {"type": SHARE_REMOVED, "notebook_id": notebook_id}, notebook_id=notebook_id, job_id=None
+    )
     return {"removed": body.user}
