@@ -446,6 +446,9 @@ async def test_a_shared_notebook_shares_documents_never_conversations(
             conversations = {e["conversation"]["id"] for e in seen if "conversation" in e}
             assert conversations == {b_conv.json()["id"]}
             assert "A secret" not in json.dumps(seen)
+        # Even the number of A's conversations is A's: B counts only B's own.
+        assert (await b.get(f"/api/notebooks/{nb}")).json()["conversations"] == 1
+        assert (await a.get(f"/api/notebooks/{nb}")).json()["conversations"] == 2
         # B's conversation is B's: A (the notebook's owner) cannot read it.
         assert (await a.get(f"/api/chat/conversations/{b_conv.json()['id']}")).status_code == 404
         # ... nor export it: an export holds only the exporter's conversations.

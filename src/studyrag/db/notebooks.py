@@ -209,10 +209,14 @@ class NotebookRepo:
                 (await s.scalars(select(Notebook).where(Notebook.status == NB_DELETING))).all()
             )
 
-    async def counts(self, notebook_ids: builtins.list[str]) -> dict[str, NotebookCounts]:
-        """Documents (all, completed), conversations, bytes and chunks per notebook."""
+    async def counts(
+        self, notebook_ids: builtins.list[str], *, conversations_of: str | None = None
+    ) -> dict[str, NotebookCounts]:
+        """Documents (all, completed), conversations (only `conversations_of`'s when given),
+        bytes and chunks per notebook."""
         if not notebook_ids:
             return {}
+        own = [Conversation.owner_id == conversations_of] if conversations_of is not None else []
         async with self.db.session() as s:
             docs = (
                 await s.execute(
@@ -247,6 +251,7 @@ class NotebookRepo:
                         .where(
                             Conversation.notebook_id.in_(notebook_ids),
                             Conversation.status != "deleted",
+                            *own,
                         )
                         .group_by(Conversation.notebook_id)
                     )

@@ -34,7 +34,7 @@ async def list_notebooks(
 ) -> NotebookList:
     """Every notebook the caller sees (own and shared), the default first, with document and
     conversation counts and sizes."""
-    items = await services.notebooks.list_public()
+    items = await services.notebooks.list_public(conversations_of=principal.user_id)
     visible = await access.visible_notebooks(principal)
     if visible is not None:
         items = [nb for nb in items if nb.id in visible]
@@ -46,7 +46,7 @@ async def create_notebook(
     body: NotebookCreate, services: ServicesDep, principal: WriteDep
 ) -> NotebookPublic:
     nb = await services.notebooks.create(body.name, body.description)
-    return await services.notebooks.public(nb)
+    return await services.notebooks.public(nb, conversations_of=principal.user_id)
 
 
 @router.get("/{notebook_id}", response_model=NotebookPublic)
@@ -54,7 +54,8 @@ async def get_notebook(
     notebook_id: str, services: ServicesDep, principal: ReadDep, access: AccessDep
 ) -> NotebookPublic:
     await access.notebook(principal, notebook_id)
-    return await services.notebooks.public(await services.notebooks.repo.get(notebook_id))
+    nb = await services.notebooks.repo.get(notebook_id)
+    return await services.notebooks.public(nb, conversations_of=principal.user_id)
 
 
 @router.put("/{notebook_id}", response_model=NotebookPublic)
@@ -67,7 +68,7 @@ async def update_notebook(
 ) -> NotebookPublic:
     await access.notebook(principal, notebook_id, "owner")
     nb = await services.notebooks.update(notebook_id, name=body.name, description=body.description)
-    return await services.notebooks.public(nb)
+    return await services.notebooks.public(nb, conversations_of=principal.user_id)
 
 
 @router.delete("/{notebook_id}", status_code=202, response_model=NotebookDeleteAccepted)
