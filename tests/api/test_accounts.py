@@ -242,9 +242,12 @@ def test_key_scopes_and_admin_routes(users: Users, alice: AliceWorld) -> None:
         house(b.get("/api/models"), 403, "AUTH_002")
         house(b.get("/metrics"), 403, "AUTH_002")
         house(b.get("/api/chat/stats", params={"clients": "true"}), 403, "AUTH_002")
-        assert b.get("/api/chat/stats").status_code == 200
+        totals = b.get("/api/chat/stats")
+        assert totals.status_code == 200
+        assert "clients_per_conversation" not in totals.json()["websocket"]
     with client(users, users.a_key) as a:
-        assert a.get("/api/chat/stats", params={"clients": "true"}).status_code == 200
+        full = a.get("/api/chat/stats", params={"clients": "true"})
+        assert full.status_code == 200 and "clients" in full.json()["websocket"]
         assert a.get("/api/config").status_code == 200
         assert a.get("/metrics").status_code == 200
 

@@ -305,7 +305,8 @@ async def stats(
     if clients:
         ADMIN.check(principal)
     stored = await services.conversations.statistics()
-    return stored | {
-        "websocket": runtime.ws.stats(with_clients=clients),
-        "generations": runtime.hub.stats(),
-    }
+    websocket = runtime.ws.stats(with_clients=clients)
+    if not principal.is_admin:
+        # Live conversation ids are other users' data: totals only.
+        websocket.pop("clients_per_conversation", None)
+    return stored | {"websocket": websocket, "generations": runtime.hub.stats()}
