@@ -62,6 +62,7 @@ def create_app(
             await watch.start()
             stack.push_async_callback(watch.aclose)
             app.state.memory_watch = watch
+            bound = str(getattr(app.state, "bind_host", None) or cfg.api.host)
             services = await stack.enter_async_context(
                 open_services(
                     cfg,
@@ -70,9 +71,18 @@ def create_app(
                     metrics=metrics,
                     chat_model=chat_model,
                     embedder=embedder,
+                    bound_host=bound,
                 )
             )
             app.state.services = services
+            # Multi-user with no user yet: a one-time link makes the first admin (printed by
+            # StudyRAGServer once the port is bound).
+            app.state.setup_token = await services.auth.start()
+            if app.state.setup_token:
+                log.warning(
+                    "No user exists yet: open the setup link printed at start, or run "
+                    "`studyrag users create NAME --admin`."
+                )
             await _warm_up(services)
             # Entered after the services, so it closes first: sockets (1001), then answers.
             app.state.chat_runtime = await stack.enter_async_context(open_chat_runtime(services))
@@ -164,6 +174,9 @@ class StudyRAGServer(uvicorn.Server):
                 for sock in server.sockets:
                     port = sock.getsockname()[1]
             local_server.announce(services.settings.data_dir, host=self.config.host, port=port)
+            token = getattr(self.studyrag_app.state, "setup_token", None)
+            if token:
+                print_setup_link(self.config.host, port, token)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Say goodbye on every chat socket, then shut down as uvicorn does."""
@@ -174,6 +187,23 @@ class StudyRAGServer(uvicorn.Server):
             local_server.withdraw(services.settings.data_dir)
         await close_websockets(self.studyrag_app)
         await super().shutdown(sockets)
+
+
+def print_setup_link(host: str, port: int, token: str) -> None:
+    """The first admin's one-time link, on the terminal only (never in the log files)."""
+    import sys
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    if ":" in shown:
+        shown = f"[{shown}]"
+    # In the fragment: a browser never sends it to a server or a proxy's access log.
+    link = f"http://{shown}:{port}/#/setup/{token}"
+    print(
+        f"\nNo user exists yet. Create the first admin (once) at:\n  {link}\n"
+        "or run: studyrag users create NAME --admin\n",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def serve(app: FastAPI, *, host: str, port: int, **options: object) -> None:

@@ -202,6 +202,19 @@ class APISettings(BaseModel):
     max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
 
 
+class AuthSettings(BaseModel):
+    """Accounts and access (docs/operations.md, "Accounts and access")."""
+
+    # auto: local (no login) when bound to a loopback address, multi-user anywhere else.
+    # local on another address works, with a warning in the log and in /health.
+    mode: Literal["auto", "local", "multi-user"] = "auto"
+    # How long a web login lasts.
+    session_days: float = Field(default=14.0, gt=0, le=365)
+    # Mark the session cookie Secure even on plain HTTP (behind a TLS proxy that does not
+    # say so with X-Forwarded-Proto); it is Secure on HTTPS anyway.
+    secure_cookies: bool = False
+
+
 class LogSettings(BaseModel):
     """How the server logs, and when it warns about its memory."""
 
@@ -240,6 +253,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     api: APISettings = Field(default_factory=APISettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
 
     @field_validator("data_dir", mode="after")

@@ -337,12 +337,75 @@ class HTTPError(StudyRAGError):
 
 # --- authentication ----------------------------------------------------------------------
 class Unauthorized(StudyRAGError):
-    """A request to a key-protected endpoint (/v1 with STUDYRAG_API__KEY set) without the key."""
+    """No valid credentials: none sent, or an unknown, expired or revoked key or session
+    (multi-user mode), or /v1 without STUDYRAG_API__KEY when one is set (local mode)."""
 
     error_code = "AUTH_001"
     status_code = 401
-    default_hint = "Send `Authorization: Bearer <key>` with the server's STUDYRAG_API__KEY."
+    default_hint = (
+        "Log in (POST /api/auth/login) or send `Authorization: Bearer <key>`; "
+        "an admin makes keys with `studyrag keys create --user NAME`."
+    )
     headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(StudyRAGError):
+    """Authenticated, but the key's scopes or the user's role do not cover this request."""
+
+    error_code = "AUTH_002"
+    status_code = 403
+    default_hint = "Use a key with the scope named in details, or ask an admin."
+
+
+class LoginFailed(StudyRAGError):
+    """A wrong user name or password, or a disabled account (never says which)."""
+
+    error_code = "AUTH_003"
+    status_code = 401
+    default_hint = "Check the name and password; an admin can run `studyrag users reset-password`."
+
+
+class UserExists(StudyRAGError):
+    error_code = "AUTH_004"
+    status_code = 409
+    default_hint = "Choose another name; `studyrag users list` shows the taken ones."
+
+
+class UserNotFound(StudyRAGError):
+    error_code = "AUTH_005"
+    status_code = 404
+    default_hint = "List users with `studyrag users list`."
+
+
+class CsrfRejected(StudyRAGError):
+    """A cookie-authenticated change without the browser's same-origin proof."""
+
+    error_code = "AUTH_006"
+    status_code = 403
+    default_hint = (
+        "Send the request from the StudyRAG page itself (browsers add Origin), or use an API key."
+    )
+
+
+class SetupUnavailable(StudyRAGError):
+    """The first-admin setup link is used up, wrong, or the server already has users."""
+
+    error_code = "AUTH_007"
+    status_code = 403
+    default_hint = "Log in instead, or create users with `studyrag users create NAME`."
+
+
+class InvalidAuthRequest(StudyRAGError):
+    """A user name, password, scope, role or expiry the server does not accept."""
+
+    error_code = "AUTH_008"
+    status_code = 422
+
+
+class KeyNotFound(StudyRAGError):
+    error_code = "AUTH_009"
+    status_code = 404
+    default_hint = "List keys with `studyrag keys list`."
 
 
 # --- limits ------------------------------------------------------------------------------
@@ -362,6 +425,21 @@ class RateLimited(StudyRAGError):
 class TooManyConnections(StudyRAGError):
     error_code = "RATE_002"
     status_code = 429
+
+
+class LoginThrottled(RateLimited):
+    """Too many login (or setup) attempts from one address: password guessing is slowed."""
+
+    error_code = "RATE_003"
+
+    def __init__(self, retry_after: float, *, limit: int, minutes: int) -> None:
+        StudyRAGError.__init__(
+            self,
+            f"Too many login attempts from this address: at most {limit} in {minutes} minutes.",
+            details={"retry_after": round(retry_after, 1), "limit": limit},
+            hint=f"Wait {max(1, round(retry_after))} s, then log in again.",
+        )
+        self.retry_after = retry_after
 
 
 # --- notebooks, originals and jobs -------------------------------------------------------

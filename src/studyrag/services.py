@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from studyrag.auth.service import AuthService
 from studyrag.backends.broker.base import Broker
 from studyrag.backends.embeddings.base import Embedder
 from studyrag.backends.registry import build_broker, build_embedder, build_vector_store
@@ -57,6 +58,7 @@ class Services:
     originals: OriginalStore
     metrics: Metrics
     archives: NotebookArchives
+    auth: AuthService
     chat_model: ChatModel | None = None
     chat: ChatEngine | None = None
     config: ConfigService | None = None
@@ -72,11 +74,13 @@ async def open_services(
     chat_model: ChatModel | None = None,
     embedder: Embedder | None = None,
     metrics: Metrics | None = None,
+    bound_host: str | None = None,
 ) -> AsyncIterator[Services]:
     """Open the database (migrated and reconciled), the embedder, the vectors, maybe the LLM.
 
     `with_jobs` starts the background job runner and resumes what a stop left unfinished
-    (the server does; a CLI command runs its own work in the foreground).
+    (the server does; a CLI command runs its own work in the foreground). `bound_host`
+    (the server's address) chooses the auth mode when it is auto.
     """
     from studyrag.chat.conversations import ConversationManager
 
@@ -168,6 +172,7 @@ async def open_services(
             originals=originals,
             metrics=metrics,
             archives=archives,
+            auth=AuthService(db, settings, notebooks, bound_host=bound_host or settings.api.host),
         )
         from studyrag.admin.config import ConfigService
         from studyrag.admin.models import ModelService

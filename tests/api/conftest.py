@@ -85,13 +85,18 @@ class LiveServer:
 
 @contextmanager
 def run_server(
-    settings: Settings, *, ingest: bool = True, with_chat: bool = True, app: FastAPI | None = None
+    settings: Settings,
+    *,
+    ingest: bool = True,
+    with_chat: bool = True,
+    app: FastAPI | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[LiveServer]:
     """Start create_app(settings) (or `app`) under uvicorn in a thread; stop it on exit."""
     app = app or create_app(settings, with_chat=with_chat)
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="auto"
+        app, host=host, port=port, log_level="warning", lifespan="on", ws="auto"
     )
     server = StudyRAGServer(config, app=app)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

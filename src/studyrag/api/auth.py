@@ -1,4 +1,5 @@
-"""The optional API key of /v1: `Authorization: Bearer <STUDYRAG_API__KEY>` when one is set."""
+"""The optional API key of /v1 in local mode: `Authorization: Bearer <STUDYRAG_API__KEY>`
+when one is set. In multi-user mode /v1 takes users' keys like every route (auth/policy.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from studyrag.errors import Unauthorized
 def require_api_key(request: Request, services: ServicesDep) -> None:
     """AUTH_001 (401) unless the server has no key or the request carries it."""
     key = services.settings.api.key
-    if not key:
+    if not key or services.auth.mode != "local":
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from studyrag.admin.config import ConfigService
 from studyrag.admin.models import ModelService
+from studyrag.auth.policy import ADMIN, CHAT, PUBLIC, READ, SIGNED_IN, WRITE, Access, Principal
 from studyrag.services import Services
 
 
@@ -31,3 +32,17 @@ def get_models(services: ServicesDep) -> ModelService:
 
 ConfigDep = Annotated[ConfigService, Depends(get_config)]
 ModelsDep = Annotated[ModelService, Depends(get_models)]
+
+
+def get_access(services: ServicesDep) -> Access:
+    return services.auth.access
+
+
+AccessDep = Annotated[Access, Depends(get_access)]
+# The principal of a request, under the route's declared policy (auth/policy.py).
+ReadDep = Annotated[Principal, Depends(READ)]
+ChatDep = Annotated[Principal, Depends(CHAT)]
+WriteDep = Annotated[Principal, Depends(WRITE)]
+SignedInDep = Annotated[Principal, Depends(SIGNED_IN)]
+PublicDep = Annotated[Principal, Depends(PUBLIC)]
+AdminDep = Annotated[Principal, Depends(ADMIN)]

@@ -25,6 +25,8 @@ from studyrag.api.openapi import Responses, error_responses
 from studyrag.api.security_headers import add_security_headers
 from studyrag.config import Settings
 from studyrag.errors import (
+    CsrfRejected,
+    Forbidden,
     HostNotAllowed,
     HTTPError,
     InvalidRequest,
@@ -34,6 +36,7 @@ from studyrag.errors import (
     RequestTooLarge,
     RouteNotFound,
     StudyRAGError,
+    Unauthorized,
 )
 from studyrag.observability.logs import request_id_var
 from studyrag.schemas.errors import ErrorPublic
@@ -73,6 +76,11 @@ class AreaErrors:
             self.invalid,
             HostNotAllowed,
             OriginNotAllowed,
+            # Multi-user mode: no or a bad credential, a scope or role short, a cookie
+            # change without a same-origin mark.
+            Unauthorized,
+            Forbidden,
+            CsrfRejected,
             StudyRAGError,  # 500: anything unexpected, with the request id to report
         ]
         if self.too_large is not None:

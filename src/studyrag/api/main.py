@@ -20,6 +20,7 @@ from studyrag.api.errors import NO_AREA, AreaErrors
 from studyrag.api.generations import CHAT_AREA
 from studyrag.api.openapi import merge
 from studyrag.api.routes import (
+    auth,
     chat,
     chunks,
     config,
@@ -33,6 +34,7 @@ from studyrag.api.routes import (
     notebooks,
     openai,
     search,
+    shares,
     sse,
     web,
     ws,
@@ -54,6 +56,7 @@ from studyrag.errors import (
     GenerationFailed,
     GenerationInProgress,
     HighlightUnavailable,
+    InvalidAuthRequest,
     InvalidChatRequest,
     InvalidDocumentRequest,
     InvalidNotebook,
@@ -62,7 +65,10 @@ from studyrag.errors import (
     InvalidSpan,
     JobConflict,
     JobNotFound,
+    KeyNotFound,
     LLMUnavailable,
+    LoginFailed,
+    LoginThrottled,
     MessageNotFound,
     ModelNotFound,
     ModelSwitchInProgress,
@@ -75,11 +81,14 @@ from studyrag.errors import (
     RangeNotSatisfiable,
     RateLimited,
     SettingNotChangeable,
+    SetupUnavailable,
     TooManyConnections,
     Unauthorized,
     UnknownModel,
     UnknownSetting,
     UnsupportedFileType,
+    UserExists,
+    UserNotFound,
 )
 from studyrag.schemas.openai import OpenAIErrorPublic, openai_error_body
 
@@ -119,6 +128,14 @@ _CHAT = (
     BackendUnavailable,
 )
 _SEARCH = (EmptyQuery, EmptyLibrary, BackendUnavailable, NotebookNotFound, DocumentNotFound)
+_AUTH = (
+    LoginFailed,
+    LoginThrottled,
+    SetupUnavailable,
+    UserExists,
+    UserNotFound,
+    KeyNotFound,
+)
 _ADMIN = (
     UnknownSetting,
     SettingNotChangeable,
@@ -174,6 +191,11 @@ AREAS: tuple[tuple[APIRouter, AreaErrors], ...] = (
     (web.router, NO_AREA),
     (config.router, AreaErrors(invalid=InvalidSetting, name="config", raises=_ADMIN)),
     (models.router, AreaErrors(invalid=InvalidSetting, name="models", raises=_ADMIN)),
+    (auth.router, AreaErrors(invalid=InvalidAuthRequest, name="auth", raises=_AUTH)),
+    (
+        shares.router,
+        AreaErrors(invalid=InvalidAuthRequest, name="notebooks", raises=(*_NOTEBOOK, UserNotFound)),
+    ),
 )
 
 api_router = APIRouter()

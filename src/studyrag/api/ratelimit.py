@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
+from studyrag.auth.context import acting_user
 from studyrag.backends.broker.base import Broker
 from studyrag.errors import RateLimited
 
@@ -28,8 +29,12 @@ class RateLimiter:
 
 
 def client_key(conn: HTTPConnection) -> str:
-    """The rate-limit key of an HTTP request or a WebSocket: the caller's address alone."""
+    """The rate-limit key of an HTTP request or a WebSocket: its user in multi-user mode
+    (a class behind one NAT address gets a budget per student), else the caller's address."""
     # Nothing the client chooses (a header, a new socket, a new client id) is part of the
     # key: any of those would hand a client a fresh budget whenever it asked for one. HTTP,
-    # SSE and WebSocket messages from one address therefore share one budget.
+    # SSE and WebSocket messages of one user (or address) therefore share one budget.
+    user = acting_user.get()  # set by the route's access policy (auth/policy.py)
+    if user is not None:
+        return f"user:{user}"
     return f"addr:{conn.client.host if conn.client else 'unknown'}"

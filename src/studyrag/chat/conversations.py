@@ -132,6 +132,7 @@ class ConversationManager:
         self,
         *,
         notebook_id: str | None = None,
+        owner_id: str | None = None,
         status: str | None = None,
         title_search: str | None = None,
         created_after: datetime | None = None,
@@ -144,7 +145,8 @@ class ConversationManager:
     ) -> ConversationPage:
         """Conversations by latest activity; page with `cursor` (keyset) or `offset`.
 
-        Without `status`, active and archived conversations are listed (never deleted ones).
+        Without `status`, active and archived conversations are listed (never deleted ones);
+        with `owner_id`, only that user's.
         """
         _check_limit(limit)
         if offset < 0:
@@ -158,6 +160,7 @@ class ConversationManager:
             )
         rows, total, more = await self.repo.list(
             notebook_id=notebook_id,
+            owner_id=owner_id,
             status=status,
             title_contains=title_search.strip() if title_search else None,
             created_after=as_utc(created_after),

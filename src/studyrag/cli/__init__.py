@@ -13,10 +13,12 @@ from studyrag.cli import (
     conversations,
     documents,
     ingest,
+    keys,
     models,
     notebooks,
     search,
     serve,
+    users,
 )
 from studyrag.cli.common import data_dir_note
 
@@ -37,6 +39,8 @@ app.add_typer(conversations.app, name="conversations")
 app.add_typer(models.app, name="models")
 app.add_typer(config.app, name="config")
 app.command()(serve.serve)
+app.add_typer(users.app, name="users")
+app.add_typer(keys.app, name="keys")
 
 
 def main() -> None:

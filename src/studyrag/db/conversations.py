@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from studyrag.auth.context import acting_owner
 from studyrag.db.models import Conversation, Message, new_id, utcnow
 from studyrag.db.repo import resolve_prefix
 from studyrag.db.session import Database
@@ -91,6 +92,7 @@ class ConversationRepo:
         row = Conversation(
             id=new_id(),
             notebook_id=notebook_id,
+            owner_id=acting_owner(),
             title=title,
             status="active",
             meta=dict(metadata),
@@ -133,6 +135,7 @@ class ConversationRepo:
         self,
         *,
         notebook_id: str | None = None,
+        owner_id: str | None = None,
         status: str | None,
         title_contains: str | None,
         created_after: datetime | None,
@@ -151,6 +154,8 @@ class ConversationRepo:
         where: builtins.list[ColumnElement[bool]] = []
         if notebook_id is not None:
             where.append(Conversation.notebook_id == notebook_id)
+        if owner_id is not None:
+            where.append(Conversation.owner_id == owner_id)
         if status is None:
             where.append(Conversation.status != "deleted")
         else:
@@ -310,6 +315,7 @@ class ConversationRepo:
                 conv = Conversation(
                     id=new_id(),
                     notebook_id=notebook_id,
+                    owner_id=acting_owner(),
                     title=title,
                     status="active",
                     meta={},
@@ -443,17 +449,20 @@ class ConversationRepo:
         return rows[::-1]
 
     # --- archives (notebook export / import) ---------------------------------------------
-    async def of_notebook(self, notebook_id: str) -> builtins.list[Conversation]:
-        """A notebook's conversations that are not deleted, oldest first (export)."""
+    async def of_notebook(
+        self, notebook_id: str, *, owner_id: str | None = None
+    ) -> builtins.list[Conversation]:
+        """A notebook's conversations that are not deleted (only `owner_id`'s when given),
+        oldest first (export)."""
+        where = [Conversation.notebook_id == notebook_id, Conversation.status != "deleted"]
+        if owner_id is not None:
+            where.append(Conversation.owner_id == owner_id)
         async with self.db.session() as s:
             return builtins.list(
                 (
                     await s.scalars(
                         select(Conversation)
-                        .where(
-                            Conversation.notebook_id == notebook_id,
-                            Conversation.status != "deleted",
-                        )
+                        .where(*where)
                         .order_by(Conversation.created_at, Conversation.id)
                     )
                 ).all()
@@ -484,7 +493,11 @@ class ConversationRepo:
         async with self.db.session() as s:
             s.add(
                 Conversation(
-                    id=cid, notebook_id=notebook_id, message_count=len(messages), **conversation
+                    id=cid,
+                    notebook_id=notebook_id,
+                    owner_id=acting_owner(),
+                    message_count=len(messages),
+                    **conversation,
                 )
             )
             await s.flush()

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from studyrag.auth.context import acting_owner
 from studyrag.db.models import Document, Job
 from studyrag.db.session import Database
 from studyrag.errors import JobNotFound
@@ -30,7 +31,13 @@ class JobRepo:
         self.db = db
 
     async def create(self, *, kind: str, notebook_id: str | None, **meta: Any) -> Job:
-        row = Job(kind=kind, notebook_id=notebook_id, status=JOB_QUEUED, meta=meta)
+        row = Job(
+            kind=kind,
+            notebook_id=notebook_id,
+            status=JOB_QUEUED,
+            meta=meta,
+            owner_id=acting_owner(),
+        )
         async with self.db.session() as s:
             s.add(row)
         return row

@@ -1,4 +1,5 @@
-"""SQL tables: notebooks, documents, chunks, jobs, conversations, messages (FTS in migrations)."""
+"""SQL tables: notebooks, documents, chunks, jobs, conversations, messages (FTS in migrations);
+users, API keys, sessions and notebook shares (auth/)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ class Notebook(Base):
     name_key: Mapped[str] = mapped_column(String(200), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The user it belongs to; NULL: the local owner (the first admin in multi-user mode).
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     # active | deleting
     status: Mapped[str] = mapped_column(String(16), default="active")
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
@@ -115,6 +118,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     notebook_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     kind: Mapped[str] = mapped_column(String(32))  # ingest | reindex | delete_notebook
+    # Who asked for it (NULL: the local owner, or the server itself).
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     # queued | running | completed | failed | cancelled
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -144,6 +149,8 @@ class Conversation(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     notebook_id: Mapped[str] = mapped_column(String(32))
+    # Private to this user, even in a shared notebook (NULL: the local owner).
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     title: Mapped[str] = mapped_column(String(200), default="New conversation")
     # active | archived | deleted
     status: Mapped[str] = mapped_column(String(16), default="active")
@@ -175,4 +182,62 @@ class Message(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     # complete | incomplete | error
     status: Mapped[str] = mapped_column(String(16), default="complete")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class User(Base):
+    """An account of a multi-user server (auth/users.py)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64))
+    # Case-folded: names are unique whatever their case.
+    name_key: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """A program's credential: only its sha256 is kept (auth/keys.py)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100), default="")
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class LoginSession(Base):
+    """A web login: the cookie's token is kept only as its sha256 (auth/sessions.py)."""
+
+    __tablename__ = "sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class NotebookShare(Base):
+    """A notebook shared with a user, or with everyone (grantee "*"), as viewer or editor."""
+
+    __tablename__ = "notebook_shares"
+
+    notebook_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # A user id, or "*" for every user of the server.
+    grantee: Mapped[str] = mapped_column(String(32), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # viewer | editor
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

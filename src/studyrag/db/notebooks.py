@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from studyrag.auth.context import acting_owner
 from studyrag.db.models import AppState, Conversation, Document, Message, Notebook
 from studyrag.db.session import Database
 from studyrag.errors import NotebookExists, NotebookNotFound
@@ -75,6 +76,7 @@ class NotebookRepo:
             is_default=is_default,
             status=status,
             meta=dict(meta or {}),
+            owner_id=acting_owner(),
         )
         if notebook_id is not None:
             row.id = notebook_id
@@ -207,10 +209,14 @@ class NotebookRepo:
                 (await s.scalars(select(Notebook).where(Notebook.status == NB_DELETING))).all()
             )
 
-    async def counts(self, notebook_ids: builtins.list[str]) -> dict[str, NotebookCounts]:
-        """Documents (all, completed), conversations, bytes and chunks per notebook."""
+    async def counts(
+        self, notebook_ids: builtins.list[str], *, conversations_of: str | None = None
+    ) -> dict[str, NotebookCounts]:
+        """Documents (all, completed), conversations (only `conversations_of`'s when given),
+        bytes and chunks per notebook."""
         if not notebook_ids:
             return {}
+        own = [Conversation.owner_id == conversations_of] if conversations_of is not None else []
         async with self.db.session() as s:
             docs = (
                 await s.execute(
@@ -245,6 +251,7 @@ class NotebookRepo:
                         .where(
                             Conversation.notebook_id.in_(notebook_ids),
                             Conversation.status != "deleted",
+                            *own,
                         )
                         .group_by(Conversation.notebook_id)
                     )
@@ -277,6 +284,10 @@ class NotebookRepo:
         async with self.db.session() as s:
             row = await s.get(AppState, key)
         return row.value if row is not None else None
+
+    async def set_state(self, key: str, value: str) -> None:
+        async with self.db.session() as s:
+            await s.merge(AppState(key=key, value=value))
 
     async def clear_state(self, key: str) -> None:
         async with self.db.session() as s:

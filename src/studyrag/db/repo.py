@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -107,13 +107,17 @@ class DocumentRepo:
         status: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        notebook_ids: Collection[str] | None = None,
     ) -> tuple[builtins.list[Document], int]:
-        """Documents newest first, with the total count."""
+        """Documents newest first, with the total count (in `notebook_ids` when given)."""
         stmt = select(Document).where(Document.status != DELETING)
         count = select(func.count()).select_from(Document).where(Document.status != DELETING)
         if notebook_id is not None:
             stmt = stmt.where(Document.notebook_id == notebook_id)
             count = count.where(Document.notebook_id == notebook_id)
+        if notebook_ids is not None:
+            stmt = stmt.where(Document.notebook_id.in_(list(notebook_ids)))
+            count = count.where(Document.notebook_id.in_(list(notebook_ids)))
         if status:
             stmt = stmt.where(Document.status == status)
             count = count.where(Document.status == status)

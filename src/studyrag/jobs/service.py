@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from dataclasses import dataclass
 from typing import Any
 
+from studyrag.auth.context import acting_user
 from studyrag.db.jobs import (
     JOB_CANCELLED,
     JOB_COMPLETED,
@@ -276,6 +277,9 @@ class JobService:
         job = await self.jobs.get(job_id)
         if job.status in JOB_FINISHED:
             return
+        # A job acts for whoever started it: what it creates (an imported notebook and its
+        # conversations) is theirs.
+        acting_user.set(job.owner_id)
         await self.jobs.set_status(job_id, JOB_RUNNING)
         try:
             if job.kind == DELETE_NOTEBOOK:

@@ -83,6 +83,9 @@ class ExportPlan:
     filename: str
     documents: list[Document]
     vectors: bool
+    # Only this user's conversations go into the archive (None: every one, the local owner):
+    # conversations stay private even in a shared notebook.
+    conversations_of: str | None = None
 
 
 def archive_filename(name: str) -> str:
@@ -216,7 +219,9 @@ class NotebookArchives:
         jobs.register(IMPORT_NOTEBOOK, self._run_import)
 
     # --- export ------------------------------------------------------------------------
-    async def plan_export(self, notebook_id: str, *, vectors: bool = False) -> ExportPlan:
+    async def plan_export(
+        self, notebook_id: str, *, vectors: bool = False, conversations_of: str | None = None
+    ) -> ExportPlan:
         """Check that the notebook can be exported now (NB_001, NB_004) and list its rows."""
         nb = await self.notebooks.repo.get(notebook_id)
         if nb.status != ACTIVE:
@@ -231,7 +236,9 @@ class NotebookArchives:
                 details={"documents": busy[:50]},
             )
         docs.sort(key=lambda d: (d.created_at, d.id))
-        return ExportPlan(nb.id, nb.name, archive_filename(nb.name), docs, vectors)
+        return ExportPlan(
+            nb.id, nb.name, archive_filename(nb.name), docs, vectors, conversations_of
+        )
 
     async def stream_export(self, plan: ExportPlan) -> AsyncIterator[bytes]:
         """The archive's bytes as they are made; the manifest is the last entry."""
@@ -301,7 +308,10 @@ class NotebookArchives:
                         yield await out.add_bytes(ref.vectors, encode_vectors(vectors))
             refs.append(ref)
         conversation_entries: list[str] = []
-        for n, conv in enumerate(await self.conversations.of_notebook(plan.notebook_id)):
+        conversations = await self.conversations.of_notebook(
+            plan.notebook_id, owner_id=plan.conversations_of
+        )
+        for n, conv in enumerate(conversations):
             messages = await self.conversations.all_messages(conv.id)
             archived_conv = ArchivedConversation(
                 title=conv.title,

@@ -105,12 +105,14 @@ class NotebookService:
             return await self.repo.get(notebook_id)
         return await self.repo.update(notebook_id, **fields)
 
-    async def public(self, nb: Notebook) -> NotebookPublic:
-        counts = await self.repo.counts([nb.id])
+    async def public(self, nb: Notebook, *, conversations_of: str | None = None) -> NotebookPublic:
+        """The notebook with its counts; `conversations_of`: count only that user's
+        conversations (they are private, even their number)."""
+        counts = await self.repo.counts([nb.id], conversations_of=conversations_of)
         return NotebookPublic.from_row(nb, counts.get(nb.id))
 
-    async def list_public(self) -> list[NotebookPublic]:
+    async def list_public(self, *, conversations_of: str | None = None) -> list[NotebookPublic]:
         await self.default()
         rows = await self.repo.list()
-        counts = await self.repo.counts([nb.id for nb in rows])
+        counts = await self.repo.counts([nb.id for nb in rows], conversations_of=conversations_of)
         return [NotebookPublic.from_row(nb, counts.get(nb.id)) for nb in rows]

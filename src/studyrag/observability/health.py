@@ -68,5 +68,7 @@ async def health_report(services: Services) -> tuple[int, dict[str, Any]]:
         "down": down,
         **by_name,
         "jobs": {"runner": runner.backend, "queued": runner.queued, "running": runner.running},
+        # A local (no login) server on an open address says so here as well as in the log.
+        "auth": {"mode": services.auth.mode, "warning": services.auth.warning},
     }
     return (503 if status == "unavailable" else 200), body

@@ -1,6 +1,7 @@
 // StudyRAG web interface: hash routes (#/ home, #/settings, #/n/<notebook>[/c/<conversation>|/search]).
 import { api, confirmDialog, errorBox, h, plural, promptDialog, relTime } from "./js/api.js";
 import { ChatView } from "./js/chat.js";
+import { logoutButton, renderLogin, renderSetup, whoAmI } from "./js/login.js";
 import { SearchView } from "./js/search.js";
 import { SourcesPanel } from "./js/sources.js";
 import { Viewer } from "./js/viewer.js";
@@ -9,12 +10,20 @@ const app = document.getElementById("app");
 const banner = document.getElementById("banner");
 let current = null; // the open notebook workspace
 let settings = null; // the settings page, while it is shown
+let me = null; // GET /api/auth/me: {mode, user, scopes, via}; null until signed in
 
 function parseRoute() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
   if (parts[0] === "settings") return { view: "settings" };
+  if (parts[0] === "setup" && parts[1]) return { view: "setup", token: parts[1] };
   if (parts[0] === "n" && parts[1]) return { view: "notebook", nb: parts[1], conv: parts[2] === "c" ? parts[3] : null, search: parts[2] === "search" };
   return { view: "home" };
+}
+
+function signedIn() {
+  me = null;
+  location.hash = "#/";
+  route();
 }
 
 async function route() {
@@ -22,6 +31,20 @@ async function route() {
   app.dataset.view = r.view;
   if (settings) settings.destroy();
   settings = null;
+  if (r.view === "setup") {
+    if (current) current.destroy();
+    current = null;
+    return renderSetup(app, r.token, signedIn);
+  }
+  if (!me) {
+    // A local server answers at once (mode "local"); a multi-user one wants a login.
+    try {
+      me = await whoAmI();
+    } catch (err) {
+      return app.replaceChildren(h("main", { class: "home" }, errorBox(err)));
+    }
+    if (!me) return renderLogin(app, signedIn);
+  }
   if (r.view === "home" || r.view === "settings") {
     if (current) current.destroy();
     current = null;
@@ -60,7 +83,18 @@ async function renderHome() {
     h(
       "main",
       { class: "home" },
-      h("header", { class: "home-head" }, h("h1", {}, "Your notebooks"), h("span", { class: "row" }, settingsLink(), newBtn)),
+      h(
+        "header",
+        { class: "home-head" },
+        h("h1", {}, "Your notebooks"),
+        h(
+          "span",
+          { class: "row home-actions" },
+          settingsLink(),
+          newBtn,
+          me && me.via === "session" ? logoutButton(me, () => { me = null; route(); }) : null,
+        ),
+      ),
       form,
       errors,
       list,

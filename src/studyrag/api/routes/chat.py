@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from studyrag.api.deps import ServicesDep
+from studyrag.api.deps import AccessDep, ChatDep, ServicesDep
 from studyrag.api.errors import max_body_bytes
 from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep
+from studyrag.auth.policy import ADMIN
 from studyrag.chat.conversations import MAX_PAGE_SIZE, TITLE_MAX_CHARS
 from studyrag.chat.engine import ChatEngine, check_message
 from studyrag.chat.prompts import check_template_name
@@ -55,10 +56,21 @@ def limit_body(request: Request, services: ServicesDep) -> None:
 
 @router.post("/message", dependencies=[Depends(limit_body)])
 async def post_message(
-    body: ChatRequest, request: Request, services: ServicesDep, runtime: ChatRuntimeDep
+    body: ChatRequest,
+    request: Request,
+    services: ServicesDep,
+    runtime: ChatRuntimeDep,
+    principal: ChatDep,
+    access: AccessDep,
 ) -> ChatResponse:
     """Answer one question; without conversation_id a new conversation starts."""
     options = body.engine_kwargs(services.settings)
+    if body.conversation_id is not None:
+        await access.conversation(principal, body.conversation_id)
+    if body.conversation_id is None or options.get("notebook_id"):
+        options["notebook_id"] = await access.resolve_notebook(
+            principal, options.get("notebook_id")
+        )
     question = check_message(
         body.message,
         services.settings,
@@ -91,6 +103,8 @@ async def post_message(
 @router.get("/conversations")
 async def list_conversations(
     services: ServicesDep,
+    principal: ChatDep,
+    access: AccessDep,
     notebook_id: str | None = Query(default=None, max_length=64, description="Of one notebook"),
     status: Literal["active", "archived", "deleted"] | None = None,
     q: str | None = Query(default=None, max_length=TITLE_MAX_CHARS, description="Title contains"),
@@ -104,9 +118,12 @@ async def list_conversations(
 ) -> ConversationPage:
     """Conversations by latest activity; follow next_cursor for the next page."""
     if notebook_id is not None:
+        await access.notebook(principal, notebook_id)
         await services.notebooks.repo.get(notebook_id)
     page = await services.conversations.list(
         notebook_id=notebook_id,
+        # Conversations are private: a user lists only their own, also in shared notebooks.
+        owner_id=principal.user_id,
         status=status,
         title_search=q,
         created_after=created_after,
@@ -131,23 +148,29 @@ def check_template(template: object, chat: ChatEngine | None) -> None:
 
 @router.post("/conversations", status_code=201)
 async def create_conversation(
-    body: ConversationCreate, services: ServicesDep
+    body: ConversationCreate, services: ServicesDep, principal: ChatDep, access: AccessDep
 ) -> ConversationPublic:
     """Start an empty conversation; `template` becomes its answers' default."""
     metadata = dict(body.metadata or {})
     if body.template is not None:
         metadata["template"] = body.template
     check_template(metadata.get("template"), services.chat)
+    notebook_id = await access.resolve_notebook(principal, body.notebook_id)
     return await services.conversations.create(
-        title=body.title, metadata=metadata, notebook_id=body.notebook_id
+        title=body.title, metadata=metadata, notebook_id=notebook_id
     )
 
 
 @router.get("/conversations/{conversation_id}")
 async def get_conversation(
-    conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
+    conversation_id: str,
+    services: ServicesDep,
+    runtime: ChatRuntimeDep,
+    principal: ChatDep,
+    access: AccessDep,
 ) -> ConversationDetail:
     """One conversation, with the answer in progress if any."""
+    await access.conversation(principal, conversation_id)
     conversation = await services.conversations.get(conversation_id)
     gen = runtime.hub.current(conversation_id)
     return ConversationDetail(
@@ -161,8 +184,11 @@ async def update_conversation(
     body: ConversationUpdate,
     services: ServicesDep,
     runtime: ChatRuntimeDep,
+    principal: ChatDep,
+    access: AccessDep,
 ) -> ConversationPublic:
     """Rename, replace metadata, archive or unarchive; clients get conversation_updated."""
+    await access.conversation(principal, conversation_id)
     if body.metadata is not None:
         check_template(body.metadata.get("template"), services.chat)
     conversation = await services.conversations.update(
@@ -176,9 +202,14 @@ async def update_conversation(
 
 @router.delete("/conversations/{conversation_id}")
 async def delete_conversation(
-    conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
+    conversation_id: str,
+    services: ServicesDep,
+    runtime: ChatRuntimeDep,
+    principal: ChatDep,
+    access: AccessDep,
 ) -> ConversationDeleted:
     """Soft delete: hidden at once (404 afterwards), its answer stopped, clients told."""
+    await access.conversation(principal, conversation_id)
     await services.conversations.soft_delete(conversation_id)
     await runtime.hub.stop(conversation_id)
     await runtime.ws.broadcast(
@@ -191,12 +222,15 @@ async def delete_conversation(
 async def list_messages(
     conversation_id: str,
     services: ServicesDep,
+    principal: ChatDep,
+    access: AccessDep,
     limit: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
     before_seq: int | None = Query(default=None, ge=0, le=SQLITE_INT_MAX),
     after_seq: int | None = Query(default=None, ge=0, le=SQLITE_INT_MAX),
     order: Literal["asc", "desc"] = "asc",
 ) -> MessagePage:
     """A page of messages next to a seq cursor (before_seq: older, after_seq: newer)."""
+    await access.conversation(principal, conversation_id)
     return await services.conversations.list_messages(
         conversation_id, limit=limit, before_seq=before_seq, after_seq=after_seq, order=order
     )
@@ -204,9 +238,15 @@ async def list_messages(
 
 @router.post("/conversations/{conversation_id}/cleanup")
 async def cleanup_conversation(
-    conversation_id: str, body: CleanupRequest, services: ServicesDep, runtime: ChatRuntimeDep
+    conversation_id: str,
+    body: CleanupRequest,
+    services: ServicesDep,
+    runtime: ChatRuntimeDep,
+    principal: ChatDep,
+    access: AccessDep,
 ) -> CleanupReport:
     """Keep the last N messages, drop incomplete or old ones, or purge a deleted conversation."""
+    await access.conversation(principal, conversation_id)
     conversations = services.conversations
     if body.purge:
         conversation = await conversations.get(conversation_id, include_deleted=True)
@@ -238,9 +278,14 @@ async def cleanup_conversation(
 
 @router.post("/conversations/{conversation_id}/stop")
 async def stop_generation(
-    conversation_id: str, services: ServicesDep, runtime: ChatRuntimeDep
+    conversation_id: str,
+    services: ServicesDep,
+    runtime: ChatRuntimeDep,
+    principal: ChatDep,
+    access: AccessDep,
 ) -> StopResult:
     """Stop the answer in progress; it is stored as incomplete with the text so far."""
+    await access.conversation(principal, conversation_id)
     await services.conversations.get(conversation_id)
     gen = await runtime.hub.stop(conversation_id)
     if gen is None:
@@ -252,11 +297,16 @@ async def stop_generation(
 
 @router.get("/stats")
 async def stats(
-    services: ServicesDep, runtime: ChatRuntimeDep, clients: bool = False
+    services: ServicesDep, runtime: ChatRuntimeDep, principal: ChatDep, clients: bool = False
 ) -> dict[str, Any]:
-    """Stored totals, live WebSocket connections, answers in flight and live metrics."""
+    """Stored totals, live WebSocket connections, answers in flight and live metrics.
+
+    `clients=true` (live conversation ids with addresses and user agents) is for admins."""
+    if clients:
+        ADMIN.check(principal)
     stored = await services.conversations.statistics()
-    return stored | {
-        "websocket": runtime.ws.stats(with_clients=clients),
-        "generations": runtime.hub.stats(),
-    }
+    websocket = runtime.ws.stats(with_clients=clients)
+    if not principal.is_admin:
+        # Live conversation ids are other users' data: totals only.
+        websocket.pop("clients_per_conversation", None)
+    return stored | {"websocket": websocket, "generations": runtime.hub.stats()}

@@ -10,8 +10,8 @@ import anyio
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
-from studyrag.api.deps import ServicesDep
-from studyrag.errors import HighlightUnavailable, InvalidSpan
+from studyrag.api.deps import AccessDep, ReadDep, ServicesDep
+from studyrag.errors import ChunkNotFound, DocumentNotFound, HighlightUnavailable, InvalidSpan
 from studyrag.schemas.base import SQLITE_INT_MAX
 from studyrag.schemas.documents import ChunkPublic, PageRect, Quote
 
@@ -21,12 +21,18 @@ router = APIRouter(prefix="/api/chunks", tags=["documents"])
 @router.get("/{chunk_id}", response_model=ChunkPublic)
 async def get_chunk(
     services: ServicesDep,
+    principal: ReadDep,
+    access: AccessDep,
     chunk_id: int = PathParam(ge=1, le=SQLITE_INT_MAX),
     start: int | None = Query(None, ge=0, le=1 << 40),
     end: int | None = Query(None, ge=0, le=1 << 40),
 ) -> ChunkPublic:
     """The chunk; with ?start=&end= (document offsets) the quoted span and its rectangles."""
     chunk, doc, prev_id, next_id = await services.documents.chunk_with_neighbours(chunk_id)
+    try:
+        await access.document(principal, doc.id)
+    except DocumentNotFound:
+        raise ChunkNotFound(f"No chunk with id {chunk_id}.") from None
     q_start = chunk.start_char if start is None else start
     q_end = chunk.end_char if end is None else end
     content = await services.documents.get_content(doc.id)

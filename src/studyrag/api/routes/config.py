@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from studyrag.api.deps import ConfigDep
+from studyrag.auth.policy import ADMIN
 from studyrag.schemas.admin import ConfigPublic, ConfigUpdate, ConfigUpdated
 
-router = APIRouter(prefix="/api/config", tags=["config"])
+router = APIRouter(prefix="/api/config", tags=["config"], dependencies=[Depends(ADMIN)])
 
 
 @router.get("", response_model=ConfigPublic)

@@ -13,7 +13,7 @@ import anyio
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from studyrag.api.deps import ServicesDep
+from studyrag.api.deps import AccessDep, ReadDep, ServicesDep, WriteDep
 from studyrag.api.multipart import file_parts, multipart_openapi
 from studyrag.api.routes.notebooks import safe_filename
 from studyrag.errors import (
@@ -67,13 +67,15 @@ _CONTENT_TYPES = {
 async def upload(
     request: Request,
     services: ServicesDep,
+    principal: WriteDep,
+    access: AccessDep,
     notebook_id: str | None = Query(None, max_length=64),
 ) -> dict[str, Any]:
     """Ingest one file and wait for it (POST /api/notebooks/{id}/documents does not wait).
 
     The form is streamed straight into the data directory's .incoming/, the size limit
     checked as it arrives (413 DOC_002 at once, the rest unread)."""
-    nb_id = await services.notebooks.resolve_id(notebook_id)
+    nb_id = await access.resolve_notebook(principal, notebook_id, "editor")
     settings = services.settings.ingest
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_file_size_bytes + 65536:
@@ -115,23 +117,32 @@ async def upload(
 @router.get("", response_model=DocumentPage)
 async def list_documents(
     services: ServicesDep,
+    principal: ReadDep,
+    access: AccessDep,
     status: str | None = Query(None, max_length=16),
     notebook_id: str | None = Query(None, max_length=64),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=1_000_000),
 ) -> DocumentPage:
     """Documents newest first (of one notebook when `notebook_id` is given)."""
+    visible = None
     if notebook_id is not None:
+        await access.notebook(principal, notebook_id)
         await services.notebooks.repo.get(notebook_id)
+    else:
+        visible = await access.visible_notebooks(principal)
     docs, total = await services.documents.list(
-        notebook_id=notebook_id, status=status, limit=limit, offset=offset
+        notebook_id=notebook_id, status=status, limit=limit, offset=offset, notebook_ids=visible
     )
     return DocumentPage(items=[DocumentPublic.from_row(d) for d in docs], total=total)
 
 
 @router.get("/{document_id}", response_model=DocumentDetail)
-async def get_document(document_id: str, services: ServicesDep) -> DocumentDetail:
+async def get_document(
+    document_id: str, services: ServicesDep, principal: ReadDep, access: AccessDep
+) -> DocumentDetail:
     """One document with its chunks' locations."""
+    await access.document(principal, document_id)
     doc = await services.documents.get(document_id)
     chunks = await services.documents.chunks_for(document_id)
     return DocumentDetail(
@@ -141,29 +152,41 @@ async def get_document(document_id: str, services: ServicesDep) -> DocumentDetai
 
 
 @router.delete("/{document_id}")
-async def delete_document(document_id: str, services: ServicesDep) -> dict[str, Any]:
+async def delete_document(
+    document_id: str, services: ServicesDep, principal: WriteDep, access: AccessDep
+) -> dict[str, Any]:
     """Remove the document and every chunk everywhere, and its original if unused."""
+    await access.document(principal, document_id, "editor")
     doc = await services.pipeline.delete_document(document_id)
     services.jobs.announce_deleted(doc)
     return {"deleted": document_id}
 
 
 @router.post("/{document_id}/cancel", response_model=DocumentPublic)
-async def cancel_document(document_id: str, services: ServicesDep) -> DocumentPublic:
+async def cancel_document(
+    document_id: str, services: ServicesDep, principal: WriteDep, access: AccessDep
+) -> DocumentPublic:
     """Stop this document's ingestion at the next step boundary."""
+    await access.document(principal, document_id, "editor")
     return DocumentPublic.from_row(await services.jobs.cancel_document(document_id))
 
 
 @router.post("/{document_id}/retry", status_code=202, response_model=JobPublic)
-async def retry_document(document_id: str, services: ServicesDep) -> JobPublic:
+async def retry_document(
+    document_id: str, services: ServicesDep, principal: WriteDep, access: AccessDep
+) -> JobPublic:
     """Ingest a failed or cancelled document again from its kept original, as a job."""
+    await access.document(principal, document_id, "editor")
     job = await services.jobs.retry(document_id)
     return await services.jobs.public(job.id)
 
 
 @router.post("/{document_id}/reindex", status_code=202, response_model=JobPublic)
-async def reindex_document(document_id: str, services: ServicesDep) -> JobPublic:
+async def reindex_document(
+    document_id: str, services: ServicesDep, principal: WriteDep, access: AccessDep
+) -> JobPublic:
     """Recompute the document's embeddings with the current model, as a job."""
+    await access.document(principal, document_id, "editor")
     doc = await services.documents.get(document_id)
     job = await services.jobs.reindex(doc.notebook_id, [document_id])
     return await services.jobs.public(job.id)
@@ -177,8 +200,15 @@ async def reindex_document(document_id: str, services: ServicesDep) -> JobPublic
         206: {"content": {"*/*": {}}, "description": "The range asked for"},
     },
 )
-async def get_original(document_id: str, request: Request, services: ServicesDep) -> Response:
+async def get_original(
+    document_id: str,
+    request: Request,
+    services: ServicesDep,
+    principal: ReadDep,
+    access: AccessDep,
+) -> Response:
     """The original file, with its type, a safe download name and HTTP Range support."""
+    await access.document(principal, document_id)
     doc = await services.documents.get(document_id)
     path = services.originals.path(doc.sha256)
     if not services.originals.exists(doc.sha256):
@@ -214,10 +244,13 @@ async def get_original(document_id: str, request: Request, services: ServicesDep
 async def get_text(
     document_id: str,
     services: ServicesDep,
+    principal: ReadDep,
+    access: AccessDep,
     start: int = Query(0, ge=0, le=1 << 40),
     end: int | None = Query(None, ge=0, le=1 << 40),
 ) -> TextWindow:
     """A window of the extracted text the chunk offsets point into (non-PDF viewers)."""
+    await access.document(principal, document_id)
     doc = await services.documents.get(document_id)
     content = await services.documents.get_content(document_id)
     stop = len(content) if end is None else end
@@ -247,12 +280,15 @@ async def get_text(
 async def get_page_image(
     document_id: str,
     services: ServicesDep,
+    principal: ReadDep,
+    access: AccessDep,
     page: int = Path(ge=1, le=SQLITE_INT_MAX),
     scale: float = Query(1.5, gt=0, le=4, allow_inf_nan=False),
 ) -> Response:
     """One page of a PDF (or an image's one page) rendered as PNG (cached; a few megapixels)."""
     from studyrag.ingest.pdf_views import render_image_png, render_page_png
 
+    await access.document(principal, document_id)
     doc = await services.documents.get(document_id)
     render = {"pdf": render_page_png, "image": render_image_png}.get(doc.file_type)
     if render is None:

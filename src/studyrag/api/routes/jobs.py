@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 
-from studyrag.api.deps import ServicesDep
+from studyrag.api.deps import AccessDep, ReadDep, ServicesDep, WriteDep
 from studyrag.db.jobs import JOB_FINISHED
 from studyrag.jobs.events import job_channel
 from studyrag.schemas.documents import JobPublic
@@ -19,14 +19,20 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job_id: str, services: ServicesDep) -> JobPublic:
+async def get_job(
+    job_id: str, services: ServicesDep, principal: ReadDep, access: AccessDep
+) -> JobPublic:
     """A job with the step and progress of each of its documents."""
+    await access.job(principal, job_id)
     return await services.jobs.public(job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
+async def cancel_job(
+    job_id: str, services: ServicesDep, principal: WriteDep, access: AccessDep
+) -> JobPublic:
     """Stop at the next step boundary; completed documents stay, nothing half-indexed does."""
+    await access.job(principal, job_id)
     await services.jobs.cancel_job(job_id)
     return await services.jobs.public(job_id)
 
@@ -36,9 +42,12 @@ async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "The job's events"}},
 )
-async def job_events(job_id: str, request: Request, services: ServicesDep) -> EventSourceResponse:
+async def job_events(
+    job_id: str, request: Request, services: ServicesDep, principal: ReadDep, access: AccessDep
+) -> EventSourceResponse:
     """Server-Sent Events: a `snapshot` of the job, then every `document_updated`,
     `document_added`, `document_deleted`, `job_progress` and `job_updated` until it ends."""
+    await access.job(principal, job_id)
     await services.jobs.public(job_id)  # 404 before the stream starts
     # Subscribed before the snapshot is read, so no event falls between the two.
     subscription = services.broker.subscribe(job_channel(job_id))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from studyrag.auth.policy import ADMIN
 from studyrag.observability.metrics import CONTENT_TYPE, Metrics
 
-router = APIRouter(tags=["metrics"])
+# Admin only in multi-user mode (a scraper uses an admin key); open in local mode.
+router = APIRouter(tags=["metrics"], dependencies=[Depends(ADMIN)])
 
 
 @router.get("/metrics", response_class=Response)

@@ -6,15 +6,16 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
 from studyrag.api.deps import ModelsDep, ServicesDep
 from studyrag.api.errors import request_id_of
+from studyrag.auth.policy import ADMIN
 from studyrag.errors import StudyRAGError
 from studyrag.schemas.admin import ModelPull, ModelsPublic, ModelSwitch, ModelSwitched
 
-router = APIRouter(prefix="/api/models", tags=["models"])
+router = APIRouter(prefix="/api/models", tags=["models"], dependencies=[Depends(ADMIN)])
 
 
 @router.get("", response_model=ModelsPublic)

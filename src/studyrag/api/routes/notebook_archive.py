@@ -7,7 +7,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from studyrag.api.deps import ServicesDep
+from studyrag.api.deps import AccessDep, ReadDep, ServicesDep, WriteDep
 from studyrag.api.multipart import file_parts, multipart_openapi
 from studyrag.errors import ArchiveTooLarge, InvalidNotebook
 from studyrag.schemas.archive import NotebookImportAccepted
@@ -27,11 +27,17 @@ router = APIRouter(prefix="/api/notebooks", tags=["notebooks"])
 async def export_notebook(
     notebook_id: str,
     services: ServicesDep,
+    principal: ReadDep,
+    access: AccessDep,
     vectors: bool = Query(False, description="Include the chunks' vectors."),
 ) -> StreamingResponse:
     """The notebook as one zip archive, streamed as it is built (format: docs/protocol.md)."""
     # Checked before the first byte: an error still gets its status and the error shape.
-    plan = await services.archives.plan_export(notebook_id, vectors=vectors)
+    # Its owner exports a notebook, with their own conversations only.
+    await access.notebook(principal, notebook_id, "owner")
+    plan = await services.archives.plan_export(
+        notebook_id, vectors=vectors, conversations_of=principal.user_id
+    )
     return StreamingResponse(
         services.archives.stream_export(plan),
         media_type="application/zip",
@@ -45,7 +51,9 @@ async def export_notebook(
     response_model=NotebookImportAccepted,
     openapi_extra=multipart_openapi("file", many=False),
 )
-async def import_notebook(request: Request, services: ServicesDep) -> NotebookImportAccepted:
+async def import_notebook(
+    request: Request, services: ServicesDep, principal: WriteDep
+) -> NotebookImportAccepted:
     """Check the whole archive (refused with NB_005..NB_010, changing nothing), then restore
     it as a new notebook in a job: follow GET /api/jobs/{job_id} or its events.
 

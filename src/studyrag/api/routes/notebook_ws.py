@@ -15,7 +15,10 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from studyrag.api.deps import ReadDep
 from studyrag.api.ws import frames
+from studyrag.auth.policy import Access, Principal
+from studyrag.auth.shares import SHARE_REMOVED
 from studyrag.errors import InvalidFrame, StudyRAGError
 from studyrag.jobs.events import notebook_channel
 from studyrag.schemas.documents import DocumentPublic
@@ -27,10 +30,12 @@ _MAX_FRAME = 4096
 
 
 @router.websocket("/ws/notebooks/{notebook_id}")
-async def notebook_socket(websocket: WebSocket, notebook_id: str) -> None:
+async def notebook_socket(websocket: WebSocket, notebook_id: str, principal: ReadDep) -> None:
     services: Services = websocket.app.state.services
+    access = services.auth.access
     await websocket.accept()
     try:
+        await access.notebook(principal, notebook_id)
         await services.notebooks.repo.get(notebook_id)
     except StudyRAGError as exc:
         await websocket.send_json({"type": "error", **exc.to_dict()})
@@ -57,7 +62,16 @@ async def notebook_socket(websocket: WebSocket, notebook_id: str) -> None:
             if reader in done:
                 return  # the client went away
             event = pending.result()
-            await websocket.send_text(json.dumps(event))
+            if event.get("type") == SHARE_REMOVED:
+                # A share taken away: a user who no longer sees the notebook is let go.
+                try:
+                    await access.notebook(principal, notebook_id)
+                except StudyRAGError as exc:
+                    await websocket.send_json({"type": "error", **exc.to_dict()})
+                    await websocket.close(code=4404)
+                    return
+            elif await _visible(access, principal, event):
+                await websocket.send_text(json.dumps(event))
             pending = asyncio.ensure_future(anext(subscription))
             first = pending
     except WebSocketDisconnect:
@@ -68,6 +82,19 @@ async def notebook_socket(websocket: WebSocket, notebook_id: str) -> None:
             task.cancel()
         with contextlib.suppress(Exception):
             await subscription.aclose()  # type: ignore[attr-defined]
+
+
+async def _visible(access: Access, principal: Principal, event: dict[str, Any]) -> bool:
+    """Conversation events reach only the conversation's owner: a shared notebook's
+    viewers see its documents, never each other's conversations."""
+    conversation = event.get("conversation")
+    if not isinstance(conversation, dict):
+        return True
+    try:
+        await access.conversation(principal, str(conversation.get("id")))
+    except StudyRAGError:
+        return False
+    return True
 
 
 async def _read(websocket: WebSocket) -> None:

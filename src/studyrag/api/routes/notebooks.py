@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Query, Request
 
-from studyrag.api.deps import ServicesDep
+from studyrag.api.deps import AccessDep, ReadDep, ServicesDep, WriteDep
 from studyrag.api.multipart import FilePart, file_parts, multipart_openapi
 from studyrag.errors import InvalidNotebook
 from studyrag.jobs.service import Upload
@@ -29,34 +29,54 @@ MAX_FILES_PER_UPLOAD = 100
 
 
 @router.get("", response_model=NotebookList)
-async def list_notebooks(services: ServicesDep) -> NotebookList:
-    """Every notebook, the default first, with document and conversation counts and sizes."""
-    items = await services.notebooks.list_public()
+async def list_notebooks(
+    services: ServicesDep, principal: ReadDep, access: AccessDep
+) -> NotebookList:
+    """Every notebook the caller sees (own and shared), the default first, with document and
+    conversation counts and sizes."""
+    items = await services.notebooks.list_public(conversations_of=principal.user_id)
+    visible = await access.visible_notebooks(principal)
+    if visible is not None:
+        items = [nb for nb in items if nb.id in visible]
     return NotebookList(items=items, total=len(items))
 
 
 @router.post("", status_code=201, response_model=NotebookPublic)
-async def create_notebook(body: NotebookCreate, services: ServicesDep) -> NotebookPublic:
+async def create_notebook(
+    body: NotebookCreate, services: ServicesDep, principal: WriteDep
+) -> NotebookPublic:
     nb = await services.notebooks.create(body.name, body.description)
-    return await services.notebooks.public(nb)
+    return await services.notebooks.public(nb, conversations_of=principal.user_id)
 
 
 @router.get("/{notebook_id}", response_model=NotebookPublic)
-async def get_notebook(notebook_id: str, services: ServicesDep) -> NotebookPublic:
-    return await services.notebooks.public(await services.notebooks.repo.get(notebook_id))
+async def get_notebook(
+    notebook_id: str, services: ServicesDep, principal: ReadDep, access: AccessDep
+) -> NotebookPublic:
+    await access.notebook(principal, notebook_id)
+    nb = await services.notebooks.repo.get(notebook_id)
+    return await services.notebooks.public(nb, conversations_of=principal.user_id)
 
 
 @router.put("/{notebook_id}", response_model=NotebookPublic)
 async def update_notebook(
-    notebook_id: str, body: NotebookUpdate, services: ServicesDep
+    notebook_id: str,
+    body: NotebookUpdate,
+    services: ServicesDep,
+    principal: WriteDep,
+    access: AccessDep,
 ) -> NotebookPublic:
+    await access.notebook(principal, notebook_id, "owner")
     nb = await services.notebooks.update(notebook_id, name=body.name, description=body.description)
-    return await services.notebooks.public(nb)
+    return await services.notebooks.public(nb, conversations_of=principal.user_id)
 
 
 @router.delete("/{notebook_id}", status_code=202, response_model=NotebookDeleteAccepted)
-async def delete_notebook(notebook_id: str, services: ServicesDep) -> NotebookDeleteAccepted:
+async def delete_notebook(
+    notebook_id: str, services: ServicesDep, principal: WriteDep, access: AccessDep
+) -> NotebookDeleteAccepted:
     """Hide the notebook at once; a job removes its documents, vectors, files and chats."""
+    await access.notebook(principal, notebook_id, "owner")
     job = await services.jobs.delete_notebook(notebook_id)
     return NotebookDeleteAccepted(notebook_id=notebook_id, job_id=job.id)
 
@@ -65,11 +85,14 @@ async def delete_notebook(notebook_id: str, services: ServicesDep) -> NotebookDe
 async def notebook_documents(
     notebook_id: str,
     services: ServicesDep,
+    principal: ReadDep,
+    access: AccessDep,
     status: str | None = Query(None, max_length=16),
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=1_000_000),
 ) -> DocumentPage:
     """The notebook's documents, newest first, with their status, step and progress."""
+    await access.notebook(principal, notebook_id)
     await services.notebooks.repo.get(notebook_id)
     docs, total = await services.documents.list(
         notebook_id=notebook_id, status=status, limit=limit, offset=offset
@@ -84,12 +107,17 @@ async def notebook_documents(
     openapi_extra=multipart_openapi("files", many=True),
 )
 async def upload_documents(
-    notebook_id: str, request: Request, services: ServicesDep
+    notebook_id: str,
+    request: Request,
+    services: ServicesDep,
+    principal: WriteDep,
+    access: AccessDep,
 ) -> UploadAccepted:
     """Store the files and answer at once; ingestion runs as a job (GET /api/jobs/{id}).
 
     The form is streamed: each file goes straight into the data directory's .incoming/ and
     is refused (DOC_002) as soon as it passes the size limit, before the rest is read."""
+    await access.notebook(principal, notebook_id, "editor")
     parts = file_parts(
         request, field="files", invalid=InvalidNotebook, max_files=MAX_FILES_PER_UPLOAD
     )
@@ -106,8 +134,11 @@ async def _uploads(first: FilePart, rest: AsyncIterator[FilePart]) -> AsyncItera
 
 
 @router.post("/{notebook_id}/reindex", status_code=202, response_model=JobPublic)
-async def reindex_notebook(notebook_id: str, services: ServicesDep) -> JobPublic:
+async def reindex_notebook(
+    notebook_id: str, services: ServicesDep, principal: WriteDep, access: AccessDep
+) -> JobPublic:
     """Recompute every completed document's embeddings, as a job."""
+    await access.notebook(principal, notebook_id, "editor")
     job = await services.jobs.reindex(notebook_id)
     return await services.jobs.public(job.id)
 

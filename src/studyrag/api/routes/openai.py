@@ -17,15 +17,18 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from studyrag.api.auth import require_api_key
-from studyrag.api.deps import ServicesDep
+from studyrag.api.deps import AccessDep, ChatDep, ReadDep, ServicesDep
 from studyrag.api.generations import Generation
 from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep
+from studyrag.auth.policy import Access, Principal
 from studyrag.chat.completions import conversation_for, notebook_of_model, split_turn
 from studyrag.chat.engine import check_message
-from studyrag.errors import GenerationFailed
+from studyrag.db.models import Notebook
+from studyrag.errors import GenerationFailed, NotebookNotFound
 from studyrag.schemas.chat import ChatOptions
 from studyrag.schemas.openai import (
+    MODEL_PREFIX,
     ChatCompletionRequest,
     chunk,
     completion,
@@ -37,6 +40,7 @@ from studyrag.schemas.openai import (
     openai_error_body,
     usage,
 )
+from studyrag.services import Services
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
@@ -44,9 +48,14 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @router.get("/models")
-async def list_models(services: ServicesDep) -> dict[str, Any]:
-    """Every notebook as a model, `studyrag/<notebook name>`."""
+async def list_models(
+    services: ServicesDep, principal: ReadDep, access: AccessDep
+) -> dict[str, Any]:
+    """Every notebook the caller sees as a model, `studyrag/<notebook name>`."""
     notebooks = await services.notebooks.list_public()
+    visible = await access.visible_notebooks(principal)
+    if visible is not None:
+        notebooks = [nb for nb in notebooks if nb.id in visible]
     return {
         "object": "list",
         "data": [
@@ -57,9 +66,11 @@ async def list_models(services: ServicesDep) -> dict[str, Any]:
 
 
 @router.get("/models/{model:path}")
-async def get_model(model: str, services: ServicesDep) -> dict[str, Any]:
+async def get_model(
+    model: str, services: ServicesDep, principal: ReadDep, access: AccessDep
+) -> dict[str, Any]:
     """One notebook as a model; NB_001 (404) for a model no notebook is."""
-    nb = await notebook_of_model(services.notebooks, model)
+    nb = await _model_notebook(services, access, principal, model)
     return model_object(name=nb.name, notebook_id=nb.id, created=_unix(nb.created_at))
 
 
@@ -69,10 +80,14 @@ async def chat_completions(
     request: Request,
     services: ServicesDep,
     runtime: ChatRuntimeDep,
+    principal: ChatDep,
+    access: AccessDep,
 ) -> JSONResponse | StreamingResponse:
     """Answer the last user message from the notebook the model names (see docs/protocol.md)."""
     settings = services.settings
-    notebook = await notebook_of_model(services.notebooks, body.model)
+    notebook = await _model_notebook(services, access, principal, body.model)
+    if body.conversation_id is not None:
+        await access.conversation(principal, body.conversation_id)
     turn = split_turn(body.messages)
     question = check_message(turn.question, settings)
     await runtime.limiter.check(client_key(request))
@@ -109,6 +124,24 @@ async def chat_completions(
     return JSONResponse(
         completion(final.data, model=model, created=created, streamed_tokens=tokens)
     )
+
+
+async def _model_notebook(
+    services: Services, access: Access, principal: Principal, model: str
+) -> Notebook:
+    """The notebook a model names, if the caller sees it; a hidden one is a missing model."""
+    nb = await notebook_of_model(services.notebooks, model)
+    try:
+        await access.notebook(principal, nb.id)
+    except NotebookNotFound:
+        # The same answer as for a notebook that does not exist.
+        ref = model[len(MODEL_PREFIX) :]
+        raise NotebookNotFound(
+            f"The model {model!r} does not exist: no notebook is called {ref!r}.",
+            details={"param": "model"},
+            hint="GET /v1/models lists them.",
+        ) from None
+    return nb
 
 
 def _unix(moment: datetime | None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from studyrag.api.deps import ServicesDep
+from studyrag.api.deps import AccessDep, ReadDep, ServicesDep
 from studyrag.retrieval.types import SearchFilters
 from studyrag.schemas.search import SearchRequest, SearchResponsePublic
 
@@ -12,10 +12,12 @@ router = APIRouter(prefix="/api", tags=["search"])
 
 
 @router.post("/search")
-async def search(body: SearchRequest, services: ServicesDep) -> SearchResponsePublic:
+async def search(
+    body: SearchRequest, services: ServicesDep, principal: ReadDep, access: AccessDep
+) -> SearchResponsePublic:
     """Ranked passages with document, page, section, offsets, score and a snippet."""
     filters = body.filters.to_search() if body.filters else SearchFilters()
-    filters.notebook_id = await services.notebooks.resolve_id(body.notebook_id)
+    filters.notebook_id = await access.resolve_notebook(principal, body.notebook_id)
     response = await services.search.search(
         body.query,
         mode=body.mode,

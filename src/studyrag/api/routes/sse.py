@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from studyrag.api.deps import ServicesDep
+from studyrag.api.deps import AccessDep, ChatDep, ServicesDep
 from studyrag.api.generations import BufferedEvent, Generation
 from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep
@@ -101,8 +101,11 @@ async def ask_stream(
     request: Request,
     services: ServicesDep,
     runtime: ChatRuntimeDep,
+    principal: ChatDep,
+    access: AccessDep,
 ) -> EventSourceResponse:
     """Ask: store the question and stream its answer from event 1 (409 if one runs)."""
+    await access.conversation(principal, conversation_id)
     await services.conversations.get(conversation_id)
     kwargs = body.engine_kwargs(services.settings)
     question = check_message(
@@ -119,6 +122,8 @@ async def stream(
     request: Request,
     services: ServicesDep,
     runtime: ChatRuntimeDep,
+    principal: ChatDep,
+    access: AccessDep,
     message: str | None = Query(default=None, max_length=ABSOLUTE_MAX_MESSAGE_CHARS),
     last_event_id: str | None = Query(default=None, max_length=100),
 ) -> EventSourceResponse:
@@ -129,6 +134,7 @@ async def stream(
     is what a browser's EventSource of the former protocol sends when it reconnects.
     """
     resume_from = _last_event_id(request, last_event_id)
+    await access.conversation(principal, conversation_id)
     await services.conversations.get(conversation_id)
     if message is not None and resume_from is None:
         raise InvalidChatRequest(

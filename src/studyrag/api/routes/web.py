@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
+from studyrag.auth.policy import PUBLIC
 from studyrag.errors import RouteNotFound
 
-router = APIRouter(include_in_schema=False)
+# The page and its files are public: it asks the API who you are (and shows the login).
+router = APIRouter(include_in_schema=False, dependencies=[Depends(PUBLIC)])
 
 WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from studyrag.api.deps import ChatDep
 from studyrag.api.generations import GenerationHub
 from studyrag.api.ratelimit import RateLimiter, client_key
 from studyrag.api.ws.frames import (
@@ -40,13 +41,17 @@ router = APIRouter(tags=["chat"])
 
 
 @router.websocket("/ws/chat/{conversation_id}")
-async def chat_socket(websocket: WebSocket, conversation_id: str) -> None:
-    """One client of one conversation: see docs/protocol.md for frames and close codes."""
+async def chat_socket(websocket: WebSocket, conversation_id: str, principal: ChatDep) -> None:
+    """One client of one conversation: see docs/protocol.md for frames and close codes.
+
+    The handshake is refused (403) without valid credentials in multi-user mode; another
+    user's conversation is answered as an unknown one (4404)."""
     services = websocket.app.state.services
     runtime = websocket.app.state.chat_runtime
     manager: WebSocketManager = runtime.ws
     await websocket.accept()
     try:
+        await services.auth.access.conversation(principal, conversation_id)
         await services.conversations.get(conversation_id)
         client = await manager.connect(websocket, conversation_id)
     except StudyRAGError as exc:
