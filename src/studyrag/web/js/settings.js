@@ -60,12 +60,13 @@ export class SettingsView {
     }
     const overall = body.status || "unknown";
     const rows = Object.entries(body)
-      .filter(([, v]) => v && typeof v === "object" && !Array.isArray(v))
+      .filter(([role, v]) => role !== "auth" && v && typeof v === "object" && !Array.isArray(v))
       .map(([role, v]) => this.healthRow(role, v));
     this.health.replaceChildren(
       head,
       h("p", { class: `overall ${overall}`, testid: "health-overall" }, overallText(overall, body)),
       h("ul", { class: "health-list", "aria-label": "Backends" }, rows),
+      body.auth ? accessLine(body.auth) : null,
     );
   }
 
@@ -314,4 +315,15 @@ function modelSelect(models, testid, label) {
     select.append(h("option", { value: String(i), selected: m.active, disabled: !m.available }, `${m.name} (${m.provider})${size}${m.active ? " · current" : ""}${m.available ? "" : " · not available"}`));
   });
   return select;
+}
+
+// Who may use the server: the accounts mode, and its warning (a local server on an open address).
+function accessLine(auth) {
+  const mode = auth.mode === "multi-user" ? "multi-user (everyone signs in)" : "local (no sign-in; this computer only)";
+  return h(
+    "p",
+    { class: `muted small${auth.warning ? " warn" : ""}`, testid: "health-access" },
+    `Access: ${mode}`,
+    auth.warning ? h("strong", {}, ` — ${auth.warning}`) : null,
+  );
 }
