@@ -8,8 +8,8 @@ clients are connected, the server publishes `--tokens` synthetic stream_chunk fr
 conversation at `--rate` per second, each round stamped with the wall clock when it starts, and
 the clients record delivery latency. StudyRAG's frames take the production path: the hub's
 buffer and broker stream (in-process) → the answer's watch → per-client bounded queue and
-writer → uvicorn. The reference is the minimal broadcast server of the `websockets` docs (`broadcast()` straight
-to the transports). Server CPU is read from /proc over the streaming phase.
+writer → uvicorn. The reference is the minimal broadcast server of the `websockets` docs
+(`broadcast()` straight to the transports). Server CPU is read from /proc over the streaming phase.
 Target: StudyRAG p99 ≤ 1.5 × the bare server's p99. Rounds alternate the order.
 """
 

@@ -59,8 +59,9 @@ STOP_WAIT = 15.0
 # stream lost with a Redis restart), is ended on this worker.
 MIRROR_TIMEOUT = 120.0
 # The lease of a running answer: renewed every third of it, so a dead worker's answers are
-# adopted within about LEASE_TTL + LEASE_TTL / 3 seconds.
-LEASE_TTL = 6.0
+# adopted within about LEASE_TTL + LEASE_TTL / 3 seconds. Long enough that an event loop
+# stalled by a loaded machine does not lose a live answer to adoption.
+LEASE_TTL = 10.0
 # How long a mirror's reader waits on the stream before checking the answer's lease.
 FOLLOW_BLOCK = 1.0
 # Entries kept per answer stream: far above any answer's events (max_tokens + 4).
