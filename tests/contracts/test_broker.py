@@ -13,6 +13,7 @@ import pytest
 
 from studyrag.backends.broker.base import Broker
 from studyrag.backends.broker.memory import MemoryBroker
+from studyrag.errors import StudyRAGError
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -80,7 +81,7 @@ async def test_stream_entries_are_read_after_an_id_in_order(broker: Broker) -> N
     ]
     assert await broker.read("s", after=5) == []
     assert await broker.read("missing") == []
-    with pytest.raises(Exception):  # noqa: B017 - an id not above the last is refused
+    with pytest.raises(StudyRAGError):  # an id not above the last is refused
         await broker.append("s", 5, {"i": 5}, maxlen=100, ttl=60)
 
 

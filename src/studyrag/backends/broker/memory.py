@@ -10,6 +10,7 @@ from contextlib import suppress
 from typing import Any
 
 from studyrag.backends.broker.base import Broker
+from studyrag.errors import BackendUnavailable
 
 # A subscriber that falls this far behind is a bug upstream; drop rather than grow forever.
 _QUEUE_LIMIT = 10_000
@@ -97,7 +98,10 @@ class MemoryBroker(Broker):
         target = self._stream(stream, create=True)
         assert target is not None
         if target.ids and entry_id <= target.ids[-1]:
-            raise ValueError(f"entry {entry_id} is not above {target.ids[-1]} in {stream}")
+            # As Redis refuses it (XADD: ID equal or smaller than the top item).
+            raise BackendUnavailable(
+                f"Entry {entry_id} is not above {target.ids[-1]} in stream {stream}."
+            )
         target.ids.append(entry_id)
         target.entries.append(entry)
         while len(target.ids) > maxlen:
