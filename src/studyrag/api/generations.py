@@ -726,10 +726,13 @@ class GenerationHub:
             if not gen.leased or not gen.running:
                 continue
             key = lease_key(conversation_id)
-            if await self.broker.renew(key, gen.id, ttl=self.lease_ttl):
-                continue
+            if await self.broker.renew(key, gen.id, ttl=self.lease_ttl) or not gen.running:
+                continue  # (a renewal that lost the race with the answer's own release)
             # Redis came back empty (restarted): hold the answer again, and say where it is.
             if await self.broker.claim(key, gen.id, ttl=self.lease_ttl):
+                if not gen.running:  # it ended meanwhile: never leave its lease behind
+                    await self.broker.release(key, gen.id)
+                    continue
                 log.warning("Lease of answer %s was lost; taken again", gen.id)
                 if gen.message_id:
                     await self._share_pointers(gen)

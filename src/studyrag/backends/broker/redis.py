@@ -145,7 +145,8 @@ class RedisBroker(Broker):
 
         name = self._name(stream)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            # One round trip, no MULTI/EXEC: a lost PEXPIRE only leaves the old TTL in place.
+            async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.xadd(
                     name,
                     {"e": json.dumps(entry, default=str)},
