@@ -232,6 +232,10 @@ async def run_clients(
         "worker_cpu_percent": [
             round(100 * (b - a) / (t1 - t0), 1) for a, b in zip(cpu0, cpu1, strict=True)
         ],
+        # CPU of all workers per delivered frame: the cost figure least moved by other load.
+        "worker_cpu_us_per_frame": round(
+            1e6 * sum(b - a for a, b in zip(cpu0, cpu1, strict=True)) / max(received, 1), 2
+        ),
         "wall_seconds": round(t1 - t0, 2),
     }
 
@@ -303,6 +307,7 @@ def main() -> None:
         serve(args)
         return
     pin(os.getpid(), client=True)
+    load_before = os.getloadavg()
     cids = [f"c{i:04d}" for i in range(args.conversations)]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
     for r in range(args.rounds):
@@ -314,7 +319,11 @@ def main() -> None:
         return float(statistics.median(run[key] for run in runs[name]))
 
     median = {
-        name: {k: med(name, k) for k in ("p50_ms", "p99_ms", "frames_per_second")} for name in runs
+        name: {
+            k: med(name, k)
+            for k in ("p50_ms", "p99_ms", "frames_per_second", "worker_cpu_us_per_frame")
+        }
+        for name in runs
     }
     write_result(
         "fanout",
@@ -325,6 +334,9 @@ def main() -> None:
             "rate_per_answer": args.rate,
             "offered_frames_per_second": args.rate * args.clients,
             "cpus": len(os.sched_getaffinity(0)),
+            # Other work on the machine at the time (1, 5, 15 min load averages).
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "runs": runs,
             "median": median,
             "redis_over_memory_p99": round(
@@ -332,6 +344,16 @@ def main() -> None:
             ),
             "two_over_one_worker_p99": round(
                 median["redis-2"]["p99_ms"] / median["redis-1"]["p99_ms"], 3
+            ),
+            "redis_over_memory_cpu_per_frame": round(
+                median["redis-1"]["worker_cpu_us_per_frame"]
+                / median["memory-1"]["worker_cpu_us_per_frame"],
+                3,
+            ),
+            "two_over_one_worker_cpu_per_frame": round(
+                median["redis-2"]["worker_cpu_us_per_frame"]
+                / median["redis-1"]["worker_cpu_us_per_frame"],
+                3,
             ),
         },
     )
