@@ -728,6 +728,13 @@ class GenerationHub:
             key = lease_key(conversation_id)
             if await self.broker.renew(key, gen.id, ttl=self.lease_ttl) or not gen.running:
                 continue  # (a renewal that lost the race with the answer's own release)
+            if await self.broker.get(adopt_key(gen.id)) is not None:
+                # This worker stalled past its lease and another one declared the answer lost
+                # to every client: stop generating what nobody receives any more.
+                log.warning("Answer %s was adopted by another worker; stopping it here", gen.id)
+                gen.stop_requested = True
+                await self._cancel(gen)
+                continue
             # Redis came back empty (restarted): hold the answer again, and say where it is.
             if await self.broker.claim(key, gen.id, ttl=self.lease_ttl):
                 if not gen.running:  # it ended meanwhile: never leave its lease behind
