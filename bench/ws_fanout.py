@@ -6,10 +6,10 @@ Usage: python -m bench.ws_fanout [--clients 1000] [--conversations 100] [--token
 Each server runs in its own process on 127.0.0.1; this process runs every client. Once all
 clients are connected, the server publishes `--tokens` synthetic stream_chunk frames per
 conversation at `--rate` per second, each round stamped with the wall clock when it starts, and
-the clients record delivery latency. StudyRAG's frames take the production path: broker
-(in-process) → per-conversation pump → per-client bounded queue and writer → uvicorn. The
-reference is the minimal broadcast server of the `websockets` docs (`broadcast()` straight
-to the transports). Server CPU is read from /proc over the streaming phase.
+the clients record delivery latency. StudyRAG's frames take the production path: the hub's
+buffer and broker stream (in-process) → the answer's watch → per-client bounded queue and
+writer → uvicorn. The reference is the minimal broadcast server of the `websockets` docs
+(`broadcast()` straight to the transports). Server CPU is read from /proc over the streaming phase.
 Target: StudyRAG p99 ≤ 1.5 × the bare server's p99. Rounds alternate the order.
 """
 
@@ -92,7 +92,7 @@ def serve_studyrag(port: int, clients: int, cids: list[str], tokens: int, rate: 
     import uvicorn
     from fastapi import FastAPI
 
-    from studyrag.api.generations import GenerationHub, channel
+    from studyrag.api.generations import Generation, GenerationHub
     from studyrag.api.ratelimit import RateLimiter
     from studyrag.api.routes import ws
     from studyrag.api.runtime import ChatRuntime
@@ -122,25 +122,24 @@ def serve_studyrag(port: int, clients: int, cids: list[str], tokens: int, rate: 
             broker=broker, hub=hub, ws=manager, limiter=RateLimiter(broker, per_minute=0)
         )
 
+        gens: dict[str, Generation] = {}
+
         async def send(cid: str, seq: int, stamp: int | None) -> None:
-            data: dict[str, Any]
+            # The hub's own path for an answer's events (what start_answer and its task do),
+            # without an engine: reserve and announce the answer, then append its events.
+            gen = gens.get(cid)
+            if gen is None:
+                gen = gens[cid] = Generation(gen_id=f"g-{cid}", conversation_id=cid, local=True)
+                gen.message_id = f"m-{cid}"
+                hub._running[cid] = gen
+                hub._gens[gen.id] = gen
+                hub._announce(gen)
             if stamp is None:
                 data = {"message": {"id": f"m-{cid}"}, "conversation": {"id": cid}, "metadata": {}}
+                await hub._append(gen, "done", data)
+                hub._finish(gen, "complete")
             else:
-                data = chunk(cid, seq, stamp)
-            await broker.publish(
-                channel(cid),
-                {
-                    "kind": "gen",
-                    "origin": "bench",
-                    "gen_id": f"g-{cid}",
-                    "conversation_id": cid,
-                    "message_id": f"m-{cid}",
-                    "id": seq,
-                    "type": "done" if stamp is None else "token",
-                    "data": data,
-                },
-            )
+                await hub._append(gen, "token", chunk(cid, seq, stamp))
 
         count = lambda: manager.stats()["connections"]  # noqa: E731
         publisher = asyncio.create_task(

@@ -226,9 +226,12 @@ class LogSettings(BaseModel):
 
 
 class BrokerSettings(BaseModel):
-    """WebSocket fan-out and rate-limit state: empty url = in-process."""
+    """Fan-out, answer streams, leases and rate-limit state: empty url = in-process."""
 
     url: str = ""
+    # Prefix of every Redis key and channel: deployments (or test runs) sharing one Redis
+    # stay apart. Every worker of one deployment must use the same value.
+    namespace: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
 
 
 class Settings(BaseSettings):

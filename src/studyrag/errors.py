@@ -254,6 +254,17 @@ class BrokerUnavailable(ChatError):
     default_hint = "Start Redis, or leave STUDYRAG_BROKER__URL empty for a single worker."
 
 
+class AnswerLost(ChatError):
+    """The worker generating an answer stopped (killed, or shut down) before it ended."""
+
+    error_code = "CHAT_012"
+    status_code = 503
+    default_hint = (
+        "The text streamed so far is stored as incomplete; send the message again "
+        "(any worker answers it)."
+    )
+
+
 # --- requests, before any area's own checks ----------------------------------------------
 class InvalidRequest(StudyRAGError):
     """A body or query that fails validation, outside any area with its own code."""

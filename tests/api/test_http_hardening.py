@@ -191,3 +191,45 @@ async def test_slow_headers_are_cut_off_at_the_deadline() -> None:
     finally:
         server.should_exit = True
         await task
+
+
+async def test_header_deadline_leaves_an_upgraded_websocket_alone() -> None:
+    # After the upgrade the socket belongs to the WebSocket protocol; the h11 protocol's
+    # header timer once stayed armed and closed every `studyrag serve` WebSocket after 10 s.
+    import asyncio
+
+    import uvicorn
+    import websockets
+
+    from studyrag.api.slow_clients import header_deadline_protocol
+    from tests.conftest import free_port
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await send({"type": "websocket.send", "text": message.get("text") or ""})
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="off", http=header_deadline_protocol(0.5)
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+            for i in range(4):  # 2 s: four times the header deadline
+                await asyncio.sleep(0.5)
+                await ws.send(f"still here {i}")
+                assert await asyncio.wait_for(ws.recv(), 5) == f"still here {i}"
+    finally:
+        server.should_exit = True
+        await task

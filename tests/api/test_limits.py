@@ -224,19 +224,20 @@ async def test_client_dropped_while_its_answer_starts_does_not_wedge_the_convers
     # release the conversation; a wedged one refuses every later question with 409.
     cid = await new_conversation(http)
     runtime = tight.app.state.chat_runtime
-    publish = runtime.broker.publish
+    append = runtime.broker.append
     publishing_start = threading.Event()
 
-    async def slow_start(name: str, message: dict[str, Any]) -> None:
-        if message.get("type") == "start" and message.get("conversation_id") == cid:
+    async def slow_start(stream: str, entry_id: int, entry: dict[str, Any], **kw: Any) -> None:
+        # `start` is the first event an answer appends to its broker stream.
+        if entry.get("type") == "start" and entry["data"]["conversation"]["id"] == cid:
             publishing_start.set()
             for _ in range(6000):  # until the client who asked is gone, 60 s at most
                 if not runtime.ws.clients(cid):
                     break
                 await asyncio.sleep(0.01)
-        await publish(name, message)
+        await append(stream, entry_id, entry, **kw)
 
-    monkeypatch.setattr(runtime.broker, "publish", slow_start)
+    monkeypatch.setattr(runtime.broker, "append", slow_start)
     slow = raw_websocket(tight.port, f"/ws/chat/{cid}")
     try:
         ask = {"type": "message", "content": "What does chlorophyll absorb?", "max_tokens": 4}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -37,7 +38,8 @@ def redis_reachable() -> bool:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, LiveServer]]:
     if not redis_reachable():
         pytest.skip(f"Redis is not reachable at {REDIS_URL}")
-    broker = BrokerSettings(url=REDIS_URL)
+    # This run's keys and channels only: other runs may share the same Redis.
+    broker = BrokerSettings(url=REDIS_URL, namespace=f"fanout-{uuid.uuid4().hex[:10]}")
     first_dir, second_dir = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
     first = server_settings(first_dir).model_copy(update={"broker": broker})
     # The second worker reads the same database; only the first holds the vectors it needs.

@@ -1,9 +1,16 @@
-"""GenerationHub: each answer is an owned task whose numbered events are kept for replay.
+"""GenerationHub: each answer is an owned task whose numbered events any worker can replay.
 
 An answer runs independently of any client: HTTP, SSE and WebSocket clients only watch it.
 Every engine event is appended to the generation's buffer with a monotonic id (1, 2, 3…)
-and published on the conversation's broker channel, so WebSocket clients on any worker see
-it, while late joiners, resuming clients and SSE `Last-Event-ID` replay from the buffer.
+and to its broker stream (a Redis Stream with a TTL, entry n = event n), so any worker can
+replay exactly the events a client missed and then follow it live, including an answer no
+client of that worker watched: a worker that does not run an answer keeps a *mirror* of it,
+filled from the stream by one reader. A lease on the conversation (renewed while the answer
+runs) makes it the only answer of its conversation on every worker; a stop sent to any worker
+reaches the one running it over the control channel. When a worker dies mid-answer its lease
+lapses: another worker adopts the answer, stores the streamed text as incomplete and appends
+CHAT_012 to the stream, which ends it for every follower.
+
 Buffers of finished answers are kept for `retention` seconds so a resume just after the end
 still works. Only `stop` (or server shutdown) ends an answer early: its task is cancelled,
 which makes the engine store the partial text as an "incomplete" message.
@@ -12,17 +19,21 @@ which makes the engine store the partial text as an "incomplete" message.
 from __future__ import annotations
 
 import asyncio
-import bisect
+import json
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing, suppress
-from typing import TYPE_CHECKING, Any, cast
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from studyrag.api.answer_buffer import BufferedEvent, Generation
+from studyrag.api.chat_metrics import CHAT_AREA, ChatMetrics
 from studyrag.backends.broker.base import Broker
 from studyrag.errors import (
+    AnswerLost,
     BrokerUnavailable,
     GenerationInProgress,
     LLMUnavailable,
@@ -36,15 +47,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 CHANNEL_PREFIX = "studyrag:chat:"
 CONTROL_CHANNEL = "studyrag:chat-control"
+# The answers running on some worker (generation id -> its conversation and message).
+ANSWERS_REGISTRY = "studyrag:chat-answers"
 # How long a stopped answer may take to store itself before stop() gives up waiting.
 STOP_WAIT = 15.0
-# A mirrored answer from another worker that has been silent this long is presumed lost.
+# A mirrored answer whose stream has been silent this long, with nobody adopting it (its
+# stream lost with a Redis restart), is ended on this worker.
 MIRROR_TIMEOUT = 120.0
+# The lease of a running answer: renewed every third of it, so a dead worker's answers are
+# adopted within about LEASE_TTL + LEASE_TTL / 3 seconds. Long enough that an event loop
+# stalled by a loaded machine does not lose a live answer to adoption.
+LEASE_TTL = 10.0
+# How long a mirror's reader waits on the stream before checking the answer's lease.
+FOLLOW_BLOCK = 1.0
+# Entries kept per answer stream: far above any answer's events (max_tokens + 4).
+STREAM_MAXLEN = 10_000
 TERMINAL = ("done", "error")
-# The `area` label of the errors the chat transport reports (see Metrics.errors).
-CHAT_AREA = "chat"
+
+__all__ = [
+    "CHAT_AREA",
+    "BufferedEvent",
+    "ChatMetrics",
+    "Generation",
+    "GenerationHub",
+    "channel",
+]
 
 
 def channel(conversation_id: str) -> str:
@@ -52,182 +83,34 @@ def channel(conversation_id: str) -> str:
     return f"{CHANNEL_PREFIX}{conversation_id}"
 
 
-class BufferedEvent:
-    """One engine event with its buffer id; `data` is the event's dict without `type`."""
-
-    __slots__ = ("id", "type", "data")
-
-    def __init__(self, event_id: int, type_: str, data: dict[str, Any]) -> None:
-        self.id = event_id
-        self.type = type_
-        self.data = data
+def events_stream(gen_id: str) -> str:
+    """The broker stream of one answer's numbered events."""
+    return f"studyrag:chat-events:{gen_id}"
 
 
-class Generation:
-    """One answer: its buffered events and its state (or a mirror of one on another worker)."""
-
-    def __init__(self, *, gen_id: str, conversation_id: str, local: bool) -> None:
-        self.id = gen_id
-        self.conversation_id = conversation_id
-        self.local = local
-        self.message_id: str | None = None
-        self.events: list[BufferedEvent] = []
-        self._ids: list[int] = []
-        self.token_ids: dict[int, int] = {}  # token seq -> buffer id
-        self.start_id: int | None = None
-        self.last_seq = 0
-        # running | complete | stopped | error | lost
-        self.state = "running"
-        self.started = time.monotonic()
-        self.last_activity = self.started
-        self.finished_at: float | None = None
-        self.stop_requested = False
-        self.exception: StudyRAGError | None = None
-        self.task: asyncio.Task[None] | None = None
-        # A task cancelled before its first step never runs its own cleanup; see _cancel.
-        self.task_started = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._done = asyncio.Event()
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-    @property
-    def last_id(self) -> int:
-        return self._ids[-1] if self._ids else 0
-
-    def add(self, event_id: int, type_: str, data: dict[str, Any]) -> BufferedEvent:
-        """Append an event and wake everyone following the buffer."""
-        event = BufferedEvent(event_id, type_, data)
-        self.events.append(event)
-        self._ids.append(event_id)
-        self.last_activity = time.monotonic()
-        if type_ == "start":
-            self.start_id = event_id
-            self.message_id = data.get("assistant_message_id")
-        elif type_ == "token":
-            seq = int(data["seq"])
-            self.token_ids[seq] = event_id
-            self.last_seq = max(self.last_seq, seq)
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
-        return event
-
-    def since(self, after: int) -> list[BufferedEvent]:
-        """Buffered events with an id above `after`, in order."""
-        return self.events[bisect.bisect_right(self._ids, after) :]
-
-    def resume_point(self, last_seq: int) -> int | None:
-        """The buffer id after which a client holding tokens 1..last_seq resumes, if known."""
-        if last_seq == 0:
-            return self.start_id
-        return self.token_ids.get(last_seq)
-
-    def text(self) -> str:
-        """The streamed text so far."""
-        return "".join(e.data["delta"] for e in self.events if e.type == "token")
-
-    def finish(self, state: str) -> None:
-        """Mark the answer finished and release every follower."""
-        if self.finished_at is not None:
-            return
-        self.state = state
-        self.finished_at = time.monotonic()
-        self._done.set()
-        self._wake.set()
-
-    async def wait(self) -> None:
-        """Until the answer has finished."""
-        await self._done.wait()
-
-    async def follow(self, after: int = 0) -> AsyncIterator[BufferedEvent]:
-        """Events after `after`, then each new one as it comes, until the answer ends."""
-        position = after
-        while True:
-            # Taken before reading, so an event added meanwhile cannot be missed.
-            wake = self._wake
-            pending = self.since(position)
-            if pending:
-                for event in pending:
-                    position = event.id
-                    yield event
-                continue
-            if self.finished_at is not None:
-                return
-            await wake.wait()
-
-    def info(self) -> dict[str, Any]:
-        """What a client needs to attach to or resume this answer."""
-        return {
-            "generation_id": self.id,
-            "message_id": self.message_id,
-            "state": self.state,
-            "last_seq": self.last_seq,
-            "last_event_id": self.last_id,
-        }
+def lease_key(conversation_id: str) -> str:
+    """Held (by generation id) while an answer of the conversation runs on some worker."""
+    return f"studyrag:chat-running:{conversation_id}"
 
 
-class ChatMetrics:
-    """Live chat figures since start-up for /api/chat/stats, read from the metrics registry.
+def meta_key(gen_id: str) -> str:
+    return f"studyrag:chat-gen:{gen_id}"
 
-    Nothing is counted here: every figure is a sample of the registry GET /metrics renders,
-    so the two cannot disagree. Response times are the `studyrag_answer_duration_seconds`
-    histogram: count and mean exact, p95 estimated from its buckets as PromQL would.
-    """
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
-        self.metrics = metrics or Metrics()
+def latest_key(conversation_id: str) -> str:
+    return f"studyrag:chat-latest:{conversation_id}"
 
-    def error(self, code: str) -> None:
-        """Count one error reported to a chat client."""
-        self.metrics.error(code, CHAT_AREA)
 
-    def token(self) -> None:
-        """Count one answer piece streamed."""
-        self.metrics.answer_tokens.inc()
+def message_key(message_id: str) -> str:
+    return f"studyrag:chat-message:{message_id}"
 
-    def finished(self, outcome: str, seconds: float | None) -> None:
-        """Count an answer's outcome; a complete one's duration goes into the histogram."""
-        self.metrics.answers.labels(outcome=outcome).inc()
-        if outcome == "complete" and seconds is not None:
-            self.metrics.answer_duration.observe(seconds)
 
-    @property
-    def tokens_generated(self) -> int:
-        return int(self.metrics.value("studyrag_answer_tokens_total"))
-
-    @property
-    def errors_by_code(self) -> dict[str, int]:
-        return {
-            labels["code"]: int(value)
-            for labels, value in self.metrics.samples("studyrag_errors_total")
-            if labels.get("area") == CHAT_AREA
-        }
-
-    def snapshot(self) -> dict[str, Any]:
-        """Mean and p95 response time (seconds) of complete answers, and the counters."""
-        m = self.metrics
-        count = int(m.value("studyrag_answer_duration_seconds_count"))
-        total = m.value("studyrag_answer_duration_seconds_sum")
-        p95 = m.quantile(0.95, "studyrag_answer_duration_seconds")
-        return {
-            "answers": {
-                labels["outcome"]: int(value)
-                for labels, value in m.samples("studyrag_answers_total")
-            },
-            "response_time": {
-                "count": count,
-                "mean_seconds": round(total / count, 4) if count else None,
-                "p95_seconds": round(p95, 4) if p95 is not None else None,
-            },
-            "tokens_generated": self.tokens_generated,
-            "errors_by_code": self.errors_by_code,
-        }
+def adopt_key(gen_id: str) -> str:
+    return f"studyrag:chat-adopt:{gen_id}"
 
 
 class GenerationHub:
-    """At most one answer per conversation; owns their tasks, buffers and broker publishing."""
+    """At most one answer per conversation on all workers; owns their tasks and streams."""
 
     def __init__(
         self,
@@ -237,6 +120,7 @@ class GenerationHub:
         broker: Broker,
         retention: float = 300.0,
         keep_finished: int = 1000,
+        lease_ttl: float = LEASE_TTL,
         metrics: Metrics | None = None,
     ) -> None:
         self.chat = chat
@@ -244,32 +128,40 @@ class GenerationHub:
         self.broker = broker
         self.retention = retention
         self.keep_finished = keep_finished
+        self.lease_ttl = lease_ttl
         self.origin = uuid.uuid4().hex[:12]
         self.metrics = ChatMetrics(metrics)
         self.metrics.metrics.watch(
             self.metrics.metrics.generations_in_flight, lambda: float(self.in_flight)
         )
-        self._running: dict[str, Generation] = {}  # conversation id -> running answer
-        self._gens: dict[str, Generation] = {}  # generation id -> every kept answer
+        self._running: dict[str, Generation] = {}  # conversation id -> answer running here
+        self._gens: dict[str, Generation] = {}  # generation id -> every kept answer, mirrors too
         self._by_message: dict[str, Generation] = {}
         self._finished: deque[Generation] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._followers: dict[str, asyncio.Task[None]] = {}  # mirror id -> its stream reader
         self._control: asyncio.Task[None] | None = None
+        self._upkeep: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[Generation], None]] = []
         self._closing = False
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Listen for stop requests addressed to answers this worker runs."""
+        """Listen for stop requests; keep this worker's leases and adopt answers of dead ones."""
         self._control = asyncio.create_task(self._listen_control(), name="generation-control")
+        self._upkeep = asyncio.create_task(self._upkeep_loop(), name="generation-upkeep")
 
     async def aclose(self) -> None:
         """Cancel every running answer (each is stored as incomplete) and stop listening."""
         self._closing = True
-        for gen in [g for g in self._running.values() if g.local]:
+        for gen in list(self._running.values()):
             await self._cancel(gen)
-        if self._control is not None:
-            self._control.cancel()
-        tasks = [t for t in (self._control, *self._tasks) if t is not None]
+        background = [
+            t for t in (self._control, self._upkeep, *self._followers.values()) if t is not None
+        ]
+        for task in background:
+            task.cancel()
+        tasks = [*background, *self._tasks]
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_WAIT)
         if self._tasks:  # answers whose question was being stored when shutdown began
@@ -277,18 +169,17 @@ class GenerationHub:
         if self.chat is not None:
             await self.chat.drain()
 
+    def add_listener(self, callback: Callable[[Generation], None]) -> None:
+        """Call `callback(gen)` when an answer starts here or a mirror of one is made."""
+        self._listeners.append(callback)
+
     # --- queries -------------------------------------------------------------------------
     def current(self, conversation_id: str) -> Generation | None:
-        """The answer being generated in this conversation (here or, mirrored, elsewhere)."""
-        gen = self._running.get(conversation_id)
-        if gen is not None and not gen.local:
-            if time.monotonic() - gen.last_activity > MIRROR_TIMEOUT:
-                self._finish(gen, "lost")
-                return None
-        return gen
+        """The answer this worker is generating in the conversation, if any."""
+        return self._running.get(conversation_id)
 
     def latest(self, conversation_id: str) -> Generation | None:
-        """The running answer, else the most recent one still kept."""
+        """This worker's running answer, else the most recent one it still keeps."""
         gen = self.current(conversation_id)
         if gen is not None:
             return gen
@@ -299,19 +190,50 @@ class GenerationHub:
         return None
 
     def by_message(self, message_id: str) -> Generation | None:
-        """The kept answer whose assistant message is `message_id`."""
+        """The kept answer (here or mirrored) whose assistant message is `message_id`."""
         self._prune()
         return self._by_message.get(message_id)
 
+    async def find_current(self, conversation_id: str) -> Generation | None:
+        """The answer being generated in the conversation on any worker (mirrored if remote)."""
+        gen = self._running.get(conversation_id)
+        if gen is not None:
+            return gen
+        owner = await self._shared(self.broker.get(lease_key(conversation_id)))
+        if owner is None:
+            return None
+        gen = await self._load(owner)
+        return gen if gen is not None and gen.running else None
+
+    async def find_latest(self, conversation_id: str) -> Generation | None:
+        """The running answer, else the conversation's most recent one still kept anywhere."""
+        gen = await self.find_current(conversation_id)
+        if gen is not None:
+            return gen
+        latest_id = await self._shared(self.broker.get(latest_key(conversation_id)))
+        if latest_id is not None:
+            gen = await self._load(latest_id)
+            if gen is not None:
+                return gen
+        return self.latest(conversation_id)
+
+    async def find_by_message(self, message_id: str) -> Generation | None:
+        """The kept answer whose assistant message is `message_id`, from any worker."""
+        gen = self.by_message(message_id)
+        if gen is not None:
+            return gen
+        gen_id = await self._shared(self.broker.get(message_key(message_id)))
+        return await self._load(gen_id) if gen_id is not None else None
+
     @property
     def in_flight(self) -> int:
-        return sum(1 for g in self._running.values() if g.local)
+        return len(self._running)
 
     def stats(self) -> dict[str, Any]:
-        """Answers in flight here and elsewhere, plus the live metrics."""
+        """Answers in flight here and (as far as this worker follows them) elsewhere."""
         return {
             "in_flight": self.in_flight,
-            "in_flight_elsewhere": len(self._running) - self.in_flight,
+            "in_flight_elsewhere": sum(1 for g in self._gens.values() if not g.local and g.running),
             "kept_buffers": len(self._gens),
             **self.metrics.snapshot(),
         }
@@ -340,37 +262,52 @@ class GenerationHub:
         gen = Generation(gen_id=uuid.uuid4().hex, conversation_id=conversation_id or "", local=True)
         # A new conversation has no id until the engine creates it; nothing can collide.
         key = conversation_id or f"new:{gen.id}"
-        busy = self.current(key)
+        busy = self._running.get(key)
         if busy is not None:
             raise GenerationInProgress(
                 "An answer is already being generated in this conversation.",
                 details={"message_id": busy.message_id, "conversation_id": conversation_id},
             )
-        # Reserved before the first await, so a concurrent second message sees it.
+        # Reserved before the first await, so a concurrent second message here sees it; the
+        # lease then makes it the only answer of the conversation on every worker.
         self._running[key] = gen
         self._gens[gen.id] = gen
         options = dict(options or {})
         stream: AsyncGenerator[Any, None] | None = None
+        leased: str | None = None
         try:
-            if conversation_id is not None and not options.get("template"):
-                # Raises ConversationNotFound early; supplies the conversation's own template.
-                conversation = await self.conversations.get(conversation_id)
-                template = conversation.metadata.get("template")
-                # Metadata stored before templates were validated may hold anything; a
-                # non-string would crash the engine's lookup (500) on every later message.
-                options["template"] = template if isinstance(template, str) else None
+            if conversation_id is not None:
+                await self._take_lease(conversation_id, gen)
+                leased = conversation_id
+                if not options.get("template"):
+                    # Raises ConversationNotFound early; supplies the conversation's template.
+                    conversation = await self.conversations.get(conversation_id)
+                    template = conversation.metadata.get("template")
+                    # Metadata stored before templates were validated may hold anything; a
+                    # non-string would crash the engine's lookup (500) on every later message.
+                    options["template"] = template if isinstance(template, str) else None
+            else:
+                await self._shared(self.broker.ping(), refusing=True)
             stream = self.chat.stream_message(message, conversation_id=conversation_id, **options)
             first = await anext(stream)
+            if conversation_id is None:
+                new_id = first.to_dict()["conversation"]["id"]
+                await self._take_lease(new_id, gen)
+                leased = new_id
         except BaseException:
             self._running.pop(key, None)
             self._gens.pop(gen.id, None)
             if stream is not None:
                 await stream.aclose()
+            if leased is not None:
+                with suppress(StudyRAGError):
+                    await self.broker.release(lease_key(leased), gen.id)
             raise
         if conversation_id is None:
             del self._running[key]
-            gen.conversation_id = first.to_dict()["conversation"]["id"]
+            gen.conversation_id = leased or ""
             self._running[gen.conversation_id] = gen
+        gen.leased = True
         # No await between the reservation's try and the task: from here on the task owns the
         # answer, and its `finally` releases the conversation. Recording `start` here instead
         # (a broker publish) could be cancelled with the caller, e.g. a WebSocket reader of a
@@ -381,15 +318,33 @@ class GenerationHub:
         gen.task = task
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        self._announce(gen)
         if gen.stop_requested or self._closing:
             # Stopped, or the server began to shut down, while the question was stored.
             gen.stop_requested = True
             await self._cancel(gen)
         return gen
 
+    async def _take_lease(self, conversation_id: str, gen: Generation) -> None:
+        """Hold the conversation for `gen` on every worker, or refuse (CHAT_007 / CHAT_011)."""
+        key = lease_key(conversation_id)
+        if await self._shared(self.broker.claim(key, gen.id, ttl=self.lease_ttl), refusing=True):
+            return
+        details: dict[str, Any] = {"conversation_id": conversation_id}
+        with suppress(StudyRAGError):
+            owner = await self.broker.get(key)
+            other = await self._load(owner) if owner is not None else None
+            details["message_id"] = other.message_id if other is not None else None
+        raise GenerationInProgress(
+            "An answer is already being generated in this conversation.", details=details
+        )
+
     async def stop(self, conversation_id: str) -> Generation | None:
-        """Stop the running answer (stored as incomplete) and wait until it is stored."""
-        gen = self.current(conversation_id)
+        """Stop the running answer, wherever it runs (stored as incomplete); wait until stored."""
+        try:
+            gen = await self.find_current(conversation_id)
+        except BrokerUnavailable:
+            gen = self._running.get(conversation_id)  # the broker is down: what runs here
         if gen is None:
             return None
         gen.stop_requested = True
@@ -423,7 +378,17 @@ class GenerationHub:
         except asyncio.CancelledError:
             if not gen.stop_requested:
                 state = "stopped"
-                raise  # shutdown: the engine has stored the partial answer
+                # Shutdown: the engine has stored the partial answer; followers elsewhere
+                # learn the end from the stream instead of waiting for the lease to lapse.
+                with suppress(Exception):
+                    lost = AnswerLost(
+                        "The server stopped while answering; the text so far is stored as "
+                        "incomplete."
+                    )
+                    await asyncio.wait_for(
+                        self._append(gen, "error", _error_data(lost, gen.message_id)), 2.0
+                    )
+                raise
             # A user's stop: not a failure of this task.
             task = asyncio.current_task()
             if task is not None:
@@ -447,6 +412,8 @@ class GenerationHub:
             )
         finally:
             self._finish(gen, state)
+            with suppress(Exception):
+                await asyncio.wait_for(self._release(gen), 2.0)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -496,27 +463,77 @@ class GenerationHub:
         event = gen.add(gen.last_id + 1, type_, data)
         if type_ == "start" and gen.message_id:
             self._by_message[gen.message_id] = gen
-        await self._publish_safely(
-            channel(gen.conversation_id),
+        # The local buffer is the record for this worker's clients; a broker outage must not
+        # kill the answer itself, only the view of it from other workers.
+        try:
+            await self.broker.append(
+                events_stream(gen.id),
+                event.id,
+                {"type": type_, "data": data},
+                maxlen=STREAM_MAXLEN,
+                ttl=self.retention,
+            )
+            if type_ == "start" or type_ in TERMINAL:
+                await self._share_pointers(gen)
+            if type_ == "start":
+                meta = self._meta(gen)
+                await self.broker.register(ANSWERS_REGISTRY, gen.id, meta)
+                await self.broker.publish(
+                    channel(gen.conversation_id),
+                    {
+                        "kind": "gen",
+                        "gen_id": gen.id,
+                        "conversation_id": gen.conversation_id,
+                        "origin": self.origin,
+                    },
+                )
+        except StudyRAGError as exc:
+            self.metrics.error(BrokerUnavailable.error_code)
+            log.warning("Sharing answer %s event %d failed: %s", gen.id, event.id, exc.message)
+
+    def _meta(self, gen: Generation) -> str:
+        return json.dumps(
             {
-                "kind": "gen",
-                "origin": self.origin,
-                "gen_id": gen.id,
                 "conversation_id": gen.conversation_id,
                 "message_id": gen.message_id,
-                "id": event.id,
-                "type": type_,
-                "data": data,
-            },
+                "origin": self.origin,
+            }
         )
 
+    async def _share_pointers(self, gen: Generation) -> None:
+        """Where any worker finds this answer: by id, as its conversation's latest, by message."""
+        ttl = self.retention
+        await self.broker.put(meta_key(gen.id), self._meta(gen), ttl=ttl)
+        await self.broker.put(latest_key(gen.conversation_id), gen.id, ttl=ttl)
+        if gen.message_id:
+            await self.broker.put(message_key(gen.message_id), gen.id, ttl=ttl)
+
+    async def _release(self, gen: Generation) -> None:
+        """After the terminal event is in the stream: free the conversation everywhere."""
+        if gen.leased:
+            await self.broker.release(lease_key(gen.conversation_id), gen.id)
+        await self.broker.unregister(ANSWERS_REGISTRY, gen.id)
+
     async def _publish_safely(self, name: str, message: dict[str, Any]) -> None:
-        # The buffer is the record; a broker outage must not kill the answer itself.
         try:
             await self.broker.publish(name, message)
         except StudyRAGError as exc:
             self.metrics.error(BrokerUnavailable.error_code)
             log.warning("Publishing to %s failed: %s", name, exc.message)
+
+    async def _shared(self, call: Awaitable[T], *, refusing: bool = False) -> T:
+        """Await a broker call; its failure is CHAT_011, saying this worker's view is partial."""
+        try:
+            return await call
+        except StudyRAGError as exc:
+            self.metrics.error(BrokerUnavailable.error_code)
+            what = "takes no new answers" if refusing else "cannot see answers of other workers"
+            raise BrokerUnavailable(
+                f"This worker cannot reach the message broker, so it {what} until the broker "
+                f"is back ({exc.message}).",
+                hint="Start Redis (check with `redis-cli ping`); GET /health shows the "
+                "broker's state. Other workers may still answer.",
+            ) from exc
 
     def _finish(self, gen: Generation, state: str) -> None:
         if gen.finished_at is not None:
@@ -541,26 +558,202 @@ class GenerationHub:
             if old.message_id and self._by_message.get(old.message_id) is old:
                 del self._by_message[old.message_id]
 
-    # --- other workers -------------------------------------------------------------------
-    def observe(self, message: dict[str, Any]) -> Generation | None:
-        """Mirror an answer another worker publishes, so clients here can attach and resume."""
-        gen = self._gens.get(message["gen_id"])
-        if gen is None:
-            if message.get("origin") == self.origin:
-                return None  # ours, already pruned
-            gen = Generation(
-                gen_id=message["gen_id"], conversation_id=message["conversation_id"], local=False
-            )
-            self._gens[gen.id] = gen
-            self._running.setdefault(gen.conversation_id, gen)
-        if gen.local or message["id"] <= gen.last_id or gen.finished_at is not None:
+    def _announce(self, gen: Generation) -> None:
+        for callback in self._listeners:
+            try:
+                callback(gen)
+            except Exception:  # a listener's bug must not break the answer
+                log.exception("Generation listener failed")
+
+    # --- answers of other workers --------------------------------------------------------
+    async def mirror(
+        self, gen_id: str, conversation_id: str, *, origin: str | None = None
+    ) -> Generation | None:
+        """This worker's copy of an answer another worker runs, read from its stream.
+
+        A mirror is filled with what the stream holds, then follows it (one reader per
+        mirror, whatever the number of clients) until its terminal event.
+        """
+        gen = self._gens.get(gen_id)
+        if gen is not None:
             return gen
-        gen.add(message["id"], message["type"], message["data"])
+        if origin == self.origin:
+            return None  # ours, already pruned
+        entries = await self._shared(self.broker.read(events_stream(gen_id)))
+        gen = self._gens.get(gen_id)
+        if gen is not None:  # made by another caller meanwhile
+            return gen
+        gen = Generation(gen_id=gen_id, conversation_id=conversation_id, local=False)
+        self._gens[gen_id] = gen
+        for entry_id, entry in entries:
+            self._mirror_add(gen, entry_id, entry)
+        if gen.finished_at is None and not self._closing:
+            task = asyncio.create_task(self._follow_remote(gen), name=f"mirror-{gen_id}")
+            self._followers[gen_id] = task
+            task.add_done_callback(partial(forget_task, self._followers, gen_id))
+        self._announce(gen)
+        return gen
+
+    async def _load(self, gen_id: str) -> Generation | None:
+        gen = self._gens.get(gen_id)
+        if gen is not None:
+            return gen
+        raw = await self._shared(self.broker.get(meta_key(gen_id)))
+        if raw is None:
+            return None
+        meta = json.loads(raw)
+        return await self.mirror(gen_id, meta["conversation_id"], origin=meta.get("origin"))
+
+    def _mirror_add(self, gen: Generation, entry_id: int, entry: dict[str, Any]) -> None:
+        if gen.finished_at is not None or entry_id <= gen.last_id:
+            return
+        type_, data = entry["type"], entry["data"]
+        gen.add(entry_id, type_, data)
         if gen.message_id:
             self._by_message.setdefault(gen.message_id, gen)
-        if message["type"] in TERMINAL:
-            self._finish(gen, "complete" if message["type"] == "done" else "error")
-        return gen
+        if type_ == "error":
+            self._finish(gen, "error")
+        elif type_ == "done":
+            stopped = bool((data.get("metadata") or {}).get("stopped"))
+            self._finish(gen, "stopped" if stopped else "complete")
+
+    async def _follow_remote(self, gen: Generation) -> None:
+        """Feed a mirror from its stream; when no worker holds the answer any more, adopt it."""
+        delay = 0.25
+        quiet_since = time.monotonic()
+        stream = events_stream(gen.id)
+        while gen.finished_at is None:
+            try:
+                entries = await self.broker.read(stream, after=gen.last_id, block=FOLLOW_BLOCK)
+                if entries:
+                    for entry_id, entry in entries:
+                        self._mirror_add(gen, entry_id, entry)
+                    quiet_since = time.monotonic()
+                    delay = 0.25
+                    continue
+                if await self.broker.get(lease_key(gen.conversation_id)) == gen.id:
+                    continue
+                # Nobody holds it: its worker ended it (read again) or died (adopt it).
+                for entry_id, entry in await self.broker.read(stream, after=gen.last_id):
+                    self._mirror_add(gen, entry_id, entry)
+                if gen.finished_at is None:
+                    await self._adopt(gen.id, gen.conversation_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a broker outage is logged and retried
+                log.warning("Following answer %s failed (%s); retrying", gen.id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            if gen.finished_at is None and time.monotonic() - quiet_since > MIRROR_TIMEOUT:
+                # Its stream is gone (Redis lost it) and nobody ended it: end the wait here.
+                lost = AnswerLost("The answer stopped arriving from the worker generating it.")
+                gen.add(gen.last_id + 1, "error", _error_data(lost, gen.message_id))
+                self._finish(gen, "lost")
+
+    async def _adopt(self, gen_id: str, conversation_id: str) -> None:
+        """End an answer whose worker died: store what was streamed, append the error event.
+
+        Exactly one worker adopts an answer (a claim on its adopt key); it writes the text of
+        the answer's stream into the stored message (incomplete) and appends CHAT_012, which
+        ends every mirror and every client following it on any worker.
+        """
+        if not await self.broker.claim(adopt_key(gen_id), self.origin, ttl=self.retention):
+            return
+        stream = events_stream(gen_id)
+        entries = await self.broker.read(stream)
+        if any(entry["type"] in TERMINAL for _, entry in entries):
+            await self.broker.unregister(ANSWERS_REGISTRY, gen_id)
+            return
+        message_id: str | None = None
+        text: list[str] = []
+        sources: list[Any] | None = None
+        for _, entry in entries:
+            data = entry["data"]
+            if entry["type"] == "start":
+                message_id = data.get("assistant_message_id")
+            elif entry["type"] == "sources":
+                sources = data.get("sources")
+            elif entry["type"] == "token":
+                text.append(str(data.get("delta", "")))
+        if message_id is not None:
+            try:
+                stored = await self.conversations.get_message(message_id)
+                if stored.status == "incomplete" and not stored.content:
+                    metadata = dict(stored.metadata) | {"lost": True, "adopted_by": self.origin}
+                    await self.conversations.update_message(
+                        message_id,
+                        content="".join(text),
+                        status="incomplete",
+                        sources=sources,
+                        metadata=metadata,
+                    )
+            except StudyRAGError as exc:
+                log.warning("Storing lost answer %s failed: %s", gen_id, exc.message)
+        lost = AnswerLost("The worker generating this answer stopped before it ended.")
+        last = entries[-1][0] if entries else 0
+        await self.broker.append(
+            stream,
+            last + 1,
+            {"type": "error", "data": _error_data(lost, message_id)},
+            maxlen=STREAM_MAXLEN,
+            ttl=self.retention,
+        )
+        await self.broker.unregister(ANSWERS_REGISTRY, gen_id)
+        self.metrics.error(AnswerLost.error_code)
+        log.warning(
+            "Adopted answer %s of conversation %s: its worker stopped; stored %d characters",
+            gen_id,
+            conversation_id,
+            len("".join(text)),
+        )
+
+    async def _upkeep_loop(self) -> None:
+        """Renew this worker's leases; adopt answers whose worker has died (supervised)."""
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                await self._keep_leases()
+                await self._sweep_orphans()
+            except asyncio.CancelledError:
+                raise
+            except StudyRAGError as exc:
+                log.warning("Answer upkeep failed: %s", exc.message)
+            except Exception:  # a bug here must not end the upkeep of every answer
+                log.exception("Answer upkeep failed")
+
+    async def _keep_leases(self) -> None:
+        for conversation_id, gen in list(self._running.items()):
+            if not gen.leased or not gen.running:
+                continue
+            key = lease_key(conversation_id)
+            if await self.broker.renew(key, gen.id, ttl=self.lease_ttl) or not gen.running:
+                continue  # (a renewal that lost the race with the answer's own release)
+            if await self.broker.get(adopt_key(gen.id)) is not None:
+                # This worker stalled past its lease and another one declared the answer lost
+                # to every client: stop generating what nobody receives any more.
+                log.warning("Answer %s was adopted by another worker; stopping it here", gen.id)
+                gen.stop_requested = True
+                await self._cancel(gen)
+                continue
+            # Redis came back empty (restarted): hold the answer again, and say where it is.
+            if await self.broker.claim(key, gen.id, ttl=self.lease_ttl):
+                if not gen.running:  # it ended meanwhile: never leave its lease behind
+                    await self.broker.release(key, gen.id)
+                    continue
+                log.warning("Lease of answer %s was lost; taken again", gen.id)
+                if gen.message_id:
+                    await self._share_pointers(gen)
+                    await self.broker.register(ANSWERS_REGISTRY, gen.id, self._meta(gen))
+
+    async def _sweep_orphans(self) -> None:
+        """Answers registered as running whose lease lapsed: their worker died unseen."""
+        for gen_id, raw in (await self.broker.registered(ANSWERS_REGISTRY)).items():
+            mine = self._gens.get(gen_id)
+            if mine is not None and mine.local:
+                continue
+            conversation_id = str(json.loads(raw).get("conversation_id"))
+            if await self.broker.get(lease_key(conversation_id)) != gen_id:
+                await self._adopt(gen_id, conversation_id)
 
     async def _listen_control(self) -> None:
         """Stop requests from other workers for answers running here; resubscribes on failure."""
@@ -584,3 +777,15 @@ class GenerationHub:
                 log.warning("Control channel failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+def forget_task(tasks: dict[str, asyncio.Task[None]], key: str, _task: object) -> None:
+    """Done callback: drop a finished task from its owner's table."""
+    tasks.pop(key, None)
+
+
+def _error_data(error: StudyRAGError, message_id: str | None) -> dict[str, Any]:
+    """An `error` event's data: the house error shape (without request id) and the message."""
+    body = error.to_dict(None)
+    body.pop("request_id", None)
+    return {**body, "message_id": message_id}

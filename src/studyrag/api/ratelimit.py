@@ -6,7 +6,7 @@ from starlette.requests import HTTPConnection
 
 from studyrag.auth.context import acting_user
 from studyrag.backends.broker.base import Broker
-from studyrag.errors import RateLimited
+from studyrag.errors import BrokerUnavailable, RateLimited, StudyRAGError
 
 WINDOW_SECONDS = 60.0
 
@@ -23,7 +23,16 @@ class RateLimiter:
         # Refused attempts count too, so a client that keeps hammering keeps being refused.
         if self.per_minute <= 0:
             return
-        count, retry_after = await self.broker.hit(f"msg:{key}", window=WINDOW_SECONDS)
+        try:
+            count, retry_after = await self.broker.hit(f"msg:{key}", window=WINDOW_SECONDS)
+        except StudyRAGError as exc:
+            # The shared count is out of reach: refuse rather than let each worker count alone.
+            raise BrokerUnavailable(
+                f"This worker cannot reach the message broker, so it takes no new answers "
+                f"until the broker is back ({exc.message}).",
+                hint="Start Redis (check with `redis-cli ping`); GET /health shows the "
+                "broker's state.",
+            ) from exc
         if count > self.per_minute:
             raise RateLimited(max(retry_after, 0.1), limit=self.per_minute)
 

@@ -44,6 +44,15 @@ def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
             if not self.transport.is_closing():
                 self._arm_header_deadline()
 
+        def handle_websocket_upgrade(self, event: Any) -> None:
+            # The socket now belongs to the WebSocket protocol, and this one never hears of
+            # it again (not even connection_lost): a timer left armed would close a live
+            # WebSocket `seconds` after its handshake.
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().handle_websocket_upgrade(event)
+
         def connection_lost(self, exc: Exception | None) -> None:
             if self._header_timer is not None:
                 self._header_timer.cancel()

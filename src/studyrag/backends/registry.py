@@ -66,5 +66,5 @@ def build_broker(settings: Settings) -> Broker:
             from studyrag.backends.broker.redis import RedisBroker
         except ModuleNotFoundError as exc:
             raise MissingExtraError("The Redis broker", "redis") from exc
-        return RedisBroker(url)
+        return RedisBroker(url, namespace=settings.broker.namespace)
     raise ConfigError(f"Unsupported broker URL {url!r}.", hint="Use redis://host:port/0.")

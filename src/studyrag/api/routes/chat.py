@@ -172,7 +172,7 @@ async def get_conversation(
     """One conversation, with the answer in progress if any."""
     await access.conversation(principal, conversation_id)
     conversation = await services.conversations.get(conversation_id)
-    gen = runtime.hub.current(conversation_id)
+    gen = await runtime.hub.find_current(conversation_id)
     return ConversationDetail(
         **conversation.model_dump(), generation=gen.info() if gen is not None else None
     )
@@ -257,7 +257,7 @@ async def cleanup_conversation(
             )
         return await conversations.cleanup(conversation_id, purge_deleted_older_than=timedelta(0))
     await conversations.get(conversation_id)
-    if body.drop_incomplete and runtime.hub.current(conversation_id) is not None:
+    if body.drop_incomplete and await runtime.hub.find_current(conversation_id) is not None:
         # The answer being streamed is an incomplete message too.
         raise GenerationInProgress("Cannot drop incomplete messages while an answer runs.")
     report = await conversations.cleanup(

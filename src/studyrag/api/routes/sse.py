@@ -143,7 +143,7 @@ async def stream(
             hint=f'POST /api/chat/stream/{conversation_id} with {{"message": ...}} as JSON.',
         )
     ping = services.settings.api.sse_ping_interval
-    latest = runtime.hub.latest(conversation_id)
+    latest = await runtime.hub.find_latest(conversation_id)
     if latest is None:
         return EventSourceResponse(_nothing(), ping=ping)
     # An id from another answer (one that ended before this one began) says nothing about

@@ -141,7 +141,7 @@ class _Session:
                 )
         elif type_ == "resume":
             resume = validate(WSResumeFrame, frame)
-            self.manager.resume(self.client, resume.message_id, resume.last_seq)
+            await self.manager.resume(self.client, resume.message_id, resume.last_seq)
         # pong: nothing to do; last_seen was updated when it arrived.
 
     async def _message(self, frame: WSMessageFrame) -> None:

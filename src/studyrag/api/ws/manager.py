@@ -1,9 +1,14 @@
 """WebSocketManager: many clients per conversation, broker fan-out, one send queue per client.
 
-Fan-out goes through the broker: each worker subscribes once per conversation that has local
-clients and copies every message to those clients' send queues, so any worker serves any
-client. Each client has a bounded queue drained by its own writer task: a slow client never
-holds up the others, and one whose queue overflows is closed with 4408. See docs/protocol.md.
+Fan-out: each answer's events reach this worker's clients from the hub's buffer of it (one
+watch task per answer with local clients): for an answer running here directly, for one
+running elsewhere through its mirror, which one reader fills from the answer's broker stream.
+Other frames (typing, conversation updates) and the news that an answer started elsewhere
+come over the conversation's broker channel, to which each worker subscribes once per
+conversation that has local clients. So any worker serves any client.
+
+Each client has a bounded queue drained by its own writer task: a slow client never holds up
+the others, and one whose queue overflows is closed with 4408. See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from collections import Counter, deque
 from collections.abc import AsyncGenerator
 from contextlib import aclosing, suppress
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 from fastapi import WebSocket, WebSocketDisconnect
 
-from studyrag.api.generations import Generation, GenerationHub, channel
+from studyrag.api.generations import Generation, GenerationHub, channel, forget_task
 from studyrag.api.ws.frames import (
     CLOSE_GOING_AWAY,
     CLOSE_NOT_FOUND,
@@ -152,6 +158,7 @@ class WebSocketManager:
         self._addresses: Counter[str] = Counter()
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._ready: dict[str, asyncio.Event] = {}
+        self._watches: dict[str, asyncio.Task[None]] = {}  # generation id -> its watch
         self._pinger: asyncio.Task[None] | None = None
         self._closing = False
         # Live figures live in the metrics registry, read by both /metrics and stats().
@@ -159,6 +166,7 @@ class WebSocketManager:
         self.metrics.watch(
             self.metrics.websocket_connections, lambda: float(self.connections), endpoint="chat"
         )
+        hub.add_listener(self._started_here)
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -178,7 +186,11 @@ class WebSocketManager:
             _, late = await asyncio.wait(writers, timeout=CLOSE_TIMEOUT + 0.5)
             for task in late:
                 task.cancel()
-        tasks = [t for t in (self._pinger, *self._pumps.values()) if t is not None]
+        tasks = [
+            t
+            for t in (self._pinger, *self._pumps.values(), *self._watches.values())
+            if t is not None
+        ]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -213,12 +225,27 @@ class WebSocketManager:
         # Registered before any await, so the limits above cannot be raced past.
         self._conversations.setdefault(conversation_id, {})[client.id] = client
         self._addresses[address] += 1
-        gen = self.hub.current(conversation_id)
+        ready = self._ensure_pump(conversation_id)
+        try:
+            await asyncio.wait_for(ready.wait(), timeout=READY_TIMEOUT)
+            # Looked up once the subscription listens: an answer starting from now on is
+            # announced on it, one already running (on any worker) is found here.
+            gen = await self.hub.find_current(conversation_id)
+        except TimeoutError:
+            self.disconnect(client)
+            raise BrokerUnavailable(
+                "The message broker did not answer; live updates are unavailable."
+            ) from None
+        except BaseException:
+            self.disconnect(client)
+            raise
         if gen is not None:
             client.attached = False
             loop = asyncio.get_running_loop()
             client.join_timer = loop.call_later(JOIN_GRACE, self.attach, client)
-        client.queue.append(
+            self._ensure_watch(gen, after=gen.last_id)
+        # First in the queue (the writer has not started): frames fanned out meanwhile follow.
+        client.queue.appendleft(
             dumps(
                 {
                     "type": "connected",
@@ -229,14 +256,6 @@ class WebSocketManager:
                 }
             )
         )
-        ready = self._ensure_pump(conversation_id)
-        try:
-            await asyncio.wait_for(ready.wait(), timeout=READY_TIMEOUT)
-        except TimeoutError:
-            self.disconnect(client)
-            raise BrokerUnavailable(
-                "The message broker did not answer; live updates are unavailable."
-            ) from None
         client.writer = asyncio.create_task(self._write(client), name=f"ws-writer-{client.id}")
         return client
 
@@ -328,11 +347,11 @@ class WebSocketManager:
         for gen_id, event_id, texts in held:
             self._deliver(client, gen_id, event_id, texts)
 
-    def resume(self, client: WSClient, message_id: str, last_seq: int) -> int:
+    async def resume(self, client: WSClient, message_id: str, last_seq: int) -> int:
         """Replay an answer after token `last_seq` to this client; returns frames queued."""
-        # Synchronous on purpose: nothing can be fanned out between the replay and the cursor
-        # update, so the live stream continues exactly after the replayed part.
-        gen = self.hub.by_message(message_id)
+        gen = self.hub.by_message(message_id) or await self.hub.find_by_message(message_id)
+        # From here on synchronous on purpose: nothing can be fanned out between the replay
+        # and the cursor update, so the live stream continues exactly after the replayed part.
         if gen is None or gen.conversation_id != client.conversation_id:
             raise MessageNotFound(
                 f"No answer {message_id!r} to resume in this conversation.",
@@ -365,6 +384,8 @@ class WebSocketManager:
             for frame in generation_frames(_as_message(gen, event)):
                 self._offer(client, dumps(frame))
                 frames += 1
+        if gen.running:
+            self._ensure_watch(gen, after=gen.last_id)
         return frames
 
     def _deliver(self, client: WSClient, gen_id: str, event_id: int, texts: list[str]) -> None:
@@ -374,7 +395,49 @@ class WebSocketManager:
         for text in texts:
             self._offer(client, text)
 
-    # --- fan-out -------------------------------------------------------------------------
+    # --- fan-out of answers --------------------------------------------------------------
+    def _started_here(self, gen: Generation) -> None:
+        """The hub started an answer: watch it from its first event if it has clients here."""
+        if gen.local and gen.conversation_id in self._conversations:
+            self._ensure_watch(gen, after=0)
+
+    async def _started_elsewhere(self, message: dict[str, Any]) -> None:
+        """Another worker announced an answer: mirror it and watch it from its first event."""
+        try:
+            gen = await self.hub.mirror(
+                str(message["gen_id"]),
+                str(message["conversation_id"]),
+                origin=message.get("origin"),
+            )
+        except StudyRAGError as exc:
+            log.warning("Cannot follow answer %s: %s", message.get("gen_id"), exc.message)
+            return
+        if gen is not None and not gen.local:
+            self._ensure_watch(gen, after=0)
+
+    def _ensure_watch(self, gen: Generation, *, after: int) -> None:
+        if gen.id in self._watches or self._closing:
+            return
+        task = asyncio.create_task(self._watch(gen, after), name=f"ws-watch-{gen.id}")
+        self._watches[gen.id] = task
+        task.add_done_callback(partial(forget_task, self._watches, gen.id))
+
+    async def _watch(self, gen: Generation, after: int) -> None:
+        """Copy one answer's events, in order, to the conversation's clients here."""
+        async for event in gen.follow(after):
+            clients = self.clients(gen.conversation_id)
+            if not clients:
+                continue
+            texts = [dumps(f) for f in generation_frames(_as_message(gen, event))]
+            for client in clients:
+                if not client.attached:
+                    client.pending.append((gen.id, event.id, texts))
+                    if len(client.pending) > client.limit:
+                        self.attach(client)
+                else:
+                    self._deliver(client, gen.id, event.id, texts)
+
+    # --- fan-out of frames ---------------------------------------------------------------
     def _ensure_pump(self, conversation_id: str) -> asyncio.Event:
         ready = self._ready.get(conversation_id)
         if ready is None:
@@ -403,6 +466,8 @@ class WebSocketManager:
                             if message.get("nonce") == nonce:
                                 ready.set()
                                 delay = 0.25
+                        elif kind == "gen":
+                            await self._started_elsewhere(message)
                         else:
                             self._dispatch(conversation_id, message)
             except asyncio.CancelledError:
@@ -433,20 +498,7 @@ class WebSocketManager:
     def _dispatch(self, conversation_id: str, message: dict[str, Any]) -> None:
         clients = self.clients(conversation_id)
         kind = message.get("kind")
-        if kind == "gen":
-            gen = self.hub.observe(message)
-            if gen is None:
-                return
-            texts = [dumps(f) for f in generation_frames(message)]
-            event_id = int(message["id"])
-            for client in clients:
-                if not client.attached:
-                    client.pending.append((gen.id, event_id, texts))
-                    if len(client.pending) > client.limit:
-                        self.attach(client)
-                else:
-                    self._deliver(client, gen.id, event_id, texts)
-        elif kind == "frame":
+        if kind == "frame":
             frame = message["frame"]
             text = dumps(frame)
             exclude = message.get("exclude")

@@ -1,4 +1,10 @@
-"""The Broker role: publish/subscribe between workers, plus shared counters for rate limits."""
+"""The Broker role: what workers share through Redis (or, for one worker, in process).
+
+Four things cross workers through it: pub/sub channels (fan-out of frames, stop requests),
+numbered event streams with a TTL (every streaming answer, so any worker can replay it),
+leases (a key held by one owner while it renews it: the one worker running an answer) with
+a small registry beside them (the answers running now), and sliding-window counters.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,62 @@ class Broker(ABC):
 
         Returns (events in the window, seconds until the oldest of them expires).
         """
+
+    # --- numbered event streams ----------------------------------------------------------
+    @abstractmethod
+    async def append(
+        self, stream: str, entry_id: int, entry: dict[str, Any], *, maxlen: int, ttl: float
+    ) -> None:
+        """Add entry `entry_id` (above every id already there) to `stream`.
+
+        The stream keeps its last `maxlen` entries and is forgotten `ttl` seconds after its
+        latest append.
+        """
+
+    @abstractmethod
+    async def read(
+        self, stream: str, *, after: int = 0, block: float = 0.0
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """The entries of `stream` with an id above `after`, in order.
+
+        With `block` > 0 and none there yet, waits up to `block` seconds for the first.
+        """
+
+    # --- leases and the registry ---------------------------------------------------------
+    @abstractmethod
+    async def claim(self, key: str, owner: str, *, ttl: float) -> bool:
+        """Take `key` for `owner` for `ttl` seconds unless someone holds it; True if taken."""
+
+    @abstractmethod
+    async def renew(self, key: str, owner: str, *, ttl: float) -> bool:
+        """Extend `owner`'s hold on `key` by `ttl` seconds; False if `owner` no longer holds it."""
+
+    @abstractmethod
+    async def release(self, key: str, owner: str) -> bool:
+        """Drop `key` if `owner` holds it; True if it was dropped."""
+
+    @abstractmethod
+    async def get(self, key: str) -> str | None:
+        """The value of `key` (a lease's owner, or what put() stored), None if absent."""
+
+    @abstractmethod
+    async def put(self, key: str, value: str, *, ttl: float) -> None:
+        """Store `value` under `key` for `ttl` seconds."""
+
+    @abstractmethod
+    async def register(self, registry: str, member: str, value: str) -> None:
+        """Record `member` (with `value`) in `registry` until unregistered."""
+
+    @abstractmethod
+    async def unregister(self, registry: str, member: str) -> None:
+        """Remove `member` from `registry`."""
+
+    @abstractmethod
+    async def registered(self, registry: str) -> dict[str, str]:
+        """Every member of `registry` with its value."""
+
+    async def ping(self) -> None:  # noqa: B027 - in process there is nothing to reach
+        """Raise BackendUnavailable if the broker cannot be reached."""
 
     async def health_check(self) -> dict[str, Any]:
         """{'status': 'ok'|'unavailable', 'backend', ...}; never raises."""
