@@ -220,6 +220,10 @@ async def test_models_lists_every_provider(client: Any) -> None:
     ollama = [p for p in body["providers"] if p["provider"] == "ollama"]
     assert ollama and not any(p["reachable"] for p in ollama)
     assert ollama[0]["error"]["error_code"] == "CHAT_001"
+    # Each role's advice names its own setting.
+    advice = {p["role"]: p["error"]["message"] for p in ollama}
+    assert "STUDYRAG_LLM__PROVIDER" in advice["chat"]
+    assert "STUDYRAG_EMBEDDINGS__PROVIDER" in advice["embedding"], advice
 
 
 async def test_unknown_model_changes_nothing(client: Any, server: LiveServer) -> None:

@@ -336,6 +336,11 @@ def _unreachable(role: Role, provider: str, url: str, exc: Exception) -> Provide
         if isinstance(exc, StudyRAGError)
         else {"error_code": "CHAT_001", "message": f"{provider} did not answer in time."}
     )
+    if role == "embedding":
+        # The listing goes through the chat client: its advice names the chat setting.
+        error["message"] = str(error.get("message", "")).replace(
+            "STUDYRAG_LLM__PROVIDER=llamacpp", "STUDYRAG_EMBEDDINGS__PROVIDER=sentence-transformers"
+        )
     return ProviderStatus(role=role, provider=provider, reachable=False, url=url, error=error)
 
 
