@@ -294,3 +294,24 @@ async def test_questions_and_leading_markers_claim_nothing(embedder: Embedder) -
         "Why do leaves look green?\n\nWater boils at 100 degrees Celsius at sea level [3]."
     )
     assert result.meta["total"] == 1 and result.meta["supported"] == 1
+
+
+async def test_a_supported_answer_to_another_question_also_gets_the_closest_quote(
+    embedder: Embedder,
+) -> None:
+    # A small model often repeats a true sentence of the wrong passage: supported, but it
+    # does not answer. The passage closest to the question, uncited, is shown as a quote.
+    answer = "Leaves look green because chlorophyll reflects green light [1]."
+    result = await check(answer, embedder, question="When did the French Revolution begin?")
+    meta = result.meta
+    assert meta["supported"] == 1 and meta["fallback"] is True
+    assert meta["fallback_reason"] == "off_topic"
+    assert result.content.startswith(answer + "\n\n" + FALLBACK_HEADING + "\n> ")
+    assert result.cited[:2] == [1, 2]
+    assert "1789" in _source_of(result, 2)["quote"]["text"]
+    # The answer's own sentence keeps its checked citation and quote.
+    assert "reflects green light" in _source_of(result, 1)["quote"]["text"]
+    # The same answer to the question it does answer gets nothing added.
+    on_topic = await check(answer, embedder, question="Why are leaves green?")
+    assert on_topic.content == answer and on_topic.meta["fallback"] is False
+    assert on_topic.meta["fallback_reason"] is None

@@ -437,10 +437,18 @@ def _decide(
     content = "".join(out)
     supported_count = sum(1 for r in report if r["supported"])
     used_fallback = False
+    reason = None
     if fallback and supported_count == 0 and units:
         content, picked = _fallback(content, units, question, q_vector, sentences)
         quotes.update(picked)
-        used_fallback = bool(picked)
+        used_fallback, reason = bool(picked), "unsupported"
+    elif fallback and units and _misses_the_question(sentences, units, q_vector, quotes):
+        # Supported, but by passages that answer something else, while the passage closest
+        # to the question goes uncited: show that passage too.
+        fresh = [u for u in units if u.index not in quotes]
+        content, picked = _fallback(content, fresh, question, q_vector, [])
+        quotes.update(picked)
+        used_fallback, reason = bool(picked), "off_topic"
     cited = sorted(quotes)
     out_sources: list[dict[str, Any]] = []
     for source in sources:
@@ -467,6 +475,9 @@ def _decide(
         "supported": supported_count,
         "total": len(report),
         "fallback": used_fallback,
+        # Why the quotes were added: no sentence supported, or none as close to the
+        # question as an uncited passage.
+        "fallback_reason": reason if used_fallback else None,
         "threshold": SUPPORT_THRESHOLD,
         "changes": changes,
     }
@@ -500,6 +511,28 @@ def _with_markers(piece: str, numbers: list[int]) -> str:
     if tail is None or any(a <= tail.start() < b for a, b, _ in code_spans(bare)):
         return bare + marker
     return bare[: tail.start()].rstrip() + marker + bare[tail.start() :]
+
+
+def _misses_the_question(
+    sentences: list[_Sentence],
+    units: list[_Span],
+    q_vector: Any,
+    cited: Mapping[int, Any],
+) -> bool:
+    """Whether the passage closest to the question is uncited and closer to it than every
+    sentence of the answer: the answer, supported or not, is about something else."""
+    if q_vector is None:
+        return False
+    near = [(float(u.vector @ q_vector), u) for u in units if u.vector is not None]
+    if not near:
+        return False
+    best, unit = max(near, key=lambda t: t[0])
+    if unit.index in cited:
+        return False
+    answered = max(
+        (float(s.vector @ q_vector) for s in sentences if s.vector is not None), default=-1.0
+    )
+    return best > answered
 
 
 def _fallback(
