@@ -66,7 +66,7 @@ async def http(
     async with httpx.AsyncClient(base_url=faulty.base, timeout=60) as client:
         yield client
     # Whatever a test did to it, the next one starts with a model server that answers.
-    if model_server._server is None:
+    if not model_server.listening:
         model_server.listen()
     model_server.normal()
 

@@ -123,6 +123,10 @@ class FaultyOpenAIServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
     def listen(self) -> None:
         """Accept connections on the port (the same one after refuse())."""
         self.stopping.clear()
