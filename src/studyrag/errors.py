@@ -143,6 +143,18 @@ class DocumentBusy(DocumentError):
     default_hint = "Wait until its ingestion finishes (GET /api/documents/{id}), then try again."
 
 
+class DiskFull(DocumentError):
+    """The disk under the data directory ran out of space (or quota) while a file was
+    stored; the partial copy is removed and nothing of it was recorded."""
+
+    error_code = "DOC_015"
+    status_code = 507
+    default_hint = (
+        "The disk that holds the data directory is full: free space on it (or move the "
+        "data directory to a larger disk with STUDYRAG_DATA_DIR), then upload the file again."
+    )
+
+
 class FileUnpacksTooLarge(DocumentError):
     """A zip-based document (DOCX) that inflates past the size or ratio caps: a zip bomb."""
 

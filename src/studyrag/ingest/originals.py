@@ -7,6 +7,7 @@ renamed into place only when complete, so a half-written file never has a conten
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -16,11 +17,23 @@ from pathlib import Path
 
 import anyio
 
-from studyrag.errors import FileTooLarge
+from studyrag.errors import DiskFull, FileTooLarge
 
 log = logging.getLogger(__name__)
 
 _BLOCK = 1 << 20
+# "No space left on device" and "disk quota exceeded": the disk, not the file, is at fault.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _disk_full(exc: OSError, name: str) -> DiskFull | None:
+    """DiskFull for a write refused for lack of space, else None (the OSError stands)."""
+    if exc.errno not in _FULL:
+        return None
+    return DiskFull(
+        f"{name} could not be stored: the disk under the data directory is full.",
+        details={"filename": name},
+    )
 
 
 class OriginalStore:
@@ -70,6 +83,11 @@ class OriginalStore:
                     await out.write(chunk)
             sha = digest.hexdigest()
             await anyio.to_thread.run_sync(self._place, tmp, sha)
+        except OSError as exc:
+            # The write, the final flush when the file closes, or the rename into place.
+            if (full := _disk_full(exc, name)) is not None:
+                raise full from exc
+            raise
         finally:
             await anyio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
         return sha, size
@@ -91,6 +109,10 @@ class OriginalStore:
                     out.write(block)
             sha = digest.hexdigest()
             self._place(tmp, sha)
+        except OSError as exc:
+            if (full := _disk_full(exc, source.name)) is not None:
+                raise full from exc
+            raise
         finally:
             tmp.unlink(missing_ok=True)
         return sha, size

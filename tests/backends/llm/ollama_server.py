@@ -59,6 +59,9 @@ class OllamaBehaviour:
     context_length: int = 8192
     # (status, message): /api/chat and /api/embed answer with this error.
     fail_with: tuple[int, str] | None = None
+    # /api/embed requests with an input containing this word fail with 500 (a runner that
+    # dies on one batch), the others are answered.
+    fail_embed_containing: str | None = None
 
 
 class _DropConnection(Exception):
@@ -112,6 +115,7 @@ class OllamaTestServer:
         self.disconnects = 0  # streams the client closed before the end
         self.dropped = 0  # streams the server cut on purpose (drop_after)
         self.completed_streams = 0
+        self.failed_embeds = 0  # /api/embed requests failed on purpose
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -357,6 +361,11 @@ class OllamaTestServer:
             return
         raw = body.get("input", [])
         texts = [raw] if isinstance(raw, str) else list(raw)
+        word = self.behaviour.fail_embed_containing
+        if word is not None and any(word in t for t in texts):
+            self.failed_embeds += 1
+            await _send_json(send, 500, {"error": "llama runner process has terminated"})
+            return
         dims = int(body.get("dimensions") or self.behaviour.embed_dims)
         await _send_json(
             send,

@@ -43,6 +43,16 @@ class ChromaVectorStore(VectorStore):
         """Where the store is, as users may see it: a URL, never a server path."""
         return self._url or "the embedded store (chroma/ in the data directory)"
 
+    @property
+    def _hint(self) -> str:
+        """What to do when a call fails: the store is a server, or files in the data dir."""
+        if self._url:
+            return (
+                f"Check that the Chroma server at {self._url} is running (STUDYRAG_VECTORS__URL), "
+                "then try again; lexical search works meanwhile."
+            )
+        return "Check that the data directory is writable and its disk has room, then try again."
+
     async def start(self) -> None:
         if self._collection is None:
             await anyio.to_thread.run_sync(self._open)
@@ -84,7 +94,9 @@ class ChromaVectorStore(VectorStore):
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001
-                raise BackendUnavailable(f"Vector store error at {self.location}: {exc}") from exc
+                raise BackendUnavailable(
+                    f"Vector store error at {self.location}: {exc}", hint=self._hint
+                ) from exc
 
         return await anyio.to_thread.run_sync(call, limiter=self._limiter)
 
