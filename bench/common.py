@@ -63,3 +63,20 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def wait_for_port(port: int, proc: Any, what: str, *, timeout: float = 60.0) -> None:
+    """Return once something listens on 127.0.0.1:`port`; RuntimeError if `proc` (a
+    subprocess.Popen) exits first or `timeout` seconds pass."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)

@@ -41,7 +41,7 @@ from typing import Any
 
 import websockets
 
-from bench.common import percentile, write_result
+from bench.common import percentile, wait_for_port, write_result
 from bench.ws_fanout import CONNECT_CONCURRENCY, DELTA, cpu_seconds, free_port, pin, raise_fd_limit
 
 CONFIGS = {"memory-1": ("memory", 1), "redis-1": ("redis", 1), "redis-2": ("redis", 2)}
@@ -260,17 +260,7 @@ def measure(name: str, args: argparse.Namespace, cids: list[str]) -> dict[str, A
             procs.append(proc)
         try:
             for port, proc in zip(ports, procs, strict=True):
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        import socket
-
-                        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline or proc.poll() is not None:
-                            raise RuntimeError(f"worker of {name} did not start") from None
-                        time.sleep(0.1)
+                wait_for_port(port, proc, f"worker of {name}")
             per = args.clients // args.conversations
             result = asyncio.run(run_clients(ports, [p.pid for p in procs], cids, per, ready))
         finally:

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import write_result
+from bench.common import wait_for_port, write_result
 from bench.ws_fanout import cpu_seconds, free_port, pin
 
 SEP = "\r\n"  # sse-starlette's default line separator, used by the bare side too
@@ -193,15 +192,7 @@ def main() -> None:
     pin(server.pid, client=False)
     pin(os.getpid(), client=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the bench server did not start") from None
-                time.sleep(0.1)
+        wait_for_port(port, server, "the bench server")
         runs = asyncio.run(run(port, server.pid, args.tokens, args.rounds))
     finally:
         server.terminate()

@@ -33,7 +33,7 @@ from typing import Any
 
 import websockets
 
-from bench.common import percentile, write_result
+from bench.common import percentile, wait_for_port, write_result
 
 TICK = os.sysconf("SC_CLK_TCK")
 CONNECT_CONCURRENCY = 50
@@ -259,15 +259,7 @@ def measure(kind: str, args: argparse.Namespace, cids: list[str]) -> dict[str, A
     server = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(__file__)))
     pin(server.pid, client=False)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"the {kind} server did not start") from None
-                time.sleep(0.1)
+        wait_for_port(port, server, f"the {kind} server")
         per = args.clients // args.conversations
         result = asyncio.run(run_clients(port, server.pid, cids, per))
     finally:
