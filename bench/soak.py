@@ -107,6 +107,7 @@ class Stream:
     first_token: float | None = None
     ended: float | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # a token or the end came
 
 
 class ChatSocket:
@@ -119,6 +120,7 @@ class ChatSocket:
         self.connection: Any = None
         self.reader: asyncio.Task[None] | None = None
         self.connects = 0
+        self.refused: list[str] = []  # codes of error frames without a message_id
 
     def stream(self, message_id: str) -> Stream:
         return self.streams.setdefault(message_id, Stream())
@@ -145,16 +147,20 @@ class ChatSocket:
                     s = self.stream(mid)
                     s.seqs.append(frame["seq"])
                     s.first_token = s.first_token or time.perf_counter()
+                    s.changed.set()
                 elif kind == "stream_end":
                     s = self.stream(mid)
                     s.end, s.ended = frame["message"]["status"], time.perf_counter()
                     s.done.set()
+                    s.changed.set()
                 elif kind == "error" and mid:  # a failed answer: every socket gets it
                     s = self.stream(mid)
                     s.end, s.ended = f"error:{frame['error_code']}", time.perf_counter()
                     s.done.set()
+                    s.changed.set()
                     self.signals.put_nowait(frame)  # it may have failed before stream_start
                 elif kind == "error":  # a refused frame: only its sender gets it
+                    self.refused.append(frame["error_code"])
                     self.signals.put_nowait(frame)
         except websockets.ConnectionClosed as exc:
             self.tally.error("ws", f"closed_{exc.rcvd.code if exc.rcvd else 1006}")
@@ -167,8 +173,32 @@ class ChatSocket:
                 await self.reader
 
 
+async def drop_and_resume(socket: ChatSocket, message_id: str, keep: int, tally: Tally) -> None:
+    """Close this socket after `keep` tokens of the answer, reconnect and send `resume`."""
+    stream = socket.stream(message_id)
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    with suppress(TimeoutError):  # a stalled answer is dropped all the same
+        while len(stream.seqs) < keep and not stream.done.is_set():
+            stream.changed.clear()
+            await asyncio.wait_for(stream.changed.wait(), max(0.0, deadline - time.monotonic()))
+    if stream.done.is_set():
+        return  # the answer ended first: nothing to drop
+    await socket.aclose()
+    await socket.connect()
+    tally.outcomes[("ws", "dropped")] += 1
+    if not stream.done.is_set():  # else its stream_end came in before the close
+        resume = {"type": "resume", "message_id": message_id, "last_seq": len(stream.seqs)}
+        await socket.connection.send(json.dumps(resume))
+
+
 async def ws_conversation(
-    sockets: list[ChatSocket], tally: Tally, until: float, think: float, seed: int
+    sockets: list[ChatSocket],
+    tally: Tally,
+    until: float,
+    *,
+    think: float,
+    drop: float,
+    seed: int,
 ) -> None:
     """Ask on the sockets in turn; every socket must receive every answer whole."""
     rng = random.Random(seed)
@@ -199,6 +229,10 @@ async def ws_conversation(
         mid = frame["message_id"]
         tally.message_ids.add(mid)
         watching = [s for s in sockets if s.alive]
+        others = [s for s in watching if s is not asker]
+        if others and rng.random() < drop:  # a watcher loses its connection mid-answer
+            victim = rng.choice(others)
+            await drop_and_resume(victim, mid, keep=rng.randint(0, 8), tally=tally)
         with suppress(TimeoutError):
             await asyncio.wait_for(
                 asyncio.gather(*(s.stream(mid).done.wait() for s in watching)), ANSWER_TIMEOUT
@@ -207,7 +241,9 @@ async def ws_conversation(
         for s in watching:
             got = s.stream(mid)
             if got.end is None:
-                tally.lost("ws", "no stream_end", message_id=mid, seqs=len(got.seqs))
+                tally.lost(
+                    "ws", "no stream_end", message_id=mid, seqs=len(got.seqs), refused=s.refused
+                )
             elif not contiguous(got.seqs) or got.seqs != reference:
                 tally.lost("ws", "seq gap or duplicate", message_id=mid, seqs=got.seqs[:50])
             elif got.end.startswith("error:"):
@@ -505,7 +541,8 @@ async def soak(base: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
         until = started + args.minutes * 60
         think = args.think
         clients: list[Coroutine[Any, Any, Any]] = [
-            ws_conversation(group, tally, until, think, seed=i) for i, group in enumerate(groups)
+            ws_conversation(group, tally, until, think=think, drop=args.ws_drop, seed=i)
+            for i, group in enumerate(groups)
         ]
         clients += [
             sse_client(http, cid, tally, until, think=think, drop=args.sse_drop, seed=100 + i)
@@ -562,8 +599,16 @@ def report(run: dict[str, Any], log: Path, args: argparse.Namespace) -> dict[str
     }
     answers = [k for k in ("ws", "sse") if k in by_kind]
     lost = sum(n for (k, o), n in tally.outcomes.items() if o == "lost")
-    lines = log.read_text(errors="replace").splitlines()
-    errors_logged = [line for line in lines if " ERROR " in line or "Traceback" in line]
+    records = []
+    for line in log.read_text(errors="replace").splitlines():
+        with suppress(ValueError):  # the JSON log, and anything else written to stderr
+            records.append(json.loads(line))
+    levels = Counter(r.get("level") for r in records if isinstance(r, dict))
+    warnings = [
+        {k: r.get(k) for k in ("level", "logger", "message", "exception")}
+        for r in records
+        if isinstance(r, dict) and r.get("level") in ("WARNING", "ERROR", "CRITICAL")
+    ]
     return {
         "config": {
             "minutes": args.minutes,
@@ -571,6 +616,7 @@ def report(run: dict[str, Any], log: Path, args: argparse.Namespace) -> dict[str
             "think_seconds": args.think,
             "per_conversation": args.per_conversation,
             "sse_drop": args.sse_drop,
+            "ws_drop": args.ws_drop,
             "upload_every_seconds": args.upload_every,
             "rate_limit_per_minute": args.rate_limit,
         },
@@ -603,11 +649,7 @@ def report(run: dict[str, Any], log: Path, args: argparse.Namespace) -> dict[str
             for kind in sorted(set(tally.ttft) | set(tally.total))
         },
         **{k: run[k] for k in ("crashed_clients", "notebook", "server_stats", "stored_answers")},
-        "server_log": {
-            "lines": len(lines),
-            "errors": len(errors_logged),
-            "first": errors_logged[:10],
-        },
+        "server_log": {"levels": dict(levels), "warnings_and_errors": warnings[:20]},
         "memory": run["memory"],
     }
 
@@ -619,7 +661,8 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--think", type=float, default=1.0, help="seconds between requests")
     parser.add_argument("--per-conversation", type=int, default=3)
-    parser.add_argument("--sse-drop", type=float, default=0.8)
+    parser.add_argument("--sse-drop", type=float, default=0.8, help="share of SSE answers")
+    parser.add_argument("--ws-drop", type=float, default=0.3, help="share of WebSocket answers")
     parser.add_argument("--upload-every", type=float, default=30.0)
     parser.add_argument("--rate-limit", type=int, default=1000, help="messages per minute")
     parser.add_argument("--sample", type=float, default=5.0, help="memory sample period, s")
@@ -631,6 +674,7 @@ def main() -> int:
     env = {
         "STUDYRAG_LLM__MAX_TOKENS": str(args.max_tokens),
         "STUDYRAG_API__RATE_LIMIT_PER_MINUTE": str(args.rate_limit),
+        "STUDYRAG_LOG__FORMAT": "json",  # one record per line: levels and tracebacks counted
     }
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="studyrag-soak-") as tmp:
