@@ -57,6 +57,7 @@ from bench.common import CACHE, summary_ms, write_result
 
 ANSWER_TIMEOUT = 180.0  # an answer that has not ended by then is lost
 RATE = "RATE_001"
+RETENTION = 300.0  # GenerationHub keeps a finished answer's buffer this long (resume, replay)
 
 
 @dataclass
@@ -472,8 +473,10 @@ async def sample_memory(
 
 
 def memory_report(samples: list[list[float]], warmup: float) -> dict[str, Any]:
-    """Slopes over the whole run and after the first `warmup` seconds (caches filling)."""
+    """Slopes over the whole run, after the first `warmup` seconds (caches filling), and
+    after the hub's answer retention: until then every answer's buffer is kept by design."""
     later = [s for s in samples if s[0] >= warmup]
+    steady = [s for s in samples if s[0] >= RETENTION]
     return {
         "samples": samples,
         "columns": ["seconds", "rss_mb", "rss_anon_mb", "load_1min"],
@@ -485,6 +488,9 @@ def memory_report(samples: list[list[float]], warmup: float) -> dict[str, Any]:
         "warmup_seconds": warmup,
         "rss_slope_after_warmup_mb_per_min": slope_per_minute([(s[0], s[1]) for s in later]),
         "anon_slope_after_warmup_mb_per_min": slope_per_minute([(s[0], s[2]) for s in later]),
+        "retention_seconds": RETENTION,
+        "rss_slope_after_retention_mb_per_min": slope_per_minute([(s[0], s[1]) for s in steady]),
+        "anon_slope_after_retention_mb_per_min": slope_per_minute([(s[0], s[2]) for s in steady]),
     }
 
 
@@ -666,6 +672,7 @@ def main() -> int:
     parser.add_argument("--upload-every", type=float, default=30.0)
     parser.add_argument("--rate-limit", type=int, default=1000, help="messages per minute")
     parser.add_argument("--sample", type=float, default=5.0, help="memory sample period, s")
+    parser.add_argument("--result", default="soak", help="bench/results/<name>.json")
     args = parser.parse_args()
     work = CACHE / "soak"
     work.mkdir(parents=True, exist_ok=True)
@@ -689,13 +696,15 @@ def main() -> int:
             run = asyncio.run(soak(base, server_pid(port), args))
     result = report(run, log, args)
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
-    write_result("soak", result)
+    write_result(args.result, result)
     print(json.dumps({k: v for k, v in result.items() if k != "memory"}, indent=1))
     mem = result["memory"]
     print(
         f"RSS {mem['rss_start_mb']} → {mem['rss_end_mb']} MB, slope "
         f"{mem['rss_slope_mb_per_min']} MB/min ({mem['rss_slope_after_warmup_mb_per_min']} "
-        f"after warm-up; anonymous {mem['anon_slope_after_warmup_mb_per_min']})"
+        f"after warm-up; anonymous {mem['anon_slope_after_warmup_mb_per_min']}; after the "
+        f"answer retention {mem['rss_slope_after_retention_mb_per_min']}, anonymous "
+        f"{mem['anon_slope_after_retention_mb_per_min']})"
     )
     return 1 if result["answers"]["lost"] or result["crashed_clients"] else 0
 
