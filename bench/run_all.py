@@ -17,6 +17,7 @@ BENCHES = [
     ["bench.web_ui"],
     ["bench.notebook_archive"],
     ["bench.ocr"],
+    ["bench.soak"],
 ]
 
 
