@@ -24,6 +24,13 @@ os.environ["XDG_DATA_HOME"] = os.path.join(_TEST_HOME, "xdg-data")
 os.environ["STUDYRAG_DATA_DIR"] = os.path.join(_TEST_HOME, "default-data-dir")
 
 import pytest  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+# Property tests draw the same examples on every run (a suite must not fail on another
+# commit's dice); `HYPOTHESIS_PROFILE=explore pytest tests/…properties…` draws new ones.
+hypothesis_settings.register_profile("repeatable", derandomize=True, database=None)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def free_port() -> int:
