@@ -89,7 +89,7 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         b: Broker = MemoryBroker()  # one process: both hubs share the one in-process broker
     else:
         if not await _redis_available():
-            pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+            pytest.fail(f"Redis is not reachable at {REDIS_URL}: start redis-server")
         from studyrag.backends.broker.redis import RedisBroker
 
         b = RedisBroker(REDIS_URL, namespace=f"hubs-{uuid.uuid4().hex[:10]}")

@@ -37,7 +37,7 @@ def redis_reachable() -> bool:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, LiveServer]]:
     if not redis_reachable():
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}: start redis-server")
     # This run's keys and channels only: other runs may share the same Redis.
     broker = BrokerSettings(url=REDIS_URL, namespace=f"fanout-{uuid.uuid4().hex[:10]}")
     first_dir, second_dir = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")

@@ -38,7 +38,7 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         b: Broker = MemoryBroker()
     else:
         if not await _redis_available():
-            pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+            pytest.fail(f"Redis is not reachable at {REDIS_URL}: start redis-server")
         from studyrag.backends.broker.redis import RedisBroker
 
         b = RedisBroker(REDIS_URL, namespace=f"contract-{uuid.uuid4().hex[:10]}")
@@ -170,7 +170,7 @@ async def test_ping_and_health(broker: Broker) -> None:
 
 async def test_namespaces_keep_redis_brokers_apart() -> None:
     if not await _redis_available():
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}: start redis-server")
     from studyrag.backends.broker.redis import RedisBroker
 
     one = RedisBroker(REDIS_URL, namespace=f"ns-{uuid.uuid4().hex[:8]}")

@@ -120,7 +120,7 @@ def _stop(worker: Worker) -> None:
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, Worker]]:
     if not _redis_reachable():
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}: start redis-server")
     root = tmp_path_factory.mktemp("workers")
     with _pg_database() as pg_url, running_chroma(root / "chroma") as (chroma_url, _):
         env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYRAG_")}
