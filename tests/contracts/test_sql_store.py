@@ -36,7 +36,7 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
         await database.aclose()
         return
     if not await _pg_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432: start it (database `test`)")
     import asyncpg
 
     name = f"studyrag_{uuid.uuid4().hex[:10]}"

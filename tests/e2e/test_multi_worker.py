@@ -50,7 +50,7 @@ def _pg_database() -> Iterator[str]:
     import asyncpg
 
     if not asyncio.run(_pg_available()):
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432: start it (database `test`)")
     name = f"studyrag_workers_{uuid.uuid4().hex[:8]}"
 
     async def admin(sql: str) -> None:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 async def temporary_pg_database(prefix: str) -> AsyncIterator[str]:
     """The URL of a new, empty PostgreSQL database, dropped afterwards; skips without one."""
     if not await _pg_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432: start it (database `test`)")
     import asyncpg
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
