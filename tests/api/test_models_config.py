@@ -104,6 +104,11 @@ async def test_config_shows_effective_settings_with_secrets_redacted(
     assert setting(body, "llm.model_path")["applies"] == "model_switch"
     assert body["path"] == "<data dir>/config.toml"
     assert str(server.settings.data_dir) not in response.text, "no server path is shown"
+    # A setting with a fixed set of values lists them (the settings page shows a list).
+    assert setting(body, "search.fusion")["choices"] == ["score", "rrf"]
+    assert setting(body, "llm.provider")["choices"] == ["llamacpp", "ollama", "openai", "auto"]
+    assert setting(body, "log.format")["choices"] == ["text", "json"]
+    assert top_k["choices"] is None
 
 
 async def test_put_config_applies_at_once_and_persists(client: Any, server: LiveServer) -> None:

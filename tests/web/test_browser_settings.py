@@ -189,6 +189,18 @@ def test_a_config_change_applies_and_a_bad_value_changes_nothing(
     page.get_by_test_id("config-save").click()
     page.get_by_test_id("config-status").filter(has_text="Saved").wait_for()
     assert config_value(server, "search.top_k") == 10
+    # A setting with a fixed set of values is a list of them, not a text box.
+    fusion = field(page, "search.fusion").locator("select")
+    assert fusion.locator("option").all_inner_texts() == ["score", "rrf"]
+    fusion.select_option("rrf")
+    page.get_by_test_id("config-save").click()
+    page.get_by_test_id("config-status").filter(has_text="Saved").wait_for()
+    assert config_value(server, "search.fusion") == "rrf"
+    page.goto(f"{server}/#/settings")
+    field(page, "search.fusion").locator("select").select_option("score")
+    page.get_by_test_id("config-save").click()
+    page.get_by_test_id("config-status").filter(has_text="Saved").wait_for()
+    assert config_value(server, "search.fusion") == "score"
     watch.clean()
     ctx.close()
 

@@ -12,7 +12,7 @@ import difflib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ValidationError
@@ -180,6 +180,7 @@ class ConfigService:
                     restart_required=when == "restart",
                     secret=secret,
                     source=source,
+                    choices=_choices(top, field),
                 )
             )
         return out
@@ -378,6 +379,20 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict | list | str | int | float | bool) or value is None:
         return copy.deepcopy(value)
     return str(value)
+
+
+def _choices(top: str, field: str | None) -> list[str] | None:
+    """The values a `Literal[...]` setting accepts, in the order the model declares them."""
+    info = Settings.model_fields[top]
+    if field is not None:
+        section = info.annotation
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return None
+        info = section.model_fields[field]
+    annotation = info.annotation
+    if get_origin(annotation) is not Literal:
+        return None
+    return [str(value) for value in get_args(annotation)]
 
 
 def _defaults() -> dict[str, Any]:

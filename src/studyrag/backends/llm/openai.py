@@ -31,6 +31,10 @@ from studyrag.errors import (
     ModelNotFound,
 )
 
+# One retry: it reconnects when a pooled keep-alive connection was closed by the server. The
+# client also retries a request that timed out, so a silent server costs (1 + retries) waits.
+MAX_RETRIES = 1
+
 
 class OpenAIChatModel(RemoteChatModel):
     """Chat through the OpenAI wire protocol; one `AsyncOpenAI` client per instance."""
@@ -48,7 +52,7 @@ class OpenAIChatModel(RemoteChatModel):
             # One retry: it reconnects when a pooled keep-alive connection was closed by the
             # server, while a server that is down still fails within about a second. Retries
             # happen before any token is read, so they never duplicate text.
-            max_retries=1,
+            max_retries=MAX_RETRIES,
         )
         # Servers that reject stream_options are remembered and asked without it.
         self._send_stream_options = True
@@ -199,8 +203,8 @@ class OpenAIChatModel(RemoteChatModel):
         if isinstance(exc, openai.APITimeoutError):
             return GenerationFailed(
                 f"The server at {self.base_url} did not answer within "
-                f"{self._settings.timeout:g} s; raise STUDYRAG_LLM__TIMEOUT "
-                "or use a smaller model.",
+                f"{self._settings.timeout:g} s, asked {MAX_RETRIES + 1} times; raise "
+                "STUDYRAG_LLM__TIMEOUT or use a smaller model.",
                 details=details,
             )
         if isinstance(exc, openai.APIConnectionError):

@@ -62,6 +62,9 @@ export class ConfigForm {
     let input;
     if (kind === "bool") {
       input = h("input", { type: "checkbox", id, checked: !!s.value });
+    } else if (kind === "choice") {
+      input = h("select", { id }, ...s.choices.map((c) => h("option", { value: c }, c)));
+      input.value = String(s.value);
     } else if (kind === "json") {
       input = h("textarea", { id, rows: 3, spellcheck: "false" });
       input.value = JSON.stringify(s.value, null, 2);
@@ -153,6 +156,7 @@ export class ConfigForm {
 }
 
 function kindOf(s) {
+  if (Array.isArray(s.choices) && s.choices.length) return "choice";
   const v = s.value ?? s.default;
   if (typeof v === "boolean") return "bool";
   if (typeof v === "number") return "number";
