@@ -69,8 +69,10 @@ def open_storage(settings: Settings) -> tuple[Storage, Any]:
     # Our own pool, so it is closed with the app (limits' storage has no close of its own).
     pool = aioredis.ConnectionPool.from_url(url)
     namespace = settings.broker.namespace
+    # limits picks its client by the scheme: redis://, rediss:// and redis+unix://.
+    scheme_url = f"redis+{url}" if url.startswith("unix://") else url
     storage = RedisStorage(
-        f"async+{url}",
+        f"async+{scheme_url}",
         connection_pool=pool,  # type: ignore[arg-type]
         implementation="redispy",
         wrap_exceptions=True,

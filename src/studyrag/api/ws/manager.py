@@ -182,7 +182,7 @@ class WebSocketManager:
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the idle-ping loop."""
+        """Start the idle-ping loop and the heartbeat of the clients' slots."""
         self._pinger = asyncio.create_task(self._ping_loop(), name="ws-pinger")
         self._slot_keeper = asyncio.create_task(self._keep_slots(), name="ws-slots")
 
@@ -312,9 +312,11 @@ class WebSocketManager:
                 )
             except BaseException:
                 self._to_free.append(conversation)
+                self._left.set()
                 raise
             if not taken:
                 self._to_free.append(conversation)
+                self._left.set()
                 raise TooManyConnections(
                     "Too many WebSocket connections from your address.",
                     details={"limit": self.api.ws_max_clients_per_address},
