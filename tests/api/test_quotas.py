@@ -162,3 +162,13 @@ def test_storage_quota_is_the_notebook_owners_and_is_checked_while_the_body_stre
 
         assert [d["size"] for d in _documents(alice, nb)] == [40 * 1024]
         assert _stored(quotas.server) == before, "no original, no partial copy"
+
+        # An editor's upload into a shared notebook uses the owner's storage, not theirs.
+        shared = alice.post(f"/api/notebooks/{nb}/shares", json={"user": "carol", "role": "editor"})
+        assert shared.status_code in (200, 201), shared.text
+        with quotas.client("carol") as carol:
+            into_alices = carol.post(f"/api/notebooks/{nb}/documents", files=_files(40))
+            assert _refused(into_alices, 413, "RATE_005")["details"]["used_bytes"] == 40 * 1024
+            own = carol.post(f"/api/notebooks/{_notebook(carol)}/documents", files=_files(40))
+            assert own.status_code == 202, own.text
+        assert _stored(quotas.server) - before, "carol's own upload was stored"
