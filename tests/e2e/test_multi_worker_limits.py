@@ -12,13 +12,9 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -26,13 +22,22 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from studyrag.api.ws.manager import SLOT_TTL
-from tests.api.conftest import NOTES, QUESTION, WSClient
-from tests.conftest import free_port
-from tests.contracts.test_broker import REDIS_URL
+from tests.api.conftest import NOTES, QUESTION
 from tests.contracts.test_limits import _forget
-from tests.contracts.test_sql_store import PG_ADMIN, _pg_available
 from tests.contracts.test_vector_store import running_chroma
-from tests.e2e.test_durable_jobs import EXE
+
+# The two-worker topology of tests/e2e/test_multi_worker.py, started the same way.
+from tests.e2e.test_multi_worker import (
+    REDIS_URL,
+    Worker,
+    _conversation,
+    _pg_database,
+    _redis_reachable,
+    _start,
+    _stop,
+    _wait_healthy,
+    _ws,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,87 +45,6 @@ RATE = 3
 PER_CONVERSATION = 2
 PER_ADDRESS = 3
 PER_DAY = 2
-
-
-@dataclass
-class Worker:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws_url(self, conversation_id: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/chat/{conversation_id}"
-
-
-def _start(name: str, data_dir: Path, env: dict[str, str], log: Path) -> Worker:
-    port = free_port()
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [EXE, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    return Worker(name, port, proc, log)
-
-
-def _wait_healthy(worker: Worker) -> None:
-    deadline = time.monotonic() + 240
-    while True:
-        assert worker.proc.poll() is None, worker.log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{worker.base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"worker {worker.name} did not start"
-        time.sleep(0.2)
-
-
-def _stop(worker: Worker) -> None:
-    if worker.proc.poll() is None:
-        worker.proc.send_signal(signal.SIGTERM)
-        try:
-            worker.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.proc.kill()
-            worker.proc.wait()
-
-
-@contextmanager
-def _pg_database() -> Iterator[str]:
-    import asyncpg
-
-    if not asyncio.run(_pg_available()):
-        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432: start it (database `test`)")
-    name = f"studyrag_limits_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def _redis_reachable() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
-    except (redis.exceptions.RedisError, OSError):
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -161,22 +85,6 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, 
             _stop(b)
             _stop(a)
             asyncio.run(_forget(namespace))
-
-
-async def _conversation(http: httpx.AsyncClient) -> str:
-    response = await http.post("/api/chat/conversations", json={})
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
-
-
-@asynccontextmanager
-async def _ws(worker: Worker, conversation_id: str) -> AsyncIterator[WSClient]:
-    async with websockets.connect(worker.ws_url(conversation_id)) as connection:
-        client = WSClient(connection)
-        hello = await client.recv()
-        assert hello["type"] == "connected", hello
-        client.client_id = hello["client_id"]
-        yield client
 
 
 async def _refused(worker: Worker, conversation_id: str) -> str:
