@@ -111,7 +111,7 @@ async def test_two_workers_share_one_message_budget(make_limits: MakeLimits) -> 
             await worker.message("user:u1")
 
 
-async def test_the_message_limit_is_read_live_and_zero_turns_it_off(
+async def test_the_message_limit_is_read_from_the_settings_and_zero_turns_it_off(
     make_limits: MakeLimits,
 ) -> None:
     limits = make_limits(rate_limit_per_minute=1)

@@ -95,7 +95,7 @@ class Limits:
     ) -> None:
         self.storage = storage
         self.window = MovingWindowRateLimiter(storage)
-        # Read at each call: the message limit is a live setting (PUT /api/config).
+        # Read at each call, never copied: the Settings object stays the one source.
         self.api = settings.api
         self.usage = usage
         self.multi_user = multi_user
