@@ -107,10 +107,10 @@ def serve(args: argparse.Namespace) -> None:
     from fastapi import FastAPI
 
     from studyrag.api.generations import GenerationHub
-    from studyrag.api.ratelimit import RateLimiter
     from studyrag.api.routes import ws
     from studyrag.api.runtime import ChatRuntime
     from studyrag.api.ws.manager import WebSocketManager
+    from studyrag.auth.quotas import Limits
     from studyrag.backends.broker.base import Broker
     from studyrag.backends.broker.memory import MemoryBroker
     from studyrag.config import APISettings, Settings
@@ -144,10 +144,13 @@ def serve(args: argparse.Namespace) -> None:
         await hub.start()
         manager = WebSocketManager(broker=broker, hub=hub, settings=settings)
         await manager.start()
-        app.state.services = SimpleNamespace(conversations=conversations, settings=settings)
-        app.state.chat_runtime = ChatRuntime(
-            broker=broker, hub=hub, ws=manager, limiter=RateLimiter(broker, per_minute=0)
+        settings.api.rate_limit_per_minute = 0  # fan-out is measured, not the limiter
+        app.state.services = SimpleNamespace(
+            conversations=conversations,
+            settings=settings,
+            limits=Limits.open(settings, usage=None, multi_user=False),
         )
+        app.state.chat_runtime = ChatRuntime(broker=broker, hub=hub, ws=manager)
 
         async def ask_when_ready() -> None:
             ready = Path(args.ready)

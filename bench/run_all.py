@@ -13,6 +13,7 @@ BENCHES = [
     ["bench.chat_latency"],
     ["bench.ws_fanout"],
     ["bench.sse_cost"],
+    ["bench.limits_cost"],
     ["bench.pdf_views"],
     ["bench.web_ui"],
     ["bench.notebook_archive"],

@@ -46,9 +46,9 @@ def serve(port: int) -> None:
     from starlette.responses import StreamingResponse
 
     from studyrag.api.generations import GenerationHub
-    from studyrag.api.ratelimit import RateLimiter
     from studyrag.api.routes import sse
     from studyrag.api.runtime import ChatRuntime
+    from studyrag.auth.quotas import Limits
     from studyrag.backends.broker.memory import MemoryBroker
     from studyrag.chat.engine import DoneEvent, SourcesEvent, StartEvent, TokenEvent
     from studyrag.config import LLMSettings, Settings
@@ -83,10 +83,13 @@ def serve(port: int) -> None:
         broker = MemoryBroker()
         hub = GenerationHub(chat=SyntheticEngine(), conversations=Conversations(), broker=broker)  # type: ignore[arg-type]
         await hub.start()
-        app.state.services = SimpleNamespace(conversations=Conversations(), settings=settings)
-        app.state.chat_runtime = ChatRuntime(
-            broker=broker, hub=hub, ws=None, limiter=RateLimiter(broker, per_minute=0)
-        )  # type: ignore[arg-type]
+        settings.api.rate_limit_per_minute = 0  # fan-out is measured, not the limiter
+        app.state.services = SimpleNamespace(
+            conversations=Conversations(),
+            settings=settings,
+            limits=Limits.open(settings, usage=None, multi_user=False),
+        )
+        app.state.chat_runtime = ChatRuntime(broker=broker, hub=hub, ws=None)  # type: ignore[arg-type]
         yield
         await hub.aclose()
 

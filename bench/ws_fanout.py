@@ -93,10 +93,10 @@ def serve_studyrag(port: int, clients: int, cids: list[str], tokens: int, rate: 
     from fastapi import FastAPI
 
     from studyrag.api.generations import Generation, GenerationHub
-    from studyrag.api.ratelimit import RateLimiter
     from studyrag.api.routes import ws
     from studyrag.api.runtime import ChatRuntime
     from studyrag.api.ws.manager import WebSocketManager
+    from studyrag.auth.quotas import Limits
     from studyrag.backends.broker.memory import MemoryBroker
     from studyrag.config import APISettings, Settings
 
@@ -117,10 +117,13 @@ def serve_studyrag(port: int, clients: int, cids: list[str], tokens: int, rate: 
         hub = GenerationHub(chat=None, conversations=Conversations(), broker=broker)  # type: ignore[arg-type]
         manager = WebSocketManager(broker=broker, hub=hub, settings=settings)
         await manager.start()
-        app.state.services = SimpleNamespace(conversations=Conversations(), settings=settings)
-        app.state.chat_runtime = ChatRuntime(
-            broker=broker, hub=hub, ws=manager, limiter=RateLimiter(broker, per_minute=0)
+        settings.api.rate_limit_per_minute = 0  # fan-out is measured, not the limiter
+        app.state.services = SimpleNamespace(
+            conversations=Conversations(),
+            settings=settings,
+            limits=Limits.open(settings, usage=None, multi_user=False),
         )
+        app.state.chat_runtime = ChatRuntime(broker=broker, hub=hub, ws=manager)
 
         gens: dict[str, Generation] = {}
 

@@ -177,6 +177,11 @@ class APISettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     rate_limit_per_minute: int = Field(default=30, ge=0)  # 0 = unlimited
+    # Per-user quotas (api/limits.py). None: the mode's default (multi-user: the numbers
+    # in docs/operations.md; local: off); 0: off. Files a user may upload in 24 hours:
+    uploads_per_day: int | None = Field(default=None, ge=0, le=1_000_000)
+    # Megabytes of originals the documents in a user's notebooks may hold:
+    storage_quota_mb: float | None = Field(default=None, ge=0, le=1e9)
     ws_max_clients_per_conversation: int = Field(default=50, ge=1)
     ws_max_clients_per_address: int = Field(default=200, ge=1)
     ws_send_queue: int = Field(default=256, ge=1)

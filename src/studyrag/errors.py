@@ -465,6 +465,65 @@ class LoginThrottled(RateLimited):
         self.retry_after = retry_after
 
 
+class UploadsPerDayExceeded(RateLimited, DocumentError):
+    """A user's files for the day are used up (`api.uploads_per_day`, a sliding 24 hours).
+
+    Also a DocumentError: a file of a multi-file upload refused by it is reported
+    `rejected` like a file too large, and the files before it are kept."""
+
+    error_code = "RATE_004"
+    status_code = 429
+
+    def __init__(self, retry_after: float, *, limit: int, filename: str | None = None) -> None:
+        details: dict[str, Any] = {"retry_after": round(retry_after, 1), "limit": limit}
+        if filename is not None:
+            details["filename"] = filename
+        StudyRAGError.__init__(
+            self,
+            f"Upload limit reached: at most {limit} files per user in 24 hours.",
+            details=details,
+            hint=f"Wait {_duration(retry_after)} and upload again, or ask an admin to raise "
+            "STUDYRAG_API__UPLOADS_PER_DAY.",
+        )
+        self.retry_after = retry_after
+
+
+class StorageQuotaExceeded(DocumentError):
+    """The originals in a user's notebooks would pass `api.storage_quota_mb`.
+
+    413, not 507 (DOC_015, the server's disk is full): this request is too large for what
+    the notebook's owner has left, and a smaller one, or a delete first, succeeds."""
+
+    error_code = "RATE_005"
+    status_code = 413
+
+    def __init__(
+        self, *, used: int, limit: int, incoming: int | None = None, filename: str | None = None
+    ) -> None:
+        details: dict[str, Any] = {"used_bytes": used, "limit_bytes": limit}
+        if incoming is not None:
+            details["upload_bytes"] = incoming
+        if filename is not None:
+            details["filename"] = filename
+        StudyRAGError.__init__(
+            self,
+            f"Storage quota reached: the notebook's owner keeps {used / 1e6:.1f} MB of "
+            f"originals of at most {limit / 1e6:.1f} MB.",
+            details=details,
+            hint="Delete documents you no longer need (DELETE /api/documents/{id}), or ask "
+            "an admin to raise STUDYRAG_API__STORAGE_QUOTA_MB.",
+        )
+
+
+def _duration(seconds: float) -> str:
+    """A wait as a person reads it: 42 s, 17 min, 3 h."""
+    if seconds < 120:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 7200:
+        return f"{round(seconds / 60)} min"
+    return f"{round(seconds / 3600)} h"
+
+
 # --- notebooks, originals and jobs -------------------------------------------------------
 class NotebookError(StudyRAGError):
     error_code = "NB_000"

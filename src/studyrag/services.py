@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from studyrag.auth.quotas import Limits
 from studyrag.auth.service import AuthService
 from studyrag.backends.broker.base import Broker
 from studyrag.backends.embeddings.base import Embedder
@@ -19,6 +20,7 @@ from studyrag.db.jobs import JobRepo
 from studyrag.db.notebooks import NotebookRepo
 from studyrag.db.repo import COMPLETED, DocumentRepo
 from studyrag.db.session import Database
+from studyrag.db.usage import UsageRepo
 from studyrag.ingest.originals import OriginalStore
 from studyrag.ingest.page_headings import CONTEXTS_OUTDATED
 from studyrag.ingest.pipeline import IngestionPipeline, vector_metadata
@@ -59,6 +61,7 @@ class Services:
     metrics: Metrics
     archives: NotebookArchives
     auth: AuthService
+    limits: Limits
     chat_model: ChatModel | None = None
     chat: ChatEngine | None = None
     config: ConfigService | None = None
@@ -157,6 +160,9 @@ async def open_services(
             notebook_id=conv.notebook_id,
             job_id=None,
         )
+        auth = AuthService(db, settings, notebooks, bound_host=bound_host or settings.api.host)
+        limits = Limits.open(settings, usage=UsageRepo(db), multi_user=auth.mode == "multi-user")
+        stack.push_async_callback(limits.aclose)
         services = Services(
             settings=settings,
             db=db,
@@ -172,7 +178,8 @@ async def open_services(
             originals=originals,
             metrics=metrics,
             archives=archives,
-            auth=AuthService(db, settings, notebooks, bound_host=bound_host or settings.api.host),
+            auth=auth,
+            limits=limits,
         )
         from studyrag.admin.config import ConfigService
         from studyrag.admin.models import ModelService

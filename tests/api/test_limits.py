@@ -18,7 +18,6 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from studyrag.backends.broker.memory import MemoryBroker
 from tests.api.conftest import (
     QUESTION,
     LiveServer,
@@ -107,19 +106,6 @@ async def test_rate_limit_is_per_address_whatever_the_socket_or_client_id(
         assert sse.status_code == 429 and sse.json()["error_code"] == "RATE_001"
         stored = (await http.get(f"/api/chat/conversations/{cid}")).json()
         assert stored["message_count"] == 2 * RATE, "no refused question was stored"
-
-
-async def test_memory_broker_forgets_counters_whose_window_has_passed() -> None:
-    broker = MemoryBroker()
-    for i in range(500):
-        count, _ = await broker.hit(f"msg:addr:10.0.{i // 256}.{i % 256}", window=0.05)
-        assert count == 1
-    assert broker.counters() == 500
-    await asyncio.sleep(0.1)  # every one of those hits is now outside its window
-    for n in range(1, 1001):  # enough hits to trigger a sweep
-        count, _ = await broker.hit("msg:addr:127.0.0.1", window=60)
-        assert count == n, "a live key keeps its count"
-    assert broker.counters() == 1
 
 
 async def test_clients_per_conversation_and_per_address(

@@ -155,12 +155,53 @@ async def test_registry_members(broker: Broker) -> None:
     assert await broker.registered("reg") == {"b": "2"}
 
 
-async def test_sliding_window_counts(broker: Broker) -> None:
-    counts = [(await broker.hit("client", window=0.5))[0] for _ in range(3)]
-    assert counts == [1, 2, 3]
-    await asyncio.sleep(0.7)
-    count, retry_after = await broker.hit("client", window=0.5)
-    assert count == 1 and 0 < retry_after <= 0.5
+async def test_slots_hold_at_most_limit_members_until_dropped_or_expired(broker: Broker) -> None:
+    assert await broker.take_slot("conv", "a", limit=2, ttl=30) == (True, 1)
+    assert await broker.take_slot("conv", "b", limit=2, ttl=30) == (True, 2)
+    assert await broker.take_slot("conv", "c", limit=2, ttl=30) == (False, 2)
+    # A holder taking its own slot again renews it; it is no new member.
+    assert await broker.take_slot("conv", "a", limit=2, ttl=30) == (True, 2)
+    # Groups are apart.
+    assert await broker.take_slot("other", "c", limit=2, ttl=30) == (True, 1)
+    await broker.drop_slot("conv", "a")
+    await broker.drop_slot("conv", "never-there")
+    assert await broker.take_slot("conv", "c", limit=2, ttl=30) == (True, 2)
+    # A slot nobody renews (its worker was killed) frees itself.
+    await broker.take_slot("short", "x", limit=1, ttl=0.3)
+    assert (await broker.take_slot("short", "y", limit=1, ttl=0.3))[0] is False
+    await asyncio.sleep(0.5)
+    assert await broker.take_slot("short", "y", limit=1, ttl=0.3) == (True, 1)
+
+
+async def test_kept_slots_outlive_their_first_ttl(broker: Broker) -> None:
+    await broker.take_slot("kept", "a", limit=1, ttl=0.4)
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        await broker.keep_slots([("kept", "a")], ttl=0.4)
+    assert (await broker.take_slot("kept", "b", limit=1, ttl=0.4))[0] is False
+    # Kept again after it lapsed (a Redis restarted empty): it counts again.
+    await asyncio.sleep(0.6)
+    await broker.keep_slots([("kept", "a")], ttl=30)
+    assert (await broker.take_slot("kept", "b", limit=1, ttl=30))[0] is False
+    await broker.keep_slots([], ttl=30)
+
+
+async def test_the_last_slot_is_taken_by_exactly_one_of_many(broker: Broker) -> None:
+    results = await asyncio.gather(
+        *(broker.take_slot("race", f"m{i}", limit=3, ttl=30) for i in range(20))
+    )
+    assert sum(taken for taken, _ in results) == 3
+
+
+async def test_memory_broker_forgets_groups_whose_slots_are_all_free() -> None:
+    # Groups are named after client addresses: one kept per address ever seen would grow.
+    broker = MemoryBroker()
+    for i in range(500):
+        await broker.take_slot(f"addr:10.0.{i // 256}.{i % 256}", "m", limit=1, ttl=30)
+    assert broker.slot_groups() == 500
+    for i in range(500):
+        await broker.drop_slot(f"addr:10.0.{i // 256}.{i % 256}", "m")
+    assert broker.slot_groups() == 0
 
 
 async def test_ping_and_health(broker: Broker) -> None:

@@ -83,11 +83,13 @@ from studyrag.errors import (
     RateLimited,
     SettingNotChangeable,
     SetupUnavailable,
+    StorageQuotaExceeded,
     TooManyConnections,
     Unauthorized,
     UnknownModel,
     UnknownSetting,
     UnsupportedFileType,
+    UploadsPerDayExceeded,
     UserExists,
     UserNotFound,
 )
@@ -112,6 +114,10 @@ _DOCUMENT = (
     RangeNotSatisfiable,
     HighlightUnavailable,
     ChunkNotFound,
+    # Upload quotas (auth/quotas.py), and their shared count out of reach.
+    UploadsPerDayExceeded,
+    StorageQuotaExceeded,
+    BrokerUnavailable,
 )
 _CHAT = (
     ConversationNotFound,
@@ -137,6 +143,7 @@ _AUTH = (
     UserExists,
     UserNotFound,
     KeyNotFound,
+    BrokerUnavailable,  # the shared login count is out of reach
 )
 _ADMIN = (
     UnknownSetting,

@@ -1,4 +1,4 @@
-"""The chat transport the lifespan builds: broker, generation hub, WebSocket manager, limiter."""
+"""The chat transport the lifespan builds: broker, generation hub, WebSocket manager."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from studyrag.api.generations import GenerationHub
-from studyrag.api.ratelimit import RateLimiter
 from studyrag.api.ws.manager import WebSocketManager
 from studyrag.backends.broker.base import Broker
 from studyrag.services import Services
@@ -22,7 +21,6 @@ class ChatRuntime:
     broker: Broker
     hub: GenerationHub
     ws: WebSocketManager
-    limiter: RateLimiter
 
 
 @asynccontextmanager
@@ -43,12 +41,7 @@ async def open_chat_runtime(services: Services) -> AsyncIterator[ChatRuntime]:
         # Last in, first out: sockets close with 1001 before the answers are cancelled.
         stack.push_async_callback(manager.aclose)
         await manager.start()
-        yield ChatRuntime(
-            broker=broker,
-            hub=hub,
-            ws=manager,
-            limiter=RateLimiter(broker, per_minute=settings.api.rate_limit_per_minute),
-        )
+        yield ChatRuntime(broker=broker, hub=hub, ws=manager)
 
 
 def get_chat_runtime(conn: HTTPConnection) -> ChatRuntime:

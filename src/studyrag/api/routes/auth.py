@@ -7,15 +7,11 @@ from fastapi import APIRouter, Request, Response
 from studyrag.api.deps import PublicDep, ServicesDep, SignedInDep
 from studyrag.auth.sessions import COOKIE
 from studyrag.db.models import User
-from studyrag.errors import InvalidAuthRequest, LoginThrottled
+from studyrag.errors import InvalidAuthRequest
 from studyrag.schemas.auth import LoginRequest, MePublic, SetupRequest, UserPublic
 from studyrag.services import Services
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
-
-# Login and setup attempts one address may make per window (successful ones included).
-LOGIN_ATTEMPTS = 20
-LOGIN_WINDOW = 600.0
 
 
 @router.get("/me")
@@ -72,14 +68,9 @@ def _multi_user(services: Services) -> None:
 
 
 async def _throttle(services: Services, request: Request) -> None:
-    """RATE_003 past LOGIN_ATTEMPTS attempts from one address in LOGIN_WINDOW (counted in
-    the broker, so every worker shares the count): guessing passwords stays slow."""
-    address = request.client.host if request.client else "unknown"
-    count, retry_after = await services.broker.hit(f"login:{address}", window=LOGIN_WINDOW)
-    if count > LOGIN_ATTEMPTS:
-        raise LoginThrottled(
-            max(retry_after, 1.0), limit=LOGIN_ATTEMPTS, minutes=int(LOGIN_WINDOW // 60)
-        )
+    """RATE_003 past LOGIN_ATTEMPTS attempts from one address in LOGIN_MINUTES (auth/quotas.py,
+    shared by every worker): guessing passwords stays slow."""
+    await services.limits.login(request.client.host if request.client else "unknown")
 
 
 async def _start_session(

@@ -13,9 +13,9 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from studyrag.api.deps import AccessDep, ChatDep, ServicesDep
 from studyrag.api.errors import max_body_bytes
-from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep
 from studyrag.auth.policy import ADMIN
+from studyrag.auth.quotas import client_key
 from studyrag.chat.conversations import MAX_PAGE_SIZE, TITLE_MAX_CHARS
 from studyrag.chat.engine import ChatEngine, check_message
 from studyrag.chat.prompts import check_template_name
@@ -77,7 +77,7 @@ async def post_message(
         model=services.chat_model,
         max_tokens=options["max_tokens"],
     )
-    await runtime.limiter.check(client_key(request))
+    await services.limits.message(client_key(request))
     gen = await runtime.hub.start_answer(
         question,
         conversation_id=body.conversation_id,

@@ -15,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from studyrag.api.deps import AccessDep, ReadDep, ServicesDep, WriteDep
 from studyrag.api.multipart import file_parts, multipart_openapi
-from studyrag.api.routes.notebooks import safe_filename
+from studyrag.api.routes.notebooks import declared_length, safe_filename
 from studyrag.errors import (
     DocumentError,
     ExtractionFailed,
@@ -77,12 +77,15 @@ async def upload(
     checked as it arrives (413 DOC_002 at once, the rest unread)."""
     nb_id = await access.resolve_notebook(principal, notebook_id, "editor")
     settings = services.settings.ingest
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_file_size_bytes + 65536:
+    declared = declared_length(request)
+    if declared is not None and declared > settings.max_file_size_bytes + 65536:
         raise FileTooLarge(
-            f"The upload is {int(declared) / 1e6:.1f} MB; the limit is "
-            f"{settings.max_file_size_mb:g} MB."
+            f"The upload is {declared / 1e6:.1f} MB; the limit is {settings.max_file_size_mb:g} MB."
         )
+    # The quotas (auth/quotas.py) before any byte is read: RATE_004, RATE_005.
+    budget = await services.limits.upload(
+        uploader=principal.user_id, notebook_id=nb_id, declared_bytes=declared
+    )
     parts = file_parts(request, field="file", invalid=InvalidDocumentRequest, max_files=1)
     file = await anext(parts, None)
     if file is None:
@@ -92,7 +95,7 @@ async def upload(
     name = safe_filename(file.filename)
     check_upload(name, None, settings)
     sha, size = await services.originals.save_stream(
-        file.chunks, limit=settings.max_file_size_bytes, name=name
+        budget.chunks(name, file.chunks), limit=settings.max_file_size_bytes, name=name
     )
     await parts.aclose()
     registered = await services.pipeline.register_stored(

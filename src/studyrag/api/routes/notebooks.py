@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 
 from studyrag.api.deps import AccessDep, ReadDep, ServicesDep, WriteDep
 from studyrag.api.multipart import FilePart, file_parts, multipart_openapi
+from studyrag.auth.quotas import UploadBudget
 from studyrag.errors import InvalidNotebook
 from studyrag.jobs.service import Upload
 from studyrag.schemas.documents import DocumentPage, DocumentPublic, JobPublic, UploadAccepted
@@ -118,19 +119,39 @@ async def upload_documents(
     The form is streamed: each file goes straight into the data directory's .incoming/ and
     is refused (DOC_002) as soon as it passes the size limit, before the rest is read."""
     await access.notebook(principal, notebook_id, "editor")
+    # The quotas (auth/quotas.py) before any byte is read: RATE_004, RATE_005.
+    budget = await services.limits.upload(
+        uploader=principal.user_id,
+        notebook_id=notebook_id,
+        declared_bytes=declared_length(request),
+    )
     parts = file_parts(
         request, field="files", invalid=InvalidNotebook, max_files=MAX_FILES_PER_UPLOAD
     )
     first = await anext(parts, None)
     if first is None:
         raise InvalidNotebook("No files in the upload.", hint="Send files under the field `files`.")
-    return await services.jobs.upload(notebook_id, _uploads(first, parts))
+    accepted = await services.jobs.upload(notebook_id, _uploads(first, parts, budget))
+    if budget.refused is not None and all(d.status == "rejected" for d in accepted.documents):
+        # Nothing was stored: the request is refused as a whole, with its status.
+        raise budget.refused
+    return accepted
 
 
-async def _uploads(first: FilePart, rest: AsyncIterator[FilePart]) -> AsyncIterator[Upload]:
-    yield Upload(safe_filename(first.filename), first.chunks)
-    async for part in rest:
-        yield Upload(safe_filename(part.filename), part.chunks)
+async def _uploads(
+    first: FilePart, rest: AsyncIterator[FilePart], budget: UploadBudget
+) -> AsyncIterator[Upload]:
+    part: FilePart | None = first
+    while part is not None:
+        name = safe_filename(part.filename)
+        yield Upload(name, budget.chunks(name, part.chunks))
+        part = await anext(rest, None)
+
+
+def declared_length(request: Request) -> int | None:
+    """The body's Content-Length, when the client sent one."""
+    declared = request.headers.get("content-length")
+    return int(declared) if declared and declared.isdigit() else None
 
 
 @router.post("/{notebook_id}/reindex", status_code=202, response_model=JobPublic)

@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from studyrag.api.auth import require_api_key
 from studyrag.api.deps import AccessDep, ChatDep, ReadDep, ServicesDep
 from studyrag.api.generations import Generation
-from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep
 from studyrag.auth.policy import Access, Principal
+from studyrag.auth.quotas import client_key
 from studyrag.chat.completions import conversation_for, notebook_of_model, split_turn
 from studyrag.chat.engine import check_message
 from studyrag.db.models import Notebook
@@ -90,7 +90,7 @@ async def chat_completions(
         await access.conversation(principal, body.conversation_id)
     turn = split_turn(body.messages)
     question = check_message(turn.question, settings)
-    await runtime.limiter.check(client_key(request))
+    await services.limits.message(client_key(request))
     conversation_id = await conversation_for(
         services.conversations,
         notebook_id=notebook.id,

@@ -21,8 +21,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from studyrag.api.deps import AccessDep, ChatDep, ServicesDep
 from studyrag.api.generations import BufferedEvent, Generation
-from studyrag.api.ratelimit import client_key
 from studyrag.api.runtime import ChatRuntimeDep
+from studyrag.auth.quotas import client_key
 from studyrag.chat.engine import ABSOLUTE_MAX_MESSAGE_CHARS, check_message
 from studyrag.errors import InvalidChatRequest, MessageNotFound
 from studyrag.schemas.chat import StreamRequest
@@ -111,7 +111,7 @@ async def ask_stream(
     question = check_message(
         body.message, services.settings, model=services.chat_model, max_tokens=kwargs["max_tokens"]
     )
-    await runtime.limiter.check(client_key(request))
+    await services.limits.message(client_key(request))
     gen = await runtime.hub.start_answer(question, conversation_id=conversation_id, options=kwargs)
     return EventSourceResponse(_events(gen, 0), ping=services.settings.api.sse_ping_interval)
 

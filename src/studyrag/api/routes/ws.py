@@ -15,7 +15,6 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from studyrag.api.deps import ChatDep
 from studyrag.api.generations import GenerationHub
-from studyrag.api.ratelimit import RateLimiter, client_key
 from studyrag.api.ws.frames import (
     CLOSE_INTERNAL,
     CLOSE_NOT_FOUND,
@@ -27,6 +26,7 @@ from studyrag.api.ws.frames import (
     validate,
 )
 from studyrag.api.ws.manager import CLOSE_TIMEOUT, WebSocketManager, WSClient
+from studyrag.auth.quotas import Limits, client_key
 from studyrag.chat.engine import check_message
 from studyrag.config import Settings
 from studyrag.errors import (
@@ -64,7 +64,7 @@ async def chat_socket(websocket: WebSocket, conversation_id: str, principal: Cha
             await websocket.send_text(dumps(error_frame(exc)))
             await websocket.close(code, exc.message[:120])
         return
-    session = _Session(client, manager, runtime.hub, runtime.limiter, services.settings)
+    session = _Session(client, manager, runtime.hub, services.limits, services.settings)
     client.reader = asyncio.current_task()
     try:
         await session.read()
@@ -86,13 +86,13 @@ class _Session:
         client: WSClient,
         manager: WebSocketManager,
         hub: GenerationHub,
-        limiter: RateLimiter,
+        limits: Limits,
         settings: Settings,
     ) -> None:
         self.client = client
         self.manager = manager
         self.hub = hub
-        self.limiter = limiter
+        self.limits = limits
         self.settings = settings
 
     async def read(self) -> None:
@@ -154,7 +154,7 @@ class _Session:
             max_tokens=options["max_tokens"],
         )
         # The address, not this socket's id: reconnecting must not reset the budget.
-        await self.limiter.check(client_key(self.client.websocket))
+        await self.limits.message(client_key(self.client.websocket))
         await self.hub.start_answer(
             question,
             conversation_id=self.client.conversation_id,

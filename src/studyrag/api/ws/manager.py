@@ -9,6 +9,11 @@ conversation that has local clients. So any worker serves any client.
 
 Each client has a bounded queue drained by its own writer task: a slow client never holds up
 the others, and one whose queue overflows is closed with 4408. See docs/protocol.md.
+
+Client caps (`api.ws_max_clients_per_conversation`, `..._per_address`) count every worker's
+clients: each client holds a slot in the broker for its conversation and for its address,
+renewed every SLOT_TTL / 3 while it is connected, so a killed worker's clients stop counting
+within SLOT_TTL.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncGenerator
 from contextlib import aclosing, suppress
 from datetime import UTC, datetime
@@ -48,6 +53,8 @@ CLOSE_TIMEOUT = 2.0
 # A writer that has not sent anything for this many ping intervals while frames wait is dead.
 STALL_INTERVALS = 3
 _MAX_CURSORS = 8
+# A client's slots outlive a worker that dies without freeing them by at most this long.
+SLOT_TTL = 30.0
 
 
 class _Close:
@@ -155,7 +162,12 @@ class WebSocketManager:
         self.hub = hub
         self.api = settings.api
         self._conversations: dict[str, dict[str, WSClient]] = {}
-        self._addresses: Counter[str] = Counter()
+        # client id -> the (group, member) slots it holds in the broker; slots of clients
+        # gone wait in _to_free until the next connect or heartbeat frees them.
+        self._slots: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._to_free: deque[tuple[str, str]] = deque()
+        self._slot_keeper: asyncio.Task[None] | None = None
+        self._left = asyncio.Event()  # set when a client leaves: free its slots now
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._ready: dict[str, asyncio.Event] = {}
         self._watches: dict[str, asyncio.Task[None]] = {}  # generation id -> its watch
@@ -170,8 +182,9 @@ class WebSocketManager:
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the idle-ping loop."""
+        """Start the idle-ping loop and the heartbeat of the clients' slots."""
         self._pinger = asyncio.create_task(self._ping_loop(), name="ws-pinger")
+        self._slot_keeper = asyncio.create_task(self._keep_slots(), name="ws-slots")
 
     async def aclose(self, code: int = CLOSE_GOING_AWAY) -> None:
         """Close every socket with `code` (1001: going away) and stop every task."""
@@ -186,15 +199,26 @@ class WebSocketManager:
             _, late = await asyncio.wait(writers, timeout=CLOSE_TIMEOUT + 0.5)
             for task in late:
                 task.cancel()
+        for slots in self._slots.values():
+            self._to_free.extend(slots)
+        self._slots.clear()
         tasks = [
             t
-            for t in (self._pinger, *self._pumps.values(), *self._watches.values())
+            for t in (
+                self._pinger,
+                self._slot_keeper,
+                *self._pumps.values(),
+                *self._watches.values(),
+            )
             if t is not None
         ]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        # Other workers see these clients gone now, not a SLOT_TTL later.
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._free_slots(), timeout=CLOSE_TIMEOUT)
 
     # --- connections ---------------------------------------------------------------------
     async def connect(self, websocket: WebSocket, conversation_id: str) -> WSClient:
@@ -202,19 +226,6 @@ class WebSocketManager:
         if self._closing:
             raise TooManyConnections("The server is shutting down.", hint="Reconnect shortly.")
         address = websocket.client.host if websocket.client else "unknown"
-        group = self._conversations.get(conversation_id, {})
-        if len(group) >= self.api.ws_max_clients_per_conversation:
-            raise TooManyConnections(
-                f"This conversation already has {len(group)} connected clients.",
-                details={"limit": self.api.ws_max_clients_per_conversation},
-                hint="Close another tab or window on this conversation.",
-            )
-        if self._addresses[address] >= self.api.ws_max_clients_per_address:
-            raise TooManyConnections(
-                "Too many WebSocket connections from your address.",
-                details={"limit": self.api.ws_max_clients_per_address},
-                hint="Close some connections and try again.",
-            )
         client = WSClient(
             websocket,
             conversation_id=conversation_id,
@@ -222,9 +233,8 @@ class WebSocketManager:
             user_agent=websocket.headers.get("user-agent", ""),
             queue_size=self.api.ws_send_queue,
         )
-        # Registered before any await, so the limits above cannot be raced past.
+        clients = await self._take_slots(client)
         self._conversations.setdefault(conversation_id, {})[client.id] = client
-        self._addresses[address] += 1
         ready = self._ensure_pump(conversation_id)
         try:
             await asyncio.wait_for(ready.wait(), timeout=READY_TIMEOUT)
@@ -251,7 +261,7 @@ class WebSocketManager:
                     "type": "connected",
                     "client_id": client.id,
                     "conversation_id": conversation_id,
-                    "clients": len(self._conversations[conversation_id]),
+                    "clients": clients,
                     "generation": gen.info() if gen is not None else None,
                 }
             )
@@ -265,18 +275,89 @@ class WebSocketManager:
             client.join_timer.cancel()
         if client.writer is not None and not client.writer.done():
             client.writer.cancel()
+        slots = self._slots.pop(client.id, ())
+        if slots:
+            self._to_free.extend(slots)
+            self._left.set()
         group = self._conversations.get(client.conversation_id)
         if group is None or group.pop(client.id, None) is None:
             return
-        self._addresses[client.address] -= 1
-        if self._addresses[client.address] <= 0:
-            del self._addresses[client.address]
         if not group:
             del self._conversations[client.conversation_id]
             pump = self._pumps.pop(client.conversation_id, None)
             self._ready.pop(client.conversation_id, None)
             if pump is not None:
                 pump.cancel()
+
+    async def _take_slots(self, client: WSClient) -> int:
+        """Hold the client's slots in its conversation and its address, on every worker's
+        count; TooManyConnections (RATE_002) when either is full. Returns the conversation's
+        clients, this one included."""
+        await self._free_slots()  # a client that just left here makes room first
+        conversation = (f"studyrag:ws-conversation:{client.conversation_id}", client.id)
+        address = (f"studyrag:ws-address:{client.address}", client.id)
+        try:
+            taken, clients = await self.broker.take_slot(
+                *conversation, limit=self.api.ws_max_clients_per_conversation, ttl=SLOT_TTL
+            )
+            if not taken:
+                raise TooManyConnections(
+                    f"This conversation already has {clients} connected clients.",
+                    details={"limit": self.api.ws_max_clients_per_conversation},
+                    hint="Close another tab or window on this conversation.",
+                )
+            try:
+                taken, _ = await self.broker.take_slot(
+                    *address, limit=self.api.ws_max_clients_per_address, ttl=SLOT_TTL
+                )
+            except BaseException:
+                self._to_free.append(conversation)
+                self._left.set()
+                raise
+            if not taken:
+                self._to_free.append(conversation)
+                self._left.set()
+                raise TooManyConnections(
+                    "Too many WebSocket connections from your address.",
+                    details={"limit": self.api.ws_max_clients_per_address},
+                    hint="Close some connections and try again.",
+                )
+        except TooManyConnections:
+            raise
+        except StudyRAGError as exc:
+            raise BrokerUnavailable(
+                f"The message broker did not answer; live updates are unavailable ({exc.message})."
+            ) from exc
+        self._slots[client.id] = (conversation, address)
+        return clients
+
+    async def _free_slots(self) -> None:
+        """Free the slots of clients gone; a failure leaves them to expire (SLOT_TTL)."""
+        while self._to_free:
+            group, member = self._to_free.popleft()
+            try:
+                await self.broker.drop_slot(group, member)
+            except StudyRAGError as exc:
+                log.warning("Could not free a WebSocket slot (%s); it expires by itself", exc)
+
+    async def _keep_slots(self) -> None:
+        """Free the slots of clients as they leave; renew the others' every SLOT_TTL / 3."""
+        loop = asyncio.get_running_loop()
+        renew_at = loop.time() + SLOT_TTL / 3
+        while True:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._left.wait(), max(0.0, renew_at - loop.time()))
+            self._left.clear()
+            try:
+                await self._free_slots()
+                if loop.time() >= renew_at:
+                    renew_at = loop.time() + SLOT_TTL / 3
+                    held = [slot for slots in self._slots.values() for slot in slots]
+                    await self.broker.keep_slots(held, ttl=SLOT_TTL)
+            except StudyRAGError as exc:
+                log.warning("Could not renew WebSocket slots: %s", exc)
+            except Exception:  # a bug here must not let every client's slot lapse silently
+                log.exception("WebSocket slot renewal failed")
 
     def clients(self, conversation_id: str) -> list[WSClient]:
         """The clients connected to this worker for one conversation."""

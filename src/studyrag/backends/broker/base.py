@@ -3,13 +3,16 @@
 Four things cross workers through it: pub/sub channels (fan-out of frames, stop requests),
 numbered event streams with a TTL (every streaming answer, so any worker can replay it),
 leases (a key held by one owner while it renews it: the one worker running an answer) with
-a small registry beside them (the answers running now), and sliding-window counters.
+a small registry beside them (the answers running now), and slots (bounded groups of
+members, each held while its holder renews it: the WebSocket clients of a conversation or
+an address, on every worker). Rate counts are the `limits` library's (auth/quotas.py), in
+the same Redis.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Self
 
 
@@ -26,12 +29,25 @@ class Broker(ABC):
     def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
         """Messages published on `channel` from now on, until the iterator is closed."""
 
+    # --- slots: groups of at most `limit` live members ------------------------------------
     @abstractmethod
-    async def hit(self, key: str, *, window: float) -> tuple[int, float]:
-        """Count one event in a sliding window.
+    async def take_slot(
+        self, group: str, member: str, *, limit: int, ttl: float
+    ) -> tuple[bool, int]:
+        """Add `member` to `group` for `ttl` seconds unless `limit` live members are in it.
 
-        Returns (events in the window, seconds until the oldest of them expires).
+        Atomic: of many takers racing for the last slot, one wins. Returns (taken, live
+        members now). Taking a slot one already holds renews it.
         """
+
+    @abstractmethod
+    async def keep_slots(self, slots: Iterable[tuple[str, str]], *, ttl: float) -> None:
+        """Hold each (group, member) `ttl` seconds more (the holder's heartbeat); a slot
+        that expired meanwhile (a Redis restarted empty) is held again."""
+
+    @abstractmethod
+    async def drop_slot(self, group: str, member: str) -> None:
+        """Free `member`'s slot in `group` (nothing if it holds none)."""
 
     # --- numbered event streams ----------------------------------------------------------
     @abstractmethod

@@ -1,11 +1,11 @@
-"""MemoryBroker: in-process pub/sub, event streams, leases and counters (one worker)."""
+"""MemoryBroker: in-process pub/sub, event streams, leases and slots (one worker)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import suppress
 from typing import Any
 
@@ -14,8 +14,7 @@ from studyrag.errors import BackendUnavailable
 
 # A subscriber that falls this far behind is a bug upstream; drop rather than grow forever.
 _QUEUE_LIMIT = 10_000
-# Counters are swept after at least this many hits (more when many keys are live, so a
-# sweep's cost stays proportional to the hits between sweeps).
+# Streams and values are swept of expired ones once there are this many.
 _SWEEP_EVERY = 1_000
 
 
@@ -26,11 +25,9 @@ class MemoryBroker(Broker):
 
     def __init__(self) -> None:
         self._subs: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
-        # key -> (its window, its hit times). Keys are client addresses: a key whose hits
-        # have all left their window is dropped, or every address ever seen stays in memory.
-        self._hits: dict[str, tuple[float, deque[float]]] = {}
-        self._since_sweep = 0
-        self._sweep_after = _SWEEP_EVERY
+        # group -> member -> deadline; an empty group is dropped, so groups of every
+        # address ever seen do not stay in memory.
+        self._slots: dict[str, dict[str, float]] = {}
         # stream -> its entries, the deadline of the whole stream, and a wake-up for readers.
         self._streams: dict[str, _Stream] = {}
         self._values: dict[str, tuple[str, float]] = {}  # key -> (value, deadline)
@@ -55,32 +52,39 @@ class MemoryBroker(Broker):
     def subscribers(self, channel: str) -> int:
         return len(self._subs.get(channel, ()))
 
-    def counters(self) -> int:
-        """How many keys hit() currently keeps counts for."""
-        return len(self._hits)
+    # --- slots -------------------------------------------------------------------------
+    def _live(self, group: str, now: float) -> dict[str, float]:
+        members = self._slots.get(group, {})
+        for member in [m for m, deadline in members.items() if deadline <= now]:
+            del members[member]
+        return members
 
-    async def hit(self, key: str, *, window: float) -> tuple[int, float]:
+    async def take_slot(
+        self, group: str, member: str, *, limit: int, ttl: float
+    ) -> tuple[bool, int]:
         now = time.monotonic()
-        self._since_sweep += 1
-        if self._since_sweep >= self._sweep_after:
-            self._sweep(now)
-        entry = self._hits.get(key)
-        hits = entry[1] if entry is not None else deque()
-        self._hits[key] = (window, hits)
-        while hits and hits[0] <= now - window:
-            hits.popleft()
-        hits.append(now)
-        return len(hits), max(0.0, hits[0] + window - now)
+        members = self._live(group, now)
+        if member not in members and len(members) >= limit:
+            return False, len(members)
+        members[member] = now + ttl
+        self._slots[group] = members
+        return True, len(members)
 
-    def _sweep(self, now: float) -> None:
-        """Forget every key whose newest hit has left its window (its deque would be empty)."""
-        stale = [key for key, (window, hits) in self._hits.items() if hits[-1] <= now - window]
-        for key in stale:
-            del self._hits[key]
-        self._since_sweep = 0
-        # Amortised: the next sweep waits for as many hits as there are live keys, so the
-        # keys kept stay under twice the live ones plus _SWEEP_EVERY.
-        self._sweep_after = max(_SWEEP_EVERY, len(self._hits))
+    async def keep_slots(self, slots: Iterable[tuple[str, str]], *, ttl: float) -> None:
+        deadline = time.monotonic() + ttl
+        for group, member in slots:
+            self._slots.setdefault(group, {})[member] = deadline
+
+    async def drop_slot(self, group: str, member: str) -> None:
+        members = self._slots.get(group)
+        if members is not None:
+            members.pop(member, None)
+            if not self._live(group, time.monotonic()):
+                del self._slots[group]
+
+    def slot_groups(self) -> int:
+        """How many groups hold slots now (tests: none is left behind)."""
+        return len(self._slots)
 
     # --- streams -------------------------------------------------------------------------
     def _stream(self, name: str, *, create: bool) -> _Stream | None:

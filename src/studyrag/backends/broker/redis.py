@@ -1,12 +1,10 @@
-"""RedisBroker: pub/sub, Streams, leases and sliding-window counters shared by every worker."""
+"""RedisBroker: pub/sub, Streams, leases and slots shared by every worker."""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import suppress
 from typing import Any, TypeVar
 
@@ -30,6 +28,33 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# A slot group is a sorted set of members scored by their deadline (Redis's own clock, so
+# the workers' clocks do not matter). Drop the expired, then add unless full; the set
+# itself expires with its last member's deadline.
+_TAKE_SLOT = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('zremrangebyscore', KEYS[1], '-inf', now)
+local count = redis.call('zcard', KEYS[1])
+if not redis.call('zscore', KEYS[1], ARGV[1]) then
+  if count >= tonumber(ARGV[2]) then
+    return {0, count}
+  end
+  count = count + 1
+end
+redis.call('zadd', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('pexpire', KEYS[1], ARGV[3])
+return {1, count}
+"""
+_KEEP_SLOT = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('zadd', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if redis.call('pttl', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 1
+"""
 
 
 class RedisBroker(Broker):
@@ -49,6 +74,8 @@ class RedisBroker(Broker):
         self._redis = aioredis.from_url(url, decode_responses=True, health_check_interval=10)
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
+        self._take_slot = self._redis.register_script(_TAKE_SLOT)
+        self._keep_slot = self._redis.register_script(_KEEP_SLOT)
 
     def _name(self, name: str) -> str:
         return f"{self.namespace}:{name}" if self.namespace else name
@@ -118,24 +145,34 @@ class RedisBroker(Broker):
             with suppress(redis.exceptions.RedisError, OSError):
                 await pubsub.aclose()
 
-    async def hit(self, key: str, *, window: float) -> tuple[int, float]:
+    # --- slots: a sorted set per group, scored by deadline (ms, Redis's clock) ------------
+    async def take_slot(
+        self, group: str, member: str, *, limit: int, ttl: float
+    ) -> tuple[bool, int]:
+        taken, count = await self._call(
+            "slot take",
+            self._take_slot(keys=[self._name(group)], args=[member, limit, _ms(ttl)]),
+        )
+        return bool(taken), int(count)
+
+    async def keep_slots(self, slots: Iterable[tuple[str, str]], *, ttl: float) -> None:
         import redis.exceptions
 
-        # A sorted set per key: members are unique ids scored by time; trim, add, count.
-        now = time.time()
-        name = self._name(f"studyrag:rate:{key}")
+        slots = list(slots)
+        if not slots:
+            return
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zremrangebyscore(name, 0, now - window)
-                pipe.zadd(name, {uuid.uuid4().hex: now})
-                pipe.zcard(name)
-                pipe.zrange(name, 0, 0, withscores=True)
-                pipe.expire(name, int(window) + 1)
-                _, _, count, oldest, _ = await pipe.execute()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for group, member in slots:
+                    await self._keep_slot(
+                        keys=[self._name(group)], args=[member, _ms(ttl)], client=pipe
+                    )
+                await pipe.execute()
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise BackendUnavailable(f"Redis rate count failed: {exc}") from exc
-        first = oldest[0][1] if oldest else now
-        return int(count), max(0.0, first + window - now)
+            raise BackendUnavailable(f"Redis slot renewal failed: {exc}") from exc
+
+    async def drop_slot(self, group: str, member: str) -> None:
+        await self._call("ZREM", self._redis.zrem(self._name(group), member))
 
     # --- streams: entry n is stream id "n-0", so "after n" is exact ----------------------
     async def append(
@@ -214,3 +251,7 @@ class RedisBroker(Broker):
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
