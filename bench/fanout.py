@@ -101,6 +101,23 @@ class Conversations:
         return SimpleNamespace(id=conversation_id, metadata={})
 
 
+class LocalAuth:
+    """Local mode, as AuthService is on a loopback bind: the one owner, who sees everything."""
+
+    mode = "local"
+
+    def __init__(self) -> None:
+        self.access = self
+
+    async def authenticate(self, conn: Any) -> Any:
+        from studyrag.auth.policy import LOCAL
+
+        return LOCAL
+
+    async def conversation(self, principal: Any, conversation_id: str) -> None:
+        """Every conversation is the owner's: the bench measures the transport only."""
+
+
 # --- one worker --------------------------------------------------------------------------
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
@@ -144,7 +161,11 @@ def serve(args: argparse.Namespace) -> None:
         await hub.start()
         manager = WebSocketManager(broker=broker, hub=hub, settings=settings)
         await manager.start()
-        app.state.services = SimpleNamespace(conversations=conversations, settings=settings)
+        app.state.services = SimpleNamespace(
+            conversations=conversations,
+            settings=settings,
+            auth=LocalAuth(),
+        )
         app.state.chat_runtime = ChatRuntime(
             broker=broker, hub=hub, ws=manager, limiter=RateLimiter(broker, per_minute=0)
         )
