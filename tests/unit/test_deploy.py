@@ -142,6 +142,20 @@ def test_compose_parses_and_names_only_what_it_defines() -> None:
             context = DEPLOY / build["context"]
             assert (context / build["dockerfile"]).is_file(), f"{name}: no {build['dockerfile']}"
         assert "healthcheck" in svc or name == "nginx", f"{name} has no healthcheck"
+    # Fixed addresses (nginx's is the trusted proxy; workers keep theirs across restarts)
+    # are distinct and inside their network's subnet.
+    import ipaddress
+
+    fixed: list[str] = []
+    for net_name, net in (data.get("networks") or {}).items():
+        subnets = [ipaddress.ip_network(c["subnet"]) for c in net["ipam"]["config"]]
+        for svc in services.values():
+            joined = svc.get("networks")
+            if isinstance(joined, dict) and (joined.get(net_name) or {}).get("ipv4_address"):
+                address = ipaddress.ip_address(joined[net_name]["ipv4_address"])
+                assert any(address in subnet for subnet in subnets), address
+                fixed.append(str(address))
+    assert len(fixed) == len(set(fixed)) >= 3, fixed
     # The topology of issue 13: nginx, 2+ workers, redis, postgres, chroma, ollama.
     for role in ("nginx", "redis", "postgres", "chroma", "ollama"):
         assert role in services, f"no {role} service"
