@@ -13,6 +13,9 @@ BENCHES = [
     ["bench.chat_latency"],
     ["bench.ws_fanout"],
     ["bench.sse_cost"],
+    ["bench.fanout"],
+    # nginx from Debian (apt-get install -y nginx); without it this one says so and skips.
+    ["bench.fanout_lb"],
     ["bench.pdf_views"],
     ["bench.web_ui"],
     ["bench.notebook_archive"],
