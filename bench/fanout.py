@@ -101,6 +101,23 @@ class Conversations:
         return SimpleNamespace(id=conversation_id, metadata={})
 
 
+class LocalAuth:
+    """Local mode, as AuthService is on a loopback bind: the one owner, who sees everything."""
+
+    mode = "local"
+
+    def __init__(self) -> None:
+        self.access = self
+
+    async def authenticate(self, conn: Any) -> Any:
+        from studyrag.auth.policy import LOCAL
+
+        return LOCAL
+
+    async def conversation(self, principal: Any, conversation_id: str) -> None:
+        """Every conversation is the owner's: the bench measures the transport only."""
+
+
 # --- one worker --------------------------------------------------------------------------
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
@@ -149,6 +166,7 @@ def serve(args: argparse.Namespace) -> None:
             conversations=conversations,
             settings=settings,
             limits=Limits.open(settings, usage=None, multi_user=False),
+            auth=LocalAuth(),
         )
         app.state.chat_runtime = ChatRuntime(broker=broker, hub=hub, ws=manager)
 

@@ -14,6 +14,9 @@ BENCHES = [
     ["bench.ws_fanout"],
     ["bench.sse_cost"],
     ["bench.limits_cost"],
+    ["bench.fanout"],
+    # nginx from Debian (apt-get install -y nginx); without it this one says so and skips.
+    ["bench.fanout_lb"],
     ["bench.pdf_views"],
     ["bench.web_ui"],
     ["bench.notebook_archive"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -205,6 +206,26 @@ class APISettings(BaseModel):
     keep_alive_seconds: int = Field(default=5, ge=1, le=3600)
     # The largest request line plus headers accepted (uvicorn's h11 buffer), in bytes.
     max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
+    # Peers (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed:
+    # the reverse proxy in front (docs/operations.md). Behind it, the client address (rate
+    # limits, login attempts, WebSocket clients per address) and the scheme (Secure cookies)
+    # come from these headers; from any other peer they are ignored. "*" believes anyone.
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1"], max_length=64)
+
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry.strip() == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 172.30.0.10 or "
+                    "10.0.0.0/8) nor '*'"
+                ) from None
+        return [entry.strip() for entry in value]
 
 
 class AuthSettings(BaseModel):

@@ -66,3 +66,49 @@ async def test_ingest_search_delete_and_conversations_on_postgres(
         page = await services.conversations.list_messages(conv.id, limit=2)
         assert [m.seq for m in page.items] == [1, 2] and page.has_more_after
         assert (await services.conversations.get(conv.id)).message_count == 3
+
+
+_MIGRATE = """
+import asyncio, sys
+from studyrag.db.session import Database
+
+async def main():
+    db = Database(sys.argv[1])
+    try:
+        await db.migrate()
+    finally:
+        await db.aclose()
+
+asyncio.run(main())
+"""
+
+
+async def test_workers_starting_together_migrate_one_database_once(pg_url: str) -> None:
+    """Three processes migrate one empty database at the same moment (workers of deploy/
+    started together): every one succeeds and the schema is at head once."""
+    import asyncio
+    import sys
+
+    import asyncpg
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from studyrag.db.session import MIGRATIONS_DIR
+
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _MIGRATE, pg_url, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    errors = [(await p.communicate())[1].decode()[-600:] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        versions = [r["version_num"] for r in await conn.fetch("SELECT * FROM alembic_version")]
+    finally:
+        await conn.close()
+    assert versions == [head]

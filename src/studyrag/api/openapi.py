@@ -34,6 +34,17 @@ def error_responses(
     }
 
 
+def event_stream(description: str, *, json_too: bool = False) -> Responses:
+    """The OpenAPI `responses` of a route that answers with Server-Sent Events (200).
+
+    Declared on every streaming route: a reverse proxy must not buffer them, and
+    tests/unit/test_deploy.py finds them by this content type to check deploy/nginx.conf."""
+    content: dict[str, Any] = {"text/event-stream": {}}
+    if json_too:
+        content = {"application/json": {}, **content}
+    return {200: {"content": content, "description": description}}
+
+
 def merge(*parts: Responses) -> Responses:
     """Several `responses` in one; the codes of a status shared by two are listed together."""
     merged: Responses = {}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from studyrag.cli.common import DataDir, err_console, settings_for, setup_logging
+
+if TYPE_CHECKING:
+    from studyrag.config import Settings
 
 
 def serve(
@@ -40,4 +43,11 @@ def serve(
         http=header_deadline_protocol(settings.api.header_timeout_seconds),
         timeout_keep_alive=settings.api.keep_alive_seconds,
         h11_max_incomplete_event_size=settings.api.max_header_bytes,
+        # The client's address and scheme as the reverse proxy saw them (api.trusted_proxies).
+        **proxy_options(settings),
     )
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's X-Forwarded-* handling: believed from `api.trusted_proxies` only."""
+    return {"proxy_headers": True, "forwarded_allow_ips": list(settings.api.trusted_proxies)}

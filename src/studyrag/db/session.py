@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import (
 from studyrag.errors import ConfigError, MissingExtraError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# pg_advisory_xact_lock key of schema migrations (any constant; the same in every worker).
+MIGRATE_LOCK = 0x5354_5544_5952_4147  # "STUDYRAG"
 
 T = TypeVar("T")
 # Idle read connections kept for the search hot path (more are opened under load).
@@ -68,8 +70,16 @@ class Database:
         return {"status": "ok", "dialect": self.dialect, "version": str(version)}
 
     async def migrate(self) -> None:
-        """Apply every Alembic migration up to head."""
+        """Apply every Alembic migration up to head.
+
+        On PostgreSQL, workers starting together on one database take turns: the first
+        migrates while the others wait on a transaction-scoped advisory lock, then find the
+        schema at head (DDL is transactional there, so nobody sees half of it)."""
         async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK}
+                )
             await conn.run_sync(_upgrade)
 
     @asynccontextmanager

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 
 from studyrag.api.deps import AccessDep, ReadDep, ServicesDep, WriteDep
+from studyrag.api.openapi import event_stream
 from studyrag.db.jobs import JOB_FINISHED
 from studyrag.jobs.events import job_channel
 from studyrag.schemas.documents import JobPublic
@@ -40,7 +41,7 @@ async def cancel_job(
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "The job's events"}},
+    responses=event_stream("The job's events"),
 )
 async def job_events(
     job_id: str, request: Request, services: ServicesDep, principal: ReadDep, access: AccessDep

@@ -11,6 +11,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from studyrag.api.deps import ModelsDep, ServicesDep
 from studyrag.api.errors import request_id_of
+from studyrag.api.openapi import event_stream
 from studyrag.auth.policy import ADMIN
 from studyrag.errors import StudyRAGError
 from studyrag.schemas.admin import ModelPull, ModelsPublic, ModelSwitch, ModelSwitched
@@ -33,7 +34,11 @@ async def switch_model(body: ModelSwitch, models: ModelsDep, response: Response)
     return result
 
 
-@router.post("/pull")
+@router.post(
+    "/pull",
+    response_class=EventSourceResponse,
+    responses=event_stream("The pull's progress"),
+)
 async def pull_model(
     body: ModelPull, request: Request, models: ModelsDep, services: ServicesDep
 ) -> EventSourceResponse:

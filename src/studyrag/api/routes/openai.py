@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from studyrag.api.auth import require_api_key
 from studyrag.api.deps import AccessDep, ChatDep, ReadDep, ServicesDep
 from studyrag.api.generations import Generation
+from studyrag.api.openapi import event_stream
 from studyrag.api.runtime import ChatRuntimeDep
 from studyrag.auth.policy import Access, Principal
 from studyrag.auth.quotas import client_key
@@ -74,7 +75,11 @@ async def get_model(
     return model_object(name=nb.name, notebook_id=nb.id, created=_unix(nb.created_at))
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses=event_stream("A chat.completion, or chat.completion.chunk events", json_too=True),
+)
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,

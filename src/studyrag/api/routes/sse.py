@@ -21,6 +21,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from studyrag.api.deps import AccessDep, ChatDep, ServicesDep
 from studyrag.api.generations import BufferedEvent, Generation
+from studyrag.api.openapi import event_stream
 from studyrag.api.runtime import ChatRuntimeDep
 from studyrag.auth.quotas import client_key
 from studyrag.chat.engine import ABSOLUTE_MAX_MESSAGE_CHARS, check_message
@@ -94,7 +95,11 @@ def _last_event_id(request: Request, query: str | None) -> tuple[str | None, int
     return match["gen"], int(match["n"])
 
 
-@router.post("/stream/{conversation_id}", response_class=EventSourceResponse)
+@router.post(
+    "/stream/{conversation_id}",
+    response_class=EventSourceResponse,
+    responses=event_stream("The new answer's events"),
+)
 async def ask_stream(
     conversation_id: str,
     body: StreamRequest,
@@ -116,7 +121,11 @@ async def ask_stream(
     return EventSourceResponse(_events(gen, 0), ping=services.settings.api.sse_ping_interval)
 
 
-@router.get("/stream/{conversation_id}", response_class=EventSourceResponse)
+@router.get(
+    "/stream/{conversation_id}",
+    response_class=EventSourceResponse,
+    responses=event_stream("The current or latest answer's events, after Last-Event-ID"),
+)
 async def stream(
     conversation_id: str,
     request: Request,
