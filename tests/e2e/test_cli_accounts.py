@@ -4,14 +4,24 @@ the key printed once verifies, a revoked one and a disabled user's do not."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from studyrag.errors import LoginFailed, Unauthorized
+from tests.conftest import free_port
+from tests.e2e.test_cli import cli_env, lines
+from tests.e2e.test_cli import run as cli
+from tests.e2e.test_ingest_search import write_corpus
 
 EXE = str(Path(sys.executable).with_name("studyrag"))
 
@@ -108,3 +118,100 @@ def test_users_and_keys_from_the_command_line(tmp_path: Path) -> None:
         asyncio.run(_verify(data, second["key"]))
     with pytest.raises(LoginFailed):
         asyncio.run(_login(data, "alice", "new-password"))
+
+
+@contextmanager
+def multi_user_server(data_dir: Path, log: Path) -> Iterator[str]:
+    """A real `studyrag serve` in multi-user mode on 127.0.0.1; yields its URL."""
+    port = free_port()
+    env = cli_env(STUDYRAG_AUTH__MODE="multi-user", STUDYRAG_LLM__MAX_TOKENS="24")
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [EXE, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "studyrag serve did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_commands_send_a_key_to_a_multi_user_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    made = studyrag("users", "create", "alice", "--admin", "--password-stdin", data_dir=data,
+                    stdin="alice-password\n")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    full = json.loads(studyrag(
+        "keys", "create", "--user", "alice", "--scopes", "read,chat,admin", "--json",
+        data_dir=data,
+    ).stdout)["key"]  # fmt: skip
+    reader = json.loads(studyrag(
+        "keys", "create", "--user", "alice", "--scopes", "read,chat", "--json", data_dir=data,
+    ).stdout)["key"]  # fmt: skip
+    notes = write_corpus(tmp_path / "notes")
+    extra = tmp_path / "extra.txt"
+    extra.write_text("Mitochondria are the powerhouse of the cell; they make ATP.\n")
+
+    with multi_user_server(data, tmp_path / "serve.log") as url:
+        # No key: the server's AUTH_001, and how to get a key, in CLI words; nothing done here.
+        for args in (("search", "chlorophyll"), ("ingest", str(notes)), ("models", "list")):
+            refused = cli(*args, data_dir=data)
+            assert refused.returncode == 1, (args, refused.stdout, refused.stderr)
+            said = " ".join(refused.stderr.split())
+            assert "[AUTH_001]" in said, (args, said)
+            assert "--api-key" in said and "STUDYRAG_API_KEY" in said, said
+            assert "studyrag keys create --user NAME" in said, said
+        as_json = lines(cli("search", "chlorophyll", "--json", data_dir=data).stdout)
+        assert as_json[0]["error_code"] == "AUTH_001"
+        assert "--api-key" in as_json[0]["details"]["hint"]
+        as_alice = {"Authorization": f"Bearer {full}"}
+        docs = httpx.get(f"{url}/api/documents", headers=as_alice).json()
+        assert docs["items"] == [], "a refused ingest adds nothing"
+
+        # A key with the admin scope adds files through the server (--api-key)...
+        added = cli("ingest", str(notes), "--json", "--api-key", full, data_dir=data)
+        assert added.returncode == 0, added.stderr
+        assert {r["status"] for r in lines(added.stdout)} == {"completed"}
+        # ...and a read-only key gets the server's AUTH_002, saying which scope it lacks.
+        denied = cli("ingest", str(extra), data_dir=data, env=cli_env(STUDYRAG_API_KEY=reader))
+        assert denied.returncode == 1
+        said = " ".join(denied.stderr.split())
+        assert "[AUTH_002]" in said and "admin" in said, said
+        assert "studyrag keys create --user NAME --scopes" in said, said
+
+        # The key from the environment: search, ask and export all go through the server.
+        env = cli_env(STUDYRAG_API_KEY=reader)
+        found = cli("search", "chlorophyll", "--json", data_dir=data, env=env)
+        assert found.returncode == 0, found.stderr
+        assert lines(found.stdout)[0]["filename"] == "biology.pdf"
+        shown = cli("search", "chlorophyll", data_dir=data, env=env)
+        assert f"by the server at {url}" in " ".join(shown.stdout.split())
+        asked = cli("ask", "What does chlorophyll absorb?", "--json", data_dir=data, env=env)
+        assert asked.returncode == 0, asked.stderr
+        answer = lines(asked.stdout)[0]
+        assert answer["answer"].strip() and answer["status"] == "complete"
+        docs = httpx.get(f"{url}/api/documents", headers=as_alice).json()["items"]
+        assert {d["filename"] for d in docs} == {"biology.pdf", "history.md", "chemistry.txt"}
+        books = httpx.get(f"{url}/api/notebooks", headers=as_alice).json()["items"]
+        name = next(b["name"] for b in books if b["id"] == docs[0]["notebook_id"])
+        archive = tmp_path / "out.zip"
+        exported = cli("notebooks", "export", name, "-o", str(archive), "--json",
+                       data_dir=data, env=env)  # fmt: skip
+        assert exported.returncode == 0, exported.stderr
+        assert lines(exported.stdout)[0]["server"] == url and archive.stat().st_size > 0

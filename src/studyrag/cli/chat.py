@@ -8,17 +8,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from studyrag import local_server
 from studyrag.cli.common import (
+    ApiKeyOpt,
     DataDir,
     JsonOut,
     NotebookOpt,
+    Server,
+    answer_error,
     console,
     emit,
     find_notebook_on_server,
+    is_refused,
     require_documents,
     run_command,
-    settings_for,
+    running_server,
+    server_error,
     show_error,
     start_embedder,
 )
@@ -128,6 +132,7 @@ def ask(
     notebook: NotebookOpt = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Ask a question; the answer streams with numbered citations, then its sources."""
 
@@ -152,15 +157,15 @@ def ask(
         )
 
     # A server running for this data directory has both models loaded: ask it, streaming.
-    done = via = None
+    done = server = None
     if conversation is None:
-        via = local_server.find(settings_for(data_dir).data_dir)
-        if via is not None:
+        server = running_server(data_dir, api_key)
+        if server is not None:
             options = {"template": template, "search_mode": mode, "top_k": top_k}
             options["max_tokens"] = max_tokens
-            done = _ask_server(via, question, notebook, options, as_json=as_json)
+            done = _ask_server(server, question, notebook, options, as_json=as_json)
+    via = server.url if server is not None and done is not None else None
     if done is None:
-        via = None
         done = run_command(data_dir, go, with_chat=True, as_json=as_json)
     if as_json:
         emit(ask_json(done))
@@ -178,7 +183,7 @@ def ask(
 
 
 def _ask_server(
-    url: str, question: str, notebook: str | None, options: dict[str, Any], *, as_json: bool
+    server: Server, question: str, notebook: str | None, options: dict[str, Any], *, as_json: bool
 ) -> dict[str, Any] | None:
     """Stream the answer from the server (SSE); None to answer in this process instead
     (server unreachable, or an empty notebook, which the local path explains)."""
@@ -186,12 +191,8 @@ def _ask_server(
 
     import httpx
 
-    from studyrag.errors import StudyRAGError
-
     def fail(error: dict[str, Any]) -> None:
-        exc = StudyRAGError(str(error.get("message")), details=error.get("details") or {})
-        exc.error_code = str(error.get("error_code"))
-        show_error(exc, as_json=as_json)
+        show_error(answer_error(error), as_json=as_json)
         raise typer.Exit(1)
 
     from contextlib import ExitStack
@@ -202,12 +203,14 @@ def _ask_server(
     try:
         with (
             ExitStack() as stack,
-            httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=600)) as http,
+            server.client() as http,
         ):
-            nb = find_notebook_on_server(http, notebook)
+            nb = find_notebook_on_server(http, notebook, as_json=as_json)
             if nb is None or not nb["documents_completed"]:
                 return None
             created = http.post("/api/chat/conversations", json={"notebook_id": nb["id"]})
+            if is_refused(created):
+                server_error(created, as_json)
             if created.status_code != 201:
                 return None
             body = {"message": question, **{k: v for k, v in options.items() if v}}
