@@ -493,6 +493,27 @@ class NotebookBusy(NotebookError):
     status_code = 409
 
 
+class AmbiguousNotebook(NotebookError):
+    """A name several notebooks the caller sees carry (none of them its own): names are
+    unique per owner only."""
+
+    error_code = "NB_011"
+    status_code = 400
+    default_hint = "Name the notebook by its id (`studyrag notebooks list` shows them)."
+
+    def __init__(self, name: str, candidates: list[tuple[str, str, str | None]]) -> None:
+        listed = "; ".join(f"{nid} (of {owner or 'another user'})" for nid, _, owner in candidates)
+        super().__init__(
+            f"Several notebooks you can see are named {name!r}, none of them yours: {listed}.",
+            details={
+                "name": name,
+                "candidates": [
+                    {"id": nid, "name": label, "owner": owner} for nid, label, owner in candidates
+                ],
+            },
+        )
+
+
 class InvalidSpan(DocumentError):
     """Offsets that do not lie inside the document's text."""
 

@@ -164,6 +164,12 @@ def test_cli_commands_send_a_key_to_a_multi_user_server(tmp_path: Path) -> None:
     reader = json.loads(studyrag(
         "keys", "create", "--user", "alice", "--scopes", "read,chat", "--json", data_dir=data,
     ).stdout)["key"]  # fmt: skip
+    made = studyrag("users", "create", "bob", "--password-stdin", data_dir=data,
+                    stdin="bob-password-1\n")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    bob = json.loads(studyrag(
+        "keys", "create", "--user", "bob", "--scopes", "read,chat,admin", "--json", data_dir=data,
+    ).stdout)["key"]  # fmt: skip
     notes = write_corpus(tmp_path / "notes")
     extra = tmp_path / "extra.txt"
     extra.write_text("Mitochondria are the powerhouse of the cell; they make ATP.\n")
@@ -215,3 +221,41 @@ def test_cli_commands_send_a_key_to_a_multi_user_server(tmp_path: Path) -> None:
                        data_dir=data, env=env)  # fmt: skip
         assert exported.returncode == 0, exported.stderr
         assert lines(exported.stdout)[0]["server"] == url and archive.stat().st_size > 0
+
+        # Both have a "Biology 101": --notebook NAME is the caller's own, for each of them.
+        ids = {}
+        for who, key in (("alice", full), ("bob", bob)):
+            made = httpx.post(
+                f"{url}/api/notebooks",
+                json={"name": "Biology 101"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert made.status_code == 201, made.text
+            ids[who] = made.json()["id"]
+        into = cli("ingest", str(extra), "--notebook", "biology 101", "--json", "--api-key", bob,
+                   data_dir=data)  # fmt: skip
+        assert into.returncode == 0, into.stderr
+        for who, key in (("alice", full), ("bob", bob)):
+            held = httpx.get(
+                f"{url}/api/notebooks/{ids[who]}/documents",
+                headers={"Authorization": f"Bearer {key}"},
+            ).json()["items"]
+            assert [d["filename"] for d in held] == (["extra.txt"] if who == "bob" else [])
+        # Shared with bob, alice's stays second to his own; by id it is hers, which only
+        # its owner exports (AUTH_002: he sees it, so it is not hidden as NB_001).
+        shared = httpx.post(
+            f"{url}/api/notebooks/{ids['alice']}/shares",
+            json={"user": "bob", "role": "viewer"},
+            headers=as_alice,
+        )
+        assert shared.status_code == 201, shared.text
+
+        def export(ref: str) -> subprocess.CompletedProcess[str]:
+            return cli("notebooks", "export", ref, "-o", str(tmp_path / "b.zip"), "--json",
+                       "--api-key", bob, data_dir=data)  # fmt: skip
+
+        own = export("Biology 101")
+        assert own.returncode == 0, own.stderr
+        assert lines(own.stdout)[0]["notebook_id"] == ids["bob"]
+        hers = export(ids["alice"])
+        assert hers.returncode == 1 and lines(hers.stdout)[0]["error_code"] == "AUTH_002"

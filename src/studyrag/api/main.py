@@ -41,6 +41,7 @@ from studyrag.api.routes import (
 )
 from studyrag.errors import (
     AmbiguousId,
+    AmbiguousNotebook,
     ArchiveInvalid,
     ArchiveTooLarge,
     BackendUnavailable,
@@ -95,13 +96,21 @@ from studyrag.schemas.openai import OpenAIErrorPublic, openai_error_body
 
 # What the services behind each area can refuse a request with (the OpenAPI schema's
 # responses; the schemathesis run in tests/api/test_schema_fuzz.py holds them to it).
-_NOTEBOOK = (NotebookNotFound, NotebookExists, NotebookBusy, AmbiguousId, JobConflict)
+_NOTEBOOK = (
+    NotebookNotFound,
+    NotebookExists,
+    NotebookBusy,
+    AmbiguousId,
+    AmbiguousNotebook,
+    JobConflict,
+)
 _DOCUMENT = (
     DocumentNotFound,
     DocumentBusy,
     NotebookNotFound,
     NotebookBusy,
     AmbiguousId,
+    AmbiguousNotebook,
     JobConflict,
     FileTooLarge,
     DiskFull,
@@ -119,6 +128,7 @@ _CHAT = (
     NotebookNotFound,
     DocumentNotFound,
     AmbiguousId,
+    AmbiguousNotebook,
     GenerationInProgress,
     RateLimited,
     TooManyConnections,
@@ -129,7 +139,14 @@ _CHAT = (
     BrokerUnavailable,
     BackendUnavailable,
 )
-_SEARCH = (EmptyQuery, EmptyLibrary, BackendUnavailable, NotebookNotFound, DocumentNotFound)
+_SEARCH = (
+    EmptyQuery,
+    EmptyLibrary,
+    BackendUnavailable,
+    NotebookNotFound,
+    AmbiguousNotebook,
+    DocumentNotFound,
+)
 _AUTH = (
     LoginFailed,
     LoginThrottled,

@@ -353,17 +353,17 @@ def server_error(reply: Any, as_json: bool) -> NoReturn:
 def find_notebook_on_server(
     http: Any, ref: str | None, *, as_json: bool = False
 ) -> dict[str, Any] | None:
-    """The server's notebook named (or with an id starting with) `ref`, the default one when
-    `ref` is None; None when there is no single match (the local path then explains)."""
-    wanted = " ".join((ref or "").split()).casefold()
-    listed = http.get("/api/notebooks")
-    if is_refused(listed):
+    """The server's notebook that `ref` (name, id or id start) names for the caller, as the
+    server resolves it (own first, then shared); the caller's default one when `ref` is None.
+    None when there is none (the caller explains); a refused key or an ambiguous name
+    (NB_011) is shown and ends the command."""
+    listed = http.get("/api/notebooks", params={"ref": ref} if ref and ref.strip() else None)
+    if listed.status_code == 404:
+        return None
+    if listed.status_code != 200:
         server_error(listed, as_json)
-    books = listed.json()["items"]
-    match = [
-        b
-        for b in books
-        if (b["is_default"] if not wanted else wanted in (b["name"].casefold(), b["id"]))
-        or (len(wanted) >= 4 and b["id"].startswith(wanted))
-    ]
-    return match[0] if len(match) == 1 else None
+    answer = listed.json()
+    if ref and ref.strip():
+        return dict(answer["items"][0])
+    default = answer.get("default_id")
+    return next((dict(b) for b in answer["items"] if b["id"] == default), None)

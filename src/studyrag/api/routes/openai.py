@@ -130,8 +130,8 @@ async def _model_notebook(
     services: Services, access: Access, principal: Principal, model: str
 ) -> Notebook:
     """The notebook a model names, if the caller sees it; a hidden one is a missing model."""
-    nb = await notebook_of_model(services.notebooks, model)
     try:
+        nb = await notebook_of_model(lambda ref: access.find_notebook(principal, ref), model)
         await access.notebook(principal, nb.id)
     except NotebookNotFound:
         # The same answer as for a notebook that does not exist.
