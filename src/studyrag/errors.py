@@ -37,6 +37,19 @@ class StudyRAGError(Exception):
         }
 
 
+class StorageFull(StudyRAGError):
+    """The database could not write for lack of space (SQLite's disk, PostgreSQL's
+    `disk_full`); its transaction was rolled back, so nothing of the request was stored."""
+
+    error_code = "GEN_002"
+    status_code = 507
+    default_hint = (
+        "The disk that holds the database is full: free space on it (or move the data "
+        "directory to a larger disk with STUDYRAG_DATA_DIR), then try again; nothing of this "
+        "request was stored."
+    )
+
+
 # --- configuration -----------------------------------------------------------------------
 class ConfigError(StudyRAGError):
     error_code = "CONFIG_001"

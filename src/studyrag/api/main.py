@@ -84,6 +84,7 @@ from studyrag.errors import (
     RateLimited,
     SettingNotChangeable,
     SetupUnavailable,
+    StorageFull,
     TooManyConnections,
     Unauthorized,
     UnknownModel,
@@ -103,6 +104,7 @@ _NOTEBOOK = (
     AmbiguousId,
     AmbiguousNotebook,
     JobConflict,
+    StorageFull,
 )
 _DOCUMENT = (
     DocumentNotFound,
@@ -121,6 +123,7 @@ _DOCUMENT = (
     RangeNotSatisfiable,
     HighlightUnavailable,
     ChunkNotFound,
+    StorageFull,
 )
 _CHAT = (
     ConversationNotFound,
@@ -138,6 +141,7 @@ _CHAT = (
     GenerationFailed,
     BrokerUnavailable,
     BackendUnavailable,
+    StorageFull,
 )
 _SEARCH = (
     EmptyQuery,
