@@ -676,6 +676,16 @@ def test_notebook_names_are_unique_per_owner_and_resolve_own_first(users: Users)
         for http, nb in ((a, a_nb), (b, b_nb)):
             r = http.post(f"/api/notebooks/{nb}/shares", json={"user": "carol", "role": "viewer"})
             assert r.status_code == 201, r.text
+
+        # On /v1 every model id reaches its notebook: the shadowed or ambiguous name by id.
+        def models(http: httpx.Client) -> dict[str, str]:
+            listed = http.get("/v1/models").json()["data"]
+            return {m["notebook_id"]: m["id"] for m in listed if m["notebook_id"] in (a_nb, b_nb)}
+
+        assert models(b) == {b_nb: "studyrag/genetics 101", a_nb: f"studyrag/{a_nb}"}
+        assert models(c) == {b_nb: f"studyrag/{b_nb}", a_nb: f"studyrag/{a_nb}"}
+        for notebook_id, model in models(c).items():
+            assert c.get(f"/v1/models/{model}").json()["notebook_id"] == notebook_id
         body = house(ref(c, name), 400, "NB_011")
         assert {x["id"] for x in body["details"]["candidates"]} == {a_nb, b_nb}
         assert {x["owner"] for x in body["details"]["candidates"]} == {"alice", "bob"}
