@@ -241,6 +241,15 @@ def test_cli_commands_send_a_key_to_a_multi_user_server(tmp_path: Path) -> None:
                 headers={"Authorization": f"Bearer {key}"},
             ).json()["items"]
             assert [d["filename"] for d in held] == (["extra.txt"] if who == "bob" else [])
+        # Nothing found for bob on the server: the CLI never searches in its own process
+        # instead (it would read the library as its local owner: alice's notebook).
+        for args in (("search", "chlorophyll", "--mode", "lexical"), ("search", "Bastille")):
+            mine = cli(*args, "--json", "--api-key", bob, data_dir=data)
+            assert mine.returncode == 0, mine.stderr
+            assert {r["filename"] for r in lines(mine.stdout)} <= {"extra.txt"}, mine.stdout
+        asked = cli("ask", "What is the Bastille?", "--notebook", "nope", "--api-key", bob,
+                    data_dir=data)  # fmt: skip
+        assert asked.returncode == 1 and "NB_001" in asked.stderr, asked.stderr
         # Shared with bob, alice's stays second to his own; by id it is hers, which only
         # its owner exports (AUTH_002: he sees it, so it is not hidden as NB_001).
         shared = httpx.post(

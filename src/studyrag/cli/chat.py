@@ -19,12 +19,14 @@ from studyrag.cli.common import (
     emit,
     find_notebook_on_server,
     is_refused,
+    remote_only,
     require_documents,
     run_command,
     running_server,
     server_error,
     show_error,
     start_embedder,
+    unknown_notebook,
 )
 
 if TYPE_CHECKING:
@@ -198,6 +200,7 @@ def _ask_server(
     from contextlib import ExitStack
 
     from studyrag.cli.answer_view import AnswerView
+    from studyrag.errors import EmptyLibrary
 
     view = None if as_json else AnswerView(console)
     try:
@@ -206,7 +209,16 @@ def _ask_server(
             server.client() as http,
         ):
             nb = find_notebook_on_server(http, notebook, as_json=as_json)
-            if nb is None or not nb["documents_completed"]:
+            if nb is None:
+                remote_only(server, unknown_notebook(notebook, server.url), as_json=as_json)
+                return None
+            if not nb["documents_completed"]:
+                empty = EmptyLibrary(
+                    f"The notebook {nb['name']!r} on the server at {server.url} has no "
+                    "document that finished ingesting.",
+                    hint=f'Add documents with `studyrag ingest PATH --notebook "{nb["name"]}"`.',
+                )
+                remote_only(server, empty, as_json=as_json)
                 return None
             created = http.post("/api/chat/conversations", json={"notebook_id": nb["id"]})
             if is_refused(created):

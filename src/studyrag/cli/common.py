@@ -350,6 +350,27 @@ def server_error(reply: Any, as_json: bool) -> NoReturn:
     raise typer.Exit(1)
 
 
+def remote_only(server: Server, error: StudyRAGError, *, as_json: bool) -> None:
+    """Sent with a key, a request went to a multi-user server: this process must not answer
+    in its place (it would read the library as its local owner, every user's notebooks
+    included), so `error` is shown and the command ends. Without a key, returns: the
+    command answers in this process, whose own checks explain."""
+    if server.api_key:
+        show_error(error, as_json=as_json)
+        raise typer.Exit(1)
+
+
+def unknown_notebook(ref: str | None, url: str) -> StudyRAGError:
+    """NB_001 for a notebook the server does not show the caller."""
+    from studyrag.errors import NotebookNotFound
+
+    what = f"no notebook {ref!r}" if ref else "no default notebook for you yet"
+    return NotebookNotFound(
+        f"The server at {url} has {what}.",
+        hint="List them with `studyrag notebooks list`, or name one with --notebook NAME.",
+    )
+
+
 def find_notebook_on_server(
     http: Any, ref: str | None, *, as_json: bool = False
 ) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from studyrag.cli.common import (
     find_notebook_on_server,
     server_error,
     show_error,
+    unknown_notebook,
 )
 from studyrag.errors import StudyRAGError
 
@@ -84,7 +85,7 @@ def ingest_via_server(
         except (httpx.HTTPError, ValueError, KeyError):
             return False
         if nb is None:
-            show_error(_unknown_notebook(notebook, url), as_json=as_json)
+            show_error(unknown_notebook(notebook, url), as_json=as_json)
             raise typer.Exit(1)
         outcome.notebook = "" if nb["is_default"] else nb["name"]
         if bar is not None:
@@ -223,13 +224,3 @@ def _json_line(step: Any) -> dict[str, Any]:
         "chunks": step.chunks,
         "timings": {},
     }
-
-
-def _unknown_notebook(ref: str | None, url: str) -> StudyRAGError:
-    from studyrag.errors import NotebookNotFound
-
-    return NotebookNotFound(
-        f"The server at {url} has no notebook {ref!r} (or the name matches several).",
-        hint="List them with `studyrag notebooks list`, or create it with "
-        "`studyrag notebooks create NAME`.",
-    )

@@ -17,10 +17,12 @@ from studyrag.cli.common import (
     emit,
     err_console,
     find_notebook_on_server,
+    remote_only,
     run_command,
     running_server,
     server_error,
     show_error,
+    unknown_notebook,
 )
 
 if TYPE_CHECKING:
@@ -244,6 +246,7 @@ def _export_via_server(
         with server.client() as http:
             nb = find_notebook_on_server(http, notebook, as_json=as_json)
             if nb is None:
+                remote_only(server, unknown_notebook(notebook, server.url), as_json=as_json)
                 return None  # the local path says why (NB_001)
             target = output or Path(archive_filename(nb["name"]))
             tmp = target.with_name(f".{target.name}.part")

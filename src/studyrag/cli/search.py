@@ -123,7 +123,7 @@ def _ask_server(
     as_json: bool,
 ) -> Any:
     """The server's answer, or None to search in this process instead (server unreachable,
-    or nothing found: the local path explains an empty notebook)."""
+    or nothing found without a key: the local path explains an empty notebook)."""
     import httpx
 
     from studyrag.schemas.search import SearchResponsePublic
@@ -153,4 +153,6 @@ def _ask_server(
         show_error(answer_error(error, status=reply.status_code), as_json=as_json)
         raise typer.Exit(1)
     response = SearchResponsePublic.model_validate(reply.json())
-    return response if response.results else None
+    # Nothing found: this process explains an empty notebook, but not in place of a
+    # multi-user server (a key was sent): it would search as the local owner.
+    return response if response.results or server.api_key else None
