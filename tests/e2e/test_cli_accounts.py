@@ -212,6 +212,28 @@ def test_cli_commands_send_a_key_to_a_multi_user_server(tmp_path: Path) -> None:
         assert asked.returncode == 0, asked.stderr
         answer = lines(asked.stdout)[0]
         assert answer["answer"].strip() and answer["status"] == "complete"
+        # The chat REPL too: answered by the server, the conversation stored there.
+        repl = subprocess.run(
+            [EXE, "chat", "--data-dir", str(data)],
+            input="What does chlorophyll absorb?\n/quit\n",
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env | {"COLUMNS": "250"},
+            check=False,
+        )
+        assert repl.returncode == 0, repl.stderr
+        said = " ".join(repl.stdout.split())
+        assert f"answered by the server at {url}" in said and "studyrag>" in said, said
+        saved = said.split("conversation ")[-1].split()[0]
+        stored = httpx.get(
+            f"{url}/api/chat/conversations/{saved}/messages",
+            headers={"Authorization": f"Bearer {reader}"},
+        ).json()["items"]
+        assert [(m["role"], m["status"]) for m in stored] == [
+            ("user", "complete"),
+            ("assistant", "complete"),
+        ]
         docs = httpx.get(f"{url}/api/documents", headers=as_alice).json()["items"]
         assert {d["filename"] for d in docs} == {"biology.pdf", "history.md", "chemistry.txt"}
         books = httpx.get(f"{url}/api/notebooks", headers=as_alice).json()["items"]

@@ -30,6 +30,7 @@ from studyrag.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from studyrag.errors import StudyRAGError
     from studyrag.services import Services
 
 
@@ -189,7 +190,6 @@ def _ask_server(
 ) -> dict[str, Any] | None:
     """Stream the answer from the server (SSE); None to answer in this process instead
     (server unreachable, or an empty notebook, which the local path explains)."""
-    import json
 
     import httpx
 
@@ -197,28 +197,17 @@ def _ask_server(
         show_error(answer_error(error), as_json=as_json)
         raise typer.Exit(1)
 
-    from contextlib import ExitStack
-
     from studyrag.cli.answer_view import AnswerView
-    from studyrag.errors import EmptyLibrary
 
     view = None if as_json else AnswerView(console)
     try:
-        with (
-            ExitStack() as stack,
-            server.client() as http,
-        ):
+        with server.client() as http:
             nb = find_notebook_on_server(http, notebook, as_json=as_json)
             if nb is None:
                 remote_only(server, unknown_notebook(notebook, server.url), as_json=as_json)
                 return None
             if not nb["documents_completed"]:
-                empty = EmptyLibrary(
-                    f"The notebook {nb['name']!r} on the server at {server.url} has no "
-                    "document that finished ingesting.",
-                    hint=f'Add documents with `studyrag ingest PATH --notebook "{nb["name"]}"`.',
-                )
-                remote_only(server, empty, as_json=as_json)
+                remote_only(server, _empty_on_server(nb, server), as_json=as_json)
                 return None
             created = http.post("/api/chat/conversations", json={"notebook_id": nb["id"]})
             if is_refused(created):
@@ -227,32 +216,118 @@ def _ask_server(
                 return None
             body = {"message": question, **{k: v for k, v in options.items() if v}}
             cid = created.json()["id"]
-            with http.stream("POST", f"/api/chat/stream/{cid}", json=body) as stream:
-                if stream.status_code != 200:
-                    stream.read()
-                    fail(stream.json())
-                if view is not None:
-                    stack.enter_context(view)
-                event = ""
-                for line in stream.iter_lines():
-                    if line.startswith("event:"):
-                        event = line.split(":", 1)[1].strip()
-                    elif line.startswith("data:"):
-                        data = json.loads(line.split(":", 1)[1])
-                        if event == "token" and view is not None:
-                            view.feed(data["delta"])
-                        elif event == "error":
-                            fail(data)
-                        elif event == "done":
-                            if view is not None:
-                                view.finish(data)
-                            return dict(data)
+            kind, data = _stream_answer(http, cid, body, view)
+            if kind == "error":
+                fail(data)
+            return data
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         if view is not None and view.streamed:
             # Half an answer is on screen: asking again here would repeat it.
             fail({"error_code": "CHAT_001", "message": f"The server stopped answering: {exc}"})
         return None
     return None
+
+
+def _empty_on_server(nb: dict[str, Any], server: Server) -> StudyRAGError:
+    from studyrag.errors import EmptyLibrary
+
+    return EmptyLibrary(
+        f"The notebook {nb['name']!r} on the server at {server.url} has no document that "
+        "finished ingesting.",
+        hint=f'Add documents with `studyrag ingest PATH --notebook "{nb["name"]}"`.',
+    )
+
+
+def _stream_answer(
+    http: Any, cid: str, body: dict[str, Any], view: Any
+) -> tuple[str, dict[str, Any]]:
+    """("done", the done event) or ("error", the error in the house shape) of one question
+    the server answers over SSE; the tokens are fed to `view` (None: not shown)."""
+    import json
+    from contextlib import nullcontext
+
+    with http.stream("POST", f"/api/chat/stream/{cid}", json=body) as stream:
+        if stream.status_code != 200:
+            stream.read()
+            return "error", dict(stream.json())
+        with view if view is not None else nullcontext():
+            event = ""
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line.split(":", 1)[1])
+                    if event == "token" and view is not None:
+                        view.feed(data["delta"])
+                    elif event == "error":
+                        return "error", dict(data)
+                    elif event == "done":
+                        if view is not None:
+                            view.finish(data)
+                        return "done", dict(data)
+    return "error", {"error_code": "CHAT_001", "message": "The server ended the answer early."}
+
+
+def _chat_via_server(server: Server, notebook: str | None, template: str | None) -> bool:
+    """The REPL against the running server, which has the models loaded; False when it
+    cannot be used (unreachable; or, without a key, no such notebook: the local path says)."""
+    import httpx
+
+    from studyrag.cli.answer_view import AnswerView
+
+    current: str | None = None
+    started = False
+    try:
+        with server.client() as http:
+            nb = find_notebook_on_server(http, notebook)
+            if nb is None:
+                remote_only(server, unknown_notebook(notebook, server.url), as_json=False)
+                return False
+            started = True
+            if not nb["documents_completed"]:
+                show_error(_empty_on_server(nb, server))  # documents may be added meanwhile
+            console.print(
+                "[bold]StudyRAG chat[/] — ask about your documents. /new, /quit "
+                f"[dim](answered by the server at {server.url})[/]"
+            )
+            while True:
+                try:
+                    line = console.input("[bold green]you>[/] ").strip()
+                except EOFError:
+                    break
+                if not line:
+                    continue
+                if line in ("/quit", "/exit", "/q"):
+                    break
+                if line == "/new":
+                    current = None
+                    console.print("[dim]new conversation[/]")
+                    continue
+                if current is None:
+                    made = http.post("/api/chat/conversations", json={"notebook_id": nb["id"]})
+                    if made.status_code != 201:
+                        server_error(made, False)
+                    current = str(made.json()["id"])
+                body = {"message": line} | ({"template": template} if template else {})
+                view = AnswerView(console, prefix="studyrag> ")
+                kind, data = _stream_answer(http, current, body, view)
+                if kind == "error":
+                    show_error(answer_error(data))
+                    continue
+                console.print()
+                print_sources(data)
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        if not started:
+            return False
+        show_error(
+            answer_error(
+                {"error_code": "CHAT_001", "message": f"The server stopped answering: {exc}"}
+            )
+        )
+        raise typer.Exit(1) from None
+    if current:
+        console.print(f"[dim]conversation {current} saved[/]")
+    return True
 
 
 def chat(
@@ -263,8 +338,13 @@ def chat(
     template: Annotated[str | None, typer.Option(help="Prompt template.")] = None,
     notebook: NotebookOpt = None,
     data_dir: DataDir = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Interactive chat that keeps the conversation (/new starts over, /quit leaves)."""
+    # A server running for this data directory has both models loaded: it answers.
+    server = running_server(data_dir, api_key) if conversation is None else None
+    if server is not None and _chat_via_server(server, notebook, template):
+        return
 
     async def go(services: Services) -> None:
         from studyrag.errors import StudyRAGError
