@@ -9,11 +9,9 @@ import hashlib
 import io
 import json
 import re
-import sqlite3
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.api.conftest import LiveServer, run_server
-from tests.api.test_notebook_archive import archive_settings
+from tests.api.test_notebook_archive import archive_settings, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -319,27 +317,6 @@ def archives(draw: st.DrawFn, damage: Damage | None = None) -> tuple[bytes, dict
     return damage(draw, whole, json.loads(whole["manifest.json"])), held
 
 
-def library_state(data_dir: Path) -> dict[str, Any]:
-    """Every SQL row, every vector id and every file of the data directory."""
-    tables: dict[str, Any] = {}
-    with sqlite3.connect(f"file:{data_dir / 'studyrag.db'}?mode=ro", uri=True) as conn:
-        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for name in names:
-            tables[name] = sorted(map(repr, conn.execute(f'SELECT * FROM "{name}"').fetchall()))
-    vectors: list[Any] = []
-    for chroma in sorted((data_dir / "chroma").glob("*.sqlite3")):
-        with sqlite3.connect(f"file:{chroma}?mode=ro", uri=True) as conn:
-            vectors = sorted(conn.execute("SELECT embedding_id FROM embeddings").fetchall())
-    files = {
-        str(p.relative_to(data_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(data_dir.rglob("*"))
-        if p.is_file()
-        and not p.name.startswith(("studyrag.db", "chroma.sqlite3"))
-        and p.parent.name != "logs"
-    }
-    return {"tables": tables, "vectors": vectors, "files": files}
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = archive_settings(tmp_path_factory.mktemp("archive-props") / "data")
@@ -394,8 +371,8 @@ def _expected(held: dict[str, Any]) -> dict[str, Any]:
 
 
 def _post(server: LiveServer, data: bytes) -> tuple[httpx.Response, dict[str, Any]]:
-    """The import's answer, and the library as it was before it."""
-    before = library_state(server.settings.data_dir)
+    """The import's answer, and the library (every row, vector and file) as it was before."""
+    before = snapshot(server.settings.data_dir)
     with httpx.Client(base_url=server.base, timeout=120) as http:
         reply = http.post(
             "/api/notebooks/import", files={"file": ("nb.zip", data, "application/zip")}
@@ -435,4 +412,4 @@ def test_a_damaged_archive_is_refused_and_changes_nothing(
     assert 400 <= reply.status_code < 500 and re.fullmatch(r"NB_\d{3}", body["error_code"]), body
     assert set(body) == {"error_code", "message", "details", "request_id"}, body
     assert body["message"] and body["details"]["hint"], body
-    assert library_state(server.settings.data_dir) == before, body
+    assert snapshot(server.settings.data_dir) == before, body
