@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -228,6 +229,25 @@ def _ask_server(
     return None
 
 
+NEW = "/new"
+
+
+def questions(read: Callable[[str], str]) -> Iterator[str]:
+    """What the student types at the REPL prompt: questions, and NEW for /new (said on
+    screen); it ends at /quit (/exit, /q) or at the end of the input."""
+    while True:
+        try:
+            line = read("[bold green]you>[/] ").strip()
+        except EOFError:
+            return
+        if line in ("/quit", "/exit", "/q"):
+            return
+        if line == NEW:
+            console.print("[dim]new conversation[/]")
+        if line:
+            yield line
+
+
 def _empty_on_server(nb: dict[str, Any], server: Server) -> StudyRAGError:
     from studyrag.errors import EmptyLibrary
 
@@ -290,18 +310,9 @@ def _chat_via_server(server: Server, notebook: str | None, template: str | None)
                 "[bold]StudyRAG chat[/] — ask about your documents. /new, /quit "
                 f"[dim](answered by the server at {server.url})[/]"
             )
-            while True:
-                try:
-                    line = console.input("[bold green]you>[/] ").strip()
-                except EOFError:
-                    break
-                if not line:
-                    continue
-                if line in ("/quit", "/exit", "/q"):
-                    break
-                if line == "/new":
+            for line in questions(console.input):
+                if line == NEW:
                     current = None
-                    console.print("[dim]new conversation[/]")
                     continue
                 if current is None:
                     made = http.post("/api/chat/conversations", json={"notebook_id": nb["id"]})
@@ -359,19 +370,11 @@ def chat(
             show_error(exc)  # the REPL still starts: documents may be added meanwhile
         await start_embedder(services)
         console.print("[bold]StudyRAG chat[/] — ask about your documents. /new, /quit")
-        while True:
-            try:
-                line = await asyncio.to_thread(console.input, "[bold green]you>[/] ")
-            except EOFError:
-                break
-            line = line.strip()
-            if not line:
-                continue
-            if line in ("/quit", "/exit", "/q"):
-                break
-            if line == "/new":
+        lines = questions(console.input)
+        # Read in a thread: the event loop goes on with the services' own tasks meanwhile.
+        while (line := await asyncio.to_thread(next, lines, None)) is not None:
+            if line == NEW:
                 current = None
-                console.print("[dim]new conversation[/]")
                 continue
             try:
                 done = await answer(
