@@ -4,14 +4,9 @@ the key printed once verifies, a revoked one and a disabled user's do not."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,6 +17,7 @@ from tests.conftest import free_port
 from tests.e2e.test_cli import cli_env, lines
 from tests.e2e.test_cli import run as cli
 from tests.e2e.test_ingest_search import write_corpus
+from tests.web.harness import serve
 
 EXE = str(Path(sys.executable).with_name("studyrag"))
 
@@ -120,38 +116,6 @@ def test_users_and_keys_from_the_command_line(tmp_path: Path) -> None:
         asyncio.run(_login(data, "alice", "new-password"))
 
 
-@contextmanager
-def multi_user_server(data_dir: Path, log: Path) -> Iterator[str]:
-    """A real `studyrag serve` in multi-user mode on 127.0.0.1; yields its URL."""
-    port = free_port()
-    env = cli_env(STUDYRAG_AUTH__MODE="multi-user", STUDYRAG_LLM__MAX_TOKENS="24")
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [EXE, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "studyrag serve did not start"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def test_cli_commands_send_a_key_to_a_multi_user_server(tmp_path: Path) -> None:
     data = tmp_path / "data"
     made = studyrag("users", "create", "alice", "--admin", "--password-stdin", data_dir=data,
@@ -174,7 +138,8 @@ def test_cli_commands_send_a_key_to_a_multi_user_server(tmp_path: Path) -> None:
     extra = tmp_path / "extra.txt"
     extra.write_text("Mitochondria are the powerhouse of the cell; they make ATP.\n")
 
-    with multi_user_server(data, tmp_path / "serve.log") as url:
+    multi_user = {"STUDYRAG_AUTH__MODE": "multi-user", "STUDYRAG_LLM__MAX_TOKENS": "24"}
+    with serve(data, free_port(), tmp_path / "serve.log", env=multi_user) as url:
         # No key: the server's AUTH_001, and how to get a key, in CLI words; nothing done here.
         for args in (("search", "chlorophyll"), ("ingest", str(notes)), ("models", "list")):
             refused = cli(*args, data_dir=data)
