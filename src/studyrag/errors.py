@@ -37,6 +37,19 @@ class StudyRAGError(Exception):
         }
 
 
+class StorageFull(StudyRAGError):
+    """The database could not write for lack of space (SQLite's disk, PostgreSQL's
+    `disk_full`); its transaction was rolled back, so nothing of the request was stored."""
+
+    error_code = "GEN_002"
+    status_code = 507
+    default_hint = (
+        "The disk that holds the database is full: free space on it (or move the data "
+        "directory to a larger disk with STUDYRAG_DATA_DIR), then try again; nothing of this "
+        "request was stored."
+    )
+
+
 # --- configuration -----------------------------------------------------------------------
 class ConfigError(StudyRAGError):
     error_code = "CONFIG_001"
@@ -550,6 +563,27 @@ class InvalidNotebook(NotebookError):
 class NotebookBusy(NotebookError):
     error_code = "NB_004"
     status_code = 409
+
+
+class AmbiguousNotebook(NotebookError):
+    """A name several notebooks the caller sees carry (none of them its own): names are
+    unique per owner only."""
+
+    error_code = "NB_011"
+    status_code = 400
+    default_hint = "Name the notebook by its id (`studyrag notebooks list` shows them)."
+
+    def __init__(self, name: str, candidates: list[tuple[str, str, str | None]]) -> None:
+        listed = "; ".join(f"{nid} (of {owner or 'another user'})" for nid, _, owner in candidates)
+        super().__init__(
+            f"Several notebooks you can see are named {name!r}, none of them yours: {listed}.",
+            details={
+                "name": name,
+                "candidates": [
+                    {"id": nid, "name": label, "owner": owner} for nid, label, owner in candidates
+                ],
+            },
+        )
 
 
 class InvalidSpan(DocumentError):

@@ -639,3 +639,80 @@ async def test_taking_a_share_away_closes_that_users_notebook_socket(
             assert made.status_code == 201
             event = json.loads(await asyncio.wait_for(owner.recv(), 30))
             assert event["conversation"]["id"] == made.json()["id"]
+
+
+def test_notebook_names_are_unique_per_owner_and_resolve_own_first(users: Users) -> None:
+    name = "Genetics 101"
+    with (
+        client(users, users.a_key) as a,
+        client(users, users.b_key) as b,
+        client(users, users.c_key) as c,
+    ):
+        made = a.post("/api/notebooks", json={"name": name})
+        assert made.status_code == 201, made.text
+        a_nb = made.json()["id"]
+        # Another user may take the same name; its owner may not, whatever the case.
+        made = b.post("/api/notebooks", json={"name": "genetics  101"})
+        assert made.status_code == 201, made.text
+        b_nb = made.json()["id"]
+        house(a.post("/api/notebooks", json={"name": "GENETICS 101"}), 409, "NB_002")
+        other = a.post("/api/notebooks", json={"name": "Genetics 102"}).json()["id"]
+        house(a.put(f"/api/notebooks/{other}", json={"name": name}), 409, "NB_002")
+
+        def ref(http: httpx.Client, value: str) -> httpx.Response:
+            return http.get("/api/notebooks", params={"ref": value})
+
+        # A name resolves to the caller's own notebook, even when another is shared with it.
+        shared = a.post(f"/api/notebooks/{a_nb}/shares", json={"user": "bob", "role": "viewer"})
+        assert shared.status_code == 201, shared.text
+        assert [n["id"] for n in ref(a, name).json()["items"]] == [a_nb]
+        assert [n["id"] for n in ref(b, name).json()["items"]] == [b_nb]
+        found = b.post("/api/search", json={"query": "genes", "notebook_id": name})
+        assert found.json().get("error_code") != "NB_001", found.text  # bob's own (empty)
+        # Carol sees no notebook of that name: the same 404 as for one that does not exist.
+        house(ref(c, name), 404, "NB_001")
+        house(c.post("/api/search", json={"query": "genes", "notebook_id": name}), 404, "NB_001")
+        # Shared with her by both: ambiguous, said so with both ids; by id it works.
+        for http, nb in ((a, a_nb), (b, b_nb)):
+            r = http.post(f"/api/notebooks/{nb}/shares", json={"user": "carol", "role": "viewer"})
+            assert r.status_code == 201, r.text
+
+        # On /v1 every model id reaches its notebook: the shadowed or ambiguous name by id.
+        def models(http: httpx.Client) -> dict[str, str]:
+            listed = http.get("/v1/models").json()["data"]
+            return {m["notebook_id"]: m["id"] for m in listed if m["notebook_id"] in (a_nb, b_nb)}
+
+        assert models(b) == {b_nb: "studyrag/genetics 101", a_nb: f"studyrag/{a_nb}"}
+        assert models(c) == {b_nb: f"studyrag/{b_nb}", a_nb: f"studyrag/{a_nb}"}
+        for notebook_id, model in models(c).items():
+            assert c.get(f"/v1/models/{model}").json()["notebook_id"] == notebook_id
+        body = house(ref(c, name), 400, "NB_011")
+        assert {x["id"] for x in body["details"]["candidates"]} == {a_nb, b_nb}
+        assert {x["owner"] for x in body["details"]["candidates"]} == {"alice", "bob"}
+        assert a_nb in body["message"] and b_nb in body["message"]
+        house(c.post("/api/chat/conversations", json={"notebook_id": name}), 400, "NB_011")
+        assert [n["id"] for n in ref(c, a_nb).json()["items"]] == [a_nb]
+        # An import keeps its name when only other users have it; carol's own comes first.
+        archive = a.get(f"/api/notebooks/{a_nb}/export")
+        assert archive.status_code == 200, archive.text
+        names = []
+        for _ in range(2):
+            accepted = c.post(
+                "/api/notebooks/import",
+                files={"file": ("genetics.zip", archive.content, "application/zip")},
+            )
+            assert accepted.status_code == 202, accepted.text
+            job = wait_job(c, accepted.json()["job_id"])
+            assert job["status"] == "completed", job
+            names.append(job["metadata"]["notebook_name"])
+            if len(names) == 1:
+                own = ref(c, name).json()["items"]
+                assert [n["id"] for n in own] == [job["metadata"]["notebook_id"]]
+        assert names == [name, f"{name} (2)"]
+        # The list says which notebook the caller's requests without one use.
+        listed = c.get("/api/notebooks").json()
+        own = {n["id"] for n in listed["items"]} - {a_nb, b_nb}
+        assert listed["default_id"] in own, listed
+        for http, nb in ((a, a_nb), (b, b_nb)):
+            http.request("DELETE", f"/api/notebooks/{nb}/shares", json={"user": "carol"})
+        a.request("DELETE", f"/api/notebooks/{a_nb}/shares", json={"user": "bob"})

@@ -1,4 +1,5 @@
-"""The disk under the data directory fills up during an upload.
+"""The disk under the data directory fills up during an upload, or before a question (the
+SQLite write of the question and its answer's placeholder is refused).
 
 The server's whole data directory (SQLite, Chroma, originals) lives on a small tmpfs mounted
 for this test, so the write that fails is a real ENOSPC from the kernel. Mounting needs
@@ -156,3 +157,81 @@ async def test_a_local_file_that_does_not_fit_is_disk_full(
     assert info.value.error_code == "DOC_015" and info.value.status_code == 507
     assert isinstance(info.value.__cause__, OSError)
     assert _leftovers(small_disk / "cli-files") == []
+
+
+@pytest.fixture
+def chat_server(small_disk: Path) -> Iterator[LiveServer]:
+    """A server with the real chat model whose database lives on the small disk."""
+    settings = server_settings(small_disk / "chat")
+    settings.llm.max_tokens = 4
+    with run_server(settings) as server:
+        yield server
+
+
+def fill(disk: Path) -> Path:
+    """A file that takes every byte left on `disk` (unbuffered: each write is refused alone)."""
+    filler = disk / "filler"
+    for size in (1 << 20, 4096, 1):
+        with filler.open("ab", buffering=0) as out:
+            try:
+                while True:
+                    out.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == 28, exc  # ENOSPC
+    return filler
+
+
+def test_a_question_on_a_full_disk_is_refused_clearly_and_stores_nothing(
+    chat_server: LiveServer, small_disk: Path
+) -> None:
+    import asyncio
+    import json
+
+    import websockets
+
+    question = {"message": "Why do leaves look green?", "max_tokens": 2}
+    with httpx.Client(base_url=chat_server.base, timeout=300) as http:
+        cid = http.post("/api/chat/conversations", json={}).json()["id"]
+        ok = http.post("/api/chat/message", json=question | {"conversation_id": cid})
+        assert ok.status_code == 200, ok.text
+
+        def messages() -> list[tuple[str, str, str]]:
+            items = http.get(f"/api/chat/conversations/{cid}/messages").json()["items"]
+            return [(m["id"], m["status"], m["content"]) for m in items]
+
+        before = messages()
+        filler = fill(small_disk)
+        try:
+            # REST: 507 in the house shape, saying what to do; nothing stored.
+            r = http.post("/api/chat/message", json=question | {"conversation_id": cid})
+            assert r.status_code == 507, r.text
+            body = r.json()
+            assert set(body) == {"error_code", "message", "details", "request_id"}
+            assert body["error_code"] == "GEN_002" and "disk is full" in body["message"]
+            assert "STUDYRAG_DATA_DIR" in body["details"]["hint"]
+            # SSE: the same error, before any event of an answer.
+            with http.stream("POST", f"/api/chat/stream/{cid}", json=question) as sse:
+                sse.read()
+                assert sse.status_code == 507, sse.text
+                assert sse.json()["error_code"] == "GEN_002"
+
+            # WebSocket: an error frame; the socket stays open.
+            async def over_ws() -> list[dict[str, object]]:
+                async with websockets.connect(chat_server.ws_url(cid)) as ws:
+                    assert json.loads(await ws.recv())["type"] == "connected"
+                    await ws.send(json.dumps({"type": "message", "content": question["message"]}))
+                    got = [json.loads(await asyncio.wait_for(ws.recv(), 120))]
+                    await ws.send(json.dumps({"type": "ping"}))
+                    got.append(json.loads(await asyncio.wait_for(ws.recv(), 120)))
+                    return got
+
+            error, pong = asyncio.run(over_ws())
+            assert error["type"] == "error" and error["error_code"] == "GEN_002", error
+            assert pong["type"] == "pong", pong
+            assert messages() == before, "nothing of a refused question may be stored"
+        finally:
+            filler.unlink()
+        # Space again: the same conversation goes on.
+        again = http.post("/api/chat/message", json=question | {"conversation_id": cid})
+        assert again.status_code == 200, again.text
+        assert messages()[: len(before)] == before and len(messages()) == len(before) + 2

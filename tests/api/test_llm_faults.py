@@ -4,8 +4,10 @@ StudyRAG runs for real (uvicorn, SQLite, Chroma, MiniLM) with STUDYRAG_LLM__PROV
 pointed at tests/backends/llm/fault_server.py, a raw-socket OpenAI-compatible server that
 injects each fault. Every client transport (REST, SSE, WebSocket) gets the error in the
 house shape, the answer is stored the way the engine defines a failed one (`status:
-"error"`, `metadata.error_code`, the text streamed so far as its content, nothing more), and
-the next question is answered once the model's server behaves again.
+"error"` when no token was sent; once tokens reached clients, `status: "incomplete"` as a
+stopped or killed answer; `metadata.error_code` and `stats.finish_reason: "error"` in both,
+the text streamed so far as its content, nothing more), and the next question is answered
+once the model's server behaves again.
 """
 
 from __future__ import annotations
@@ -78,9 +80,12 @@ async def stored_answer(http: httpx.AsyncClient, cid: str) -> dict[str, Any]:
 
 
 def assert_failed_answer(answer: dict[str, Any], code: str, seen: str) -> None:
-    """Stored as failed, with exactly the text the clients were shown."""
-    assert answer["status"] == "error", answer
+    """Stored as failed, with exactly the text the clients were shown: `error` when they saw
+    nothing, `incomplete` (cut off, like a stopped answer) when they saw some."""
+    assert answer["status"] == ("incomplete" if seen else "error"), answer
     assert answer["metadata"]["error_code"] == code, answer["metadata"]
+    if seen:
+        assert answer["metadata"]["stats"]["finish_reason"] == "error", answer["metadata"]
     assert answer["content"] == seen, (answer["content"], seen)
 
 

@@ -429,20 +429,24 @@ async def test_statistics_numbers(cm: ConversationManager) -> None:
             metadata={"error_code": code, "stats": {"total_time": 99.0, "completion_tokens": 1}},
         )
     await cm.add_message(conv.id, "assistant", "half", status="incomplete")
+    # Cut off mid-stream by the model's server: incomplete, and a failure of its code.
+    await cm.add_message(
+        conv.id, "assistant", "cut", status="incomplete", metadata={"error_code": "CHAT_004"}
+    )
     stats = await cm.statistics()
     assert stats["conversations"] == {
         "total": 3,
         "by_status": {"active": 1, "archived": 1, "deleted": 1},
     }
-    assert stats["messages"]["total"] == 44
-    assert stats["messages"]["by_role"] == {"user": 20, "assistant": 24}
-    assert stats["messages"]["by_status"] == {"complete": 40, "error": 3, "incomplete": 1}
+    assert stats["messages"]["total"] == 45
+    assert stats["messages"]["by_role"] == {"user": 20, "assistant": 25}
+    assert stats["messages"]["by_status"] == {"complete": 40, "error": 3, "incomplete": 2}
     # Only complete answers count towards response time.
     assert stats["response_time"]["count"] == 20
     assert stats["response_time"]["mean_seconds"] == pytest.approx(10.5)
     assert stats["response_time"]["p95_seconds"] == pytest.approx(19.0)
     assert stats["tokens_generated"] == 20 * 10 + 3
-    assert stats["errors_by_code"] == {"CHAT_004": 2, "CHAT_001": 1}
+    assert stats["errors_by_code"] == {"CHAT_004": 3, "CHAT_001": 1}
 
 
 async def test_statistics_empty(cm: ConversationManager) -> None:

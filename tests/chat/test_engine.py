@@ -340,9 +340,11 @@ async def test_model_error_is_stored_and_reported(tmp_path: Path) -> None:
         data = error.to_dict()
         assert set(data) >= {"type", "error_code", "message", "details", "message_id"}
         stored = await services.conversations.get_message(error.message_id or "")
-        assert stored.status == "error"
+        # Cut off after three tokens reached the client: incomplete, as a stopped answer.
+        assert stored.status == "incomplete"
         assert stored.content == "Chlorophyll absorbs red"
         assert stored.metadata["error_code"] == "CHAT_004"
+        assert stored.metadata["stats"]["finish_reason"] == "error"
         assert stored.metadata["stats"]["finish_reason"] == "error"
         stats = await services.conversations.statistics()
         assert stats["errors_by_code"] == {"CHAT_004": 1}

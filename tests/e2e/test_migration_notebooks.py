@@ -122,3 +122,68 @@ async def test_upgrade_from_0002_moves_everything_into_the_default_notebook(
     async with open_services(settings) as services:
         assert await services.notebooks.repo.state("vectors_untagged") is None
         assert (await services.documents.get("d1")).notebook_id == default.id
+
+
+def _insert_notebook(nid: str, name: str, owner: str | None) -> str:
+    owner_sql = "NULL" if owner is None else f"'{owner}'"
+    return (
+        "INSERT INTO notebooks (id, name, name_key, description, is_default, status, metadata, "
+        f"created_at, updated_at, owner_id) VALUES ('{nid}', '{name}', '{name.casefold()}', '', "
+        f"false, 'active', '{{}}', '2026-01-0{len(nid)} 00:00:00+00', "
+        f"'2026-01-01 00:00:00+00', {owner_sql})"
+    )
+
+
+async def test_0006_makes_notebook_names_unique_per_owner_keeping_every_row(
+    database: DatabaseSettings, tmp_path: Path
+) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from studyrag.db.auth import AuthRepo
+
+    settings = Settings(data_dir=tmp_path / "data", database=database)
+    settings.data_dir.mkdir(parents=True)
+    db = Database(settings.database_url)
+    async with db.engine.begin() as conn:
+        await conn.run_sync(_upgrade_to("0005"))
+        await conn.exec_driver_sql(_insert_notebook("n1", "Biology 101", None))
+        await conn.exec_driver_sql(_insert_notebook("n22", "Physics", "u1"))
+    # Before 0006 the name is taken for the whole server.
+    with pytest.raises(IntegrityError):
+        async with db.engine.begin() as conn:
+            await conn.exec_driver_sql(_insert_notebook("n333", "biology 101", "u2"))
+    async with db.engine.begin() as conn:
+        await conn.run_sync(_upgrade_to("0006"))
+        rows = (
+            await conn.exec_driver_sql(
+                "SELECT id, name, owner_id FROM notebooks WHERE id LIKE 'n%'"
+            )
+        ).all()
+        assert sorted(tuple(r) for r in rows) == [
+            ("n1", "Biology 101", None),
+            ("n22", "Physics", "u1"),
+        ]
+        # Another owner may use the name now...
+        await conn.exec_driver_sql(_insert_notebook("n333", "biology 101", "u2"))
+        await conn.exec_driver_sql(_insert_notebook("n4444", "Physics", None))
+    # ...but one owner still cannot have it twice, the local owner (NULL) included.
+    for nid, name, owner in (("n55555", "BIOLOGY 101", None), ("n666666", "physics", "u1")):
+        with pytest.raises(IntegrityError):
+            async with db.engine.begin() as conn:
+                await conn.exec_driver_sql(_insert_notebook(nid, name.casefold(), owner))
+
+    # The first admin taking over the local notebooks: a clashing name gets a number.
+    await AuthRepo(db).claim_unowned("u1")
+    async with db.engine.begin() as conn:
+        rows = (
+            await conn.exec_driver_sql(
+                "SELECT id, name, owner_id FROM notebooks WHERE id LIKE 'n%'"
+            )
+        ).all()
+    assert sorted(tuple(r) for r in rows) == [
+        ("n1", "Biology 101", "u1"),
+        ("n22", "Physics", "u1"),
+        ("n333", "biology 101", "u2"),
+        ("n4444", "Physics (2)", "u1"),
+    ]
+    await db.aclose()

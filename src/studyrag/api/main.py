@@ -41,6 +41,7 @@ from studyrag.api.routes import (
 )
 from studyrag.errors import (
     AmbiguousId,
+    AmbiguousNotebook,
     ArchiveInvalid,
     ArchiveTooLarge,
     BackendUnavailable,
@@ -83,6 +84,7 @@ from studyrag.errors import (
     RateLimited,
     SettingNotChangeable,
     SetupUnavailable,
+    StorageFull,
     StorageQuotaExceeded,
     TooManyConnections,
     Unauthorized,
@@ -97,13 +99,22 @@ from studyrag.schemas.openai import OpenAIErrorPublic, openai_error_body
 
 # What the services behind each area can refuse a request with (the OpenAPI schema's
 # responses; the schemathesis run in tests/api/test_schema_fuzz.py holds them to it).
-_NOTEBOOK = (NotebookNotFound, NotebookExists, NotebookBusy, AmbiguousId, JobConflict)
+_NOTEBOOK = (
+    NotebookNotFound,
+    NotebookExists,
+    NotebookBusy,
+    AmbiguousId,
+    AmbiguousNotebook,
+    JobConflict,
+    StorageFull,
+)
 _DOCUMENT = (
     DocumentNotFound,
     DocumentBusy,
     NotebookNotFound,
     NotebookBusy,
     AmbiguousId,
+    AmbiguousNotebook,
     JobConflict,
     FileTooLarge,
     DiskFull,
@@ -118,6 +129,7 @@ _DOCUMENT = (
     UploadsPerDayExceeded,
     StorageQuotaExceeded,
     BrokerUnavailable,
+    StorageFull,
 )
 _CHAT = (
     ConversationNotFound,
@@ -125,6 +137,7 @@ _CHAT = (
     NotebookNotFound,
     DocumentNotFound,
     AmbiguousId,
+    AmbiguousNotebook,
     GenerationInProgress,
     RateLimited,
     TooManyConnections,
@@ -134,8 +147,16 @@ _CHAT = (
     GenerationFailed,
     BrokerUnavailable,
     BackendUnavailable,
+    StorageFull,
 )
-_SEARCH = (EmptyQuery, EmptyLibrary, BackendUnavailable, NotebookNotFound, DocumentNotFound)
+_SEARCH = (
+    EmptyQuery,
+    EmptyLibrary,
+    BackendUnavailable,
+    NotebookNotFound,
+    AmbiguousNotebook,
+    DocumentNotFound,
+)
 _AUTH = (
     LoginFailed,
     LoginThrottled,

@@ -35,7 +35,7 @@ from studyrag.errors import (
 if TYPE_CHECKING:
     from studyrag.auth.service import AuthService
     from studyrag.db.auth import AuthRepo
-    from studyrag.db.models import User
+    from studyrag.db.models import Notebook, User
     from studyrag.notebooks.service import NotebookService
 
 Role = Literal["viewer", "editor", "owner"]
@@ -204,7 +204,7 @@ class Access:
         (made for them on first use) otherwise."""
         if ref is not None and ref.strip():
             try:
-                notebook_id = (await self.notebooks.repo.find(ref)).id
+                notebook_id = (await self.find_notebook(principal, ref)).id
                 return await self.notebook(principal, notebook_id, need)
             except NotebookNotFound:
                 raise NotebookNotFound(f"No notebook named or with id {ref!r}.") from None
@@ -215,6 +215,20 @@ class Access:
             return own
         created = await self.notebooks.create_unique(f"{principal.name}'s notebook")
         return created.id
+
+    async def find_notebook(self, principal: Principal, ref: str) -> Notebook:
+        """The notebook `ref` names (id, name, id prefix) among those the principal sees:
+        its own of that name first, then the one shared with it (NB_011 if several)."""
+        return await self.notebooks.repo.find(
+            ref, viewer=principal.user_id, visible=await self.visible_notebooks(principal)
+        )
+
+    async def default_notebook(self, principal: Principal) -> str | None:
+        """The notebook requests naming none use, without making it: None for a user who
+        owns none yet (their first such request makes `NAME's notebook`)."""
+        if principal.is_local or principal.user_id is None:
+            return await self.notebooks.default_id()
+        return await self.repo.oldest_owned_notebook(principal.user_id)
 
     async def visible_notebooks(self, principal: Principal) -> set[str] | None:
         """Ids of the notebooks a principal sees (None: every one, for the local owner)."""

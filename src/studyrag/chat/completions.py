@@ -11,12 +11,12 @@ stored conversation continues and the request's history is not stored again.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from studyrag.chat.conversations import ConversationManager
 from studyrag.db.models import Notebook
 from studyrag.errors import InvalidChatRequest, NotebookNotFound
-from studyrag.notebooks.service import NotebookService
 from studyrag.schemas.openai import MODEL_PREFIX, ChatMessageIn
 
 # Kept on conversations made by /v1, so a user can tell (and clean up) where they came from.
@@ -65,8 +65,9 @@ def split_turn(messages: list[ChatMessageIn]) -> Turn:
     return Turn(question=text_of(last, len(messages) - 1), history=history)
 
 
-async def notebook_of_model(notebooks: NotebookService, model: str) -> Notebook:
-    """The notebook a model id names: `studyrag/<name>` (or its id, or an id prefix)."""
+async def notebook_of_model(find: Callable[[str], Awaitable[Notebook]], model: str) -> Notebook:
+    """The notebook a model id names: `studyrag/<name>` (or its id, or an id prefix), looked
+    up by `find` (among the notebooks the caller sees: `Access.find_notebook`)."""
     ref = model[len(MODEL_PREFIX) :] if model.startswith(MODEL_PREFIX) else ""
     if not ref.strip():
         raise NotebookNotFound(
@@ -76,7 +77,7 @@ async def notebook_of_model(notebooks: NotebookService, model: str) -> Notebook:
             hint="GET /v1/models lists them.",
         )
     try:
-        return await notebooks.repo.find(ref)
+        return await find(ref)
     except NotebookNotFound as exc:
         raise NotebookNotFound(
             f"The model {model!r} does not exist: no notebook is called {ref!r}.",

@@ -210,7 +210,8 @@ class DoneEvent:
 
 @dataclass(slots=True)
 class ErrorEvent:
-    """The answer failed; the assistant message is stored with status "error"."""
+    """The answer failed; the assistant message is stored with status "error", or
+    "incomplete" with the text streamed so far when tokens had been sent (`_Answer.fail`)."""
 
     error_code: str
     message: str
@@ -277,6 +278,14 @@ class _Answer:
     checkpoint: asyncio.Task[Any] | None = None  # the partial-text write in flight, if any
     checkpoint_at: float = field(default_factory=time.perf_counter)
     checkpoint_tokens: int = 0
+
+    def fail(self, error: StudyRAGError) -> None:
+        """The answer ended on `error`. Once tokens have reached clients (the model's server
+        cut the stream, stalled, or stopped with an error mid-answer) it is stored as
+        `incomplete` with that text, as a stopped or killed answer is; before any token,
+        as `error`. Either way metadata.error_code says why."""
+        self.error = error
+        self.status = "incomplete" if self.streamed else "error"
 
 
 @dataclass(slots=True)
@@ -472,13 +481,14 @@ class ChatEngine:
             answer.status = "incomplete"
             raise
         except StudyRAGError as exc:
-            answer.status, answer.error = "error", exc
+            answer.fail(exc)
         except Exception as exc:
             log.exception("Answer %s failed", turn.assistant.id)
-            answer.status = "error"
-            answer.error = StudyRAGError(
-                f"The answer failed unexpectedly: {type(exc).__name__}.",
-                hint="See the server log; send the message again.",
+            answer.fail(
+                StudyRAGError(
+                    f"The answer failed unexpectedly: {type(exc).__name__}.",
+                    hint="See the server log; send the message again.",
+                )
             )
         finally:
             try:
@@ -802,10 +812,10 @@ class ChatEngine:
             if self.settings.chat.attribution and answer.status == "complete":
                 content, sources = await self._attribute(answer, content, sources, meta)
             stats = answer.stats or self._partial_stats(answer)
-            if answer.status == "incomplete":
-                stats.finish_reason = "cancelled"
-            elif answer.status == "error":
+            if answer.error is not None:
                 stats.finish_reason = "error"
+            elif answer.status == "incomplete":
+                stats.finish_reason = "cancelled"
             meta["stats"] = stats.to_dict()
         meta["response_ms"] = round((time.perf_counter() - answer.started) * 1000, 2)
         if answer.error is not None:

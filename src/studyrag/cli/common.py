@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -17,6 +18,8 @@ from rich.console import Console
 from studyrag.data_dir import ENV_VAR, default_data_dir
 
 if TYPE_CHECKING:
+    import httpx
+
     from studyrag.config import Settings
     from studyrag.errors import EmptyLibrary, StudyRAGError
     from studyrag.services import Services
@@ -50,6 +53,19 @@ NotebookOpt = Annotated[
         "-n",
         help="Notebook name or id (default: the default notebook).",
         show_default=False,
+    ),
+]
+
+API_KEY_ENV = "STUDYRAG_API_KEY"
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar=API_KEY_ENV,
+        help="API key for a multi-user server running on this library (sent as "
+        "`Authorization: Bearer`); an admin makes one with `studyrag keys create --user NAME`.",
+        show_default=False,
+        show_envvar=True,
     ),
 ]
 
@@ -225,6 +241,69 @@ def short_ids(ids: Iterable[str], *, min_len: int = 8) -> dict[str, str]:
     return {i: i[:length] for i in unique}
 
 
+@dataclass(frozen=True)
+class Server:
+    """A running server this command talks to, and the key it sends (multi-user mode)."""
+
+    url: str
+    api_key: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """`Authorization: Bearer` when a key was given; nothing in local mode."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def client(self, *, read: float = 600.0) -> httpx.Client:
+        """An HTTP client for this server, sending the key on every request."""
+        import httpx
+
+        return httpx.Client(
+            base_url=self.url, headers=self.headers, timeout=httpx.Timeout(30, read=read)
+        )
+
+
+def running_server(data_dir: Path | None, api_key: str | None = None) -> Server | None:
+    """The server running for this data dir (with the key to send it), None when none runs."""
+    from studyrag import local_server
+
+    url = local_server.find(settings_for(data_dir).data_dir)
+    return None if url is None else Server(url, api_key or None)
+
+
+# What a CLI user does about a refused key; the server's own hint names HTTP headers.
+_KEY_HINTS = {
+    "AUTH_001": "This server is in multi-user mode: pass --api-key KEY or set $"
+    + API_KEY_ENV
+    + "; an admin makes a key with `studyrag keys create --user NAME`.",
+    "AUTH_002": "An admin makes a key with the scope it needs with "
+    "`studyrag keys create --user NAME --scopes read,chat,admin` (an admin scope changes the "
+    "library; the server's settings also need an admin user).",
+}
+
+
+def answer_error(body: Any, *, status: int = 0) -> StudyRAGError:
+    """The server's error answer (house shape) as an error to show, in CLI words for a
+    missing or refused key."""
+    from studyrag.errors import StudyRAGError
+
+    if not isinstance(body, dict) or "error_code" not in body:
+        body = {"error_code": "GEN_001", "message": f"The server answered {status}: {body!r}"[:300]}
+    details = dict(body.get("details") or {})
+    hint = str(details.pop("hint", "") or "")
+    code = str(body.get("error_code"))
+    if code in _KEY_HINTS:
+        hint = " ".join(h for h in (hint, _KEY_HINTS[code]) if h)
+    exc = StudyRAGError(str(body.get("message")), details=details, hint=hint)
+    exc.error_code = code
+    return exc
+
+
+def is_refused(reply: Any) -> bool:
+    """A 401/403: the key is missing or does not cover the request (never worth doing the
+    work in this process instead: the server holds this library)."""
+    return int(reply.status_code) in (401, 403)
+
+
 def ask_server(
     data_dir: Path | None,
     method: str,
@@ -233,20 +312,20 @@ def ask_server(
     body: dict[str, Any] | None = None,
     as_json: bool = False,
     timeout: float = 120.0,
+    api_key: str | None = None,
 ) -> tuple[str, Any] | None:
     """(server URL, JSON answer) from the server running for this data dir, or None when
     none runs (or it cannot be reached): the command then works in this process. An error
     answer is shown in the house way and ends the command (exit code 1)."""
     import httpx
 
-    from studyrag import local_server
-    from studyrag.errors import StudyRAGError
-
-    url = local_server.find(settings_for(data_dir).data_dir)
-    if url is None:
+    server = running_server(data_dir, api_key)
+    if server is None:
         return None
     try:
-        reply = httpx.request(method, f"{url}{path}", json=body, timeout=timeout)
+        reply = httpx.request(
+            method, f"{server.url}{path}", json=body, headers=server.headers, timeout=timeout
+        )
     except httpx.HTTPError:
         return None
     try:
@@ -256,38 +335,56 @@ def ask_server(
     if reply.status_code >= 400:
         if not isinstance(answer, dict) or "error_code" not in answer:
             return None
-        details = dict(answer.get("details") or {})
-        exc = StudyRAGError(answer["message"], details=details, hint=details.pop("hint", ""))
-        exc.error_code = answer["error_code"]
-        show_error(exc, as_json=as_json)
+        show_error(answer_error(answer), as_json=as_json)
         raise typer.Exit(1)
-    return url, answer
+    return server.url, answer
 
 
 def server_error(reply: Any, as_json: bool) -> NoReturn:
     """Show the server's error answer (house shape) and exit 1."""
-    from studyrag.errors import StudyRAGError
-
     try:
         body = reply.json()
     except ValueError:
         body = {"error_code": "GEN_001", "message": reply.text[:200]}
-    details = dict(body.get("details") or {})
-    exc = StudyRAGError(str(body.get("message")), details=details, hint=details.pop("hint", ""))
-    exc.error_code = str(body.get("error_code"))
-    show_error(exc, as_json=as_json)
+    show_error(answer_error(body, status=reply.status_code), as_json=as_json)
     raise typer.Exit(1)
 
 
-def find_notebook_on_server(http: Any, ref: str | None) -> dict[str, Any] | None:
-    """The server's notebook named (or with an id starting with) `ref`, the default one when
-    `ref` is None; None when there is no single match (the local path then explains)."""
-    wanted = " ".join((ref or "").split()).casefold()
-    books = http.get("/api/notebooks").json()["items"]
-    match = [
-        b
-        for b in books
-        if (b["is_default"] if not wanted else wanted in (b["name"].casefold(), b["id"]))
-        or (len(wanted) >= 4 and b["id"].startswith(wanted))
-    ]
-    return match[0] if len(match) == 1 else None
+def remote_only(server: Server, error: StudyRAGError, *, as_json: bool) -> None:
+    """Sent with a key, a request went to a multi-user server: this process must not answer
+    in its place (it would read the library as its local owner, every user's notebooks
+    included), so `error` is shown and the command ends. Without a key, returns: the
+    command answers in this process, whose own checks explain."""
+    if server.api_key:
+        show_error(error, as_json=as_json)
+        raise typer.Exit(1)
+
+
+def unknown_notebook(ref: str | None, url: str) -> StudyRAGError:
+    """NB_001 for a notebook the server does not show the caller."""
+    from studyrag.errors import NotebookNotFound
+
+    what = f"no notebook {ref!r}" if ref else "no default notebook for you yet"
+    return NotebookNotFound(
+        f"The server at {url} has {what}.",
+        hint="List them with `studyrag notebooks list`, or name one with --notebook NAME.",
+    )
+
+
+def find_notebook_on_server(
+    http: Any, ref: str | None, *, as_json: bool = False
+) -> dict[str, Any] | None:
+    """The server's notebook that `ref` (name, id or id start) names for the caller, as the
+    server resolves it (own first, then shared); the caller's default one when `ref` is None.
+    None when there is none (the caller explains); a refused key or an ambiguous name
+    (NB_011) is shown and ends the command."""
+    listed = http.get("/api/notebooks", params={"ref": ref} if ref and ref.strip() else None)
+    if listed.status_code == 404:
+        return None
+    if listed.status_code != 200:
+        server_error(listed, as_json)
+    answer = listed.json()
+    if ref and ref.strip():
+        return dict(answer["items"][0])
+    default = answer.get("default_id")
+    return next((dict(b) for b in answer["items"] if b["id"] == default), None)

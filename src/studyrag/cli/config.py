@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from studyrag.cli.common import (
+    ApiKeyOpt,
     DataDir,
     JsonOut,
     ask_server,
@@ -26,11 +27,12 @@ def config_show(
     key: Annotated[str | None, typer.Argument(help="Only this setting (e.g. chat.top_k).")] = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """The effective settings (secrets redacted) and when a change of each takes effect."""
     from studyrag.schemas.admin import ConfigPublic
 
-    served = ask_server(data_dir, "GET", "/api/config", as_json=as_json)
+    served = ask_server(data_dir, "GET", "/api/config", as_json=as_json, api_key=api_key)
     if served is not None:
         config = ConfigPublic.model_validate(served[1])
     else:
@@ -56,12 +58,14 @@ def config_set(
     value: Annotated[str, typer.Argument(help="Its new value (JSON for lists and tables).")],
     data_dir: DataDir = None,
     as_json: JsonOut = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Change a setting: validated, saved to config.toml, applied at once by a running server."""
     from studyrag.schemas.admin import ConfigUpdated
 
     changes = {key: _parse(value)}
-    served = ask_server(data_dir, "PUT", "/api/config", body={"changes": changes}, as_json=as_json)
+    body = {"changes": changes}
+    served = ask_server(data_dir, "PUT", "/api/config", body=body, as_json=as_json, api_key=api_key)
     if served is not None:
         result = ConfigUpdated.model_validate(served[1])
     else:

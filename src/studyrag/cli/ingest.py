@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from studyrag.cli.common import (
+    ApiKeyOpt,
     DataDir,
     JsonOut,
     NotebookOpt,
@@ -25,6 +26,7 @@ from studyrag.cli.common import (
     emit,
     err_console,
     run_command,
+    running_server,
     settings_for,
     start_embedder,
 )
@@ -69,6 +71,7 @@ def ingest(
     notebook: NotebookOpt = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Ingest files and folders of PDF, DOCX, HTML, TXT and Markdown (other files are skipped)."""
     from studyrag.ingest.pipeline import walk_paths
@@ -88,7 +91,7 @@ def ingest(
             err_console.print(f"[yellow]No files found in {names}.[/]")
         raise typer.Exit(1)
     started = time.perf_counter()
-    if _ingest_on_server(files, skipped, notebook, data_dir, as_json, started):
+    if _ingest_on_server(files, skipped, notebook, data_dir, as_json, started, api_key):
         return
     outcome = run_command(
         data_dir,
@@ -117,17 +120,17 @@ def _ingest_on_server(
     data_dir: Path | None,
     as_json: bool,
     started: float,
+    api_key: str | None,
 ) -> bool:
     """A server running on this library holds its vector store open (vectors this process
     wrote would stay invisible to its searches): it adds the files. False when none runs."""
-    from studyrag import local_server
     from studyrag.cli.ingest_remote import ingest_via_server
 
-    url = local_server.find(settings_for(data_dir).data_dir)
-    if url is None:
+    server = running_server(data_dir, api_key)
+    if server is None:
         return False
     outcome = _Run(files, skipped)
-    if not ingest_via_server(url, files, notebook, as_json=as_json, outcome=outcome):
+    if not ingest_via_server(server, files, notebook, as_json=as_json, outcome=outcome):
         return False  # it did not answer: this process does the work
     outcome.seconds = time.perf_counter() - started
     if not as_json or outcome.stopped:

@@ -19,11 +19,13 @@ from typing import Any
 import typer
 
 from studyrag.cli.common import (
+    Server,
     emit,
     err_console,
     find_notebook_on_server,
     server_error,
     show_error,
+    unknown_notebook,
 )
 from studyrag.errors import StudyRAGError
 
@@ -50,9 +52,9 @@ def batches(files: list[Path]) -> Iterator[list[Path]]:
 
 
 def ingest_via_server(
-    url: str, files: list[Path], notebook: str | None, *, as_json: bool, outcome: Any
+    server: Server, files: list[Path], notebook: str | None, *, as_json: bool, outcome: Any
 ) -> bool:
-    """Have the server at `url` ingest `files`, filling `outcome` (a `_Run`) with the final
+    """Have the server ingest `files`, filling `outcome` (a `_Run`) with the final
     report of each file; False when the server cannot be used (the caller explains)."""
     import httpx
 
@@ -76,13 +78,14 @@ def ingest_via_server(
             print_line(bar, _live_line(step))
 
     with ExitStack() as stack:
-        http = stack.enter_context(httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=3600)))
+        http = stack.enter_context(server.client(read=3600))
+        url = server.url
         try:
-            nb = find_notebook_on_server(http, notebook)
+            nb = find_notebook_on_server(http, notebook, as_json=as_json)
         except (httpx.HTTPError, ValueError, KeyError):
             return False
         if nb is None:
-            show_error(_unknown_notebook(notebook, url), as_json=as_json)
+            show_error(unknown_notebook(notebook, url), as_json=as_json)
             raise typer.Exit(1)
         outcome.notebook = "" if nb["is_default"] else nb["name"]
         if bar is not None:
@@ -132,7 +135,7 @@ def ingest_via_server(
             err.error_code = "DOC_007"
             show_error(err, as_json=as_json)
             raise typer.Exit(1) from exc
-    outcome.via = url
+    outcome.via = server.url
     return True
 
 
@@ -221,13 +224,3 @@ def _json_line(step: Any) -> dict[str, Any]:
         "chunks": step.chunks,
         "timings": {},
     }
-
-
-def _unknown_notebook(ref: str | None, url: str) -> StudyRAGError:
-    from studyrag.errors import NotebookNotFound
-
-    return NotebookNotFound(
-        f"The server at {url} has no notebook {ref!r} (or the name matches several).",
-        hint="List them with `studyrag notebooks list`, or create it with "
-        "`studyrag notebooks create NAME`.",
-    )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from studyrag.cli.common import (
+    ApiKeyOpt,
     DataDir,
     JsonOut,
     ask_server,
@@ -31,12 +32,14 @@ RoleOpt = Annotated[str, typer.Option("--role", help="chat or embedding.")]
 
 
 @app.command("list")
-def models_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+def models_list(
+    data_dir: DataDir = None, as_json: JsonOut = False, api_key: ApiKeyOpt = None
+) -> None:
     """Every model the providers can serve; * marks the active one. Each name works with `use`."""
     from studyrag.schemas.admin import ModelsPublic
 
     setup_logging()
-    served = ask_server(data_dir, "GET", "/api/models", as_json=as_json)
+    served = ask_server(data_dir, "GET", "/api/models", as_json=as_json, api_key=api_key)
     if served is not None:
         listing = ModelsPublic.model_validate(served[1])
     else:
@@ -89,6 +92,7 @@ def models_use(
     role: RoleOpt = "chat",
     data_dir: DataDir = None,
     as_json: JsonOut = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Choose a model. A running server switches at once (an embedding model reindexes every
     notebook first); otherwise the choice is saved in config.toml for the next start. A name
@@ -99,7 +103,13 @@ def models_use(
         raise typer.Exit(2)
     body = {"role": role, "provider": provider, "model": name}
     served = ask_server(
-        data_dir, "POST", "/api/models/switch", body=body, as_json=as_json, timeout=300
+        data_dir,
+        "POST",
+        "/api/models/switch",
+        body=body,
+        as_json=as_json,
+        timeout=300,
+        api_key=api_key,
     )
     if served is not None:
         from studyrag.schemas.admin import ModelSwitched
@@ -164,12 +174,14 @@ async def _use_chat_offline(settings: Settings, request: Any) -> ModelSwitched:
 
 
 @app.command("pull")
-def models_pull(name: str, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+def models_pull(
+    name: str, data_dir: DataDir = None, as_json: JsonOut = False, api_key: ApiKeyOpt = None
+) -> None:
     """Download a model into the Ollama server."""
     setup_logging()
     settings = settings_for(data_dir)
     printer = _Progress(name, as_json)
-    if not _pull_via_server(data_dir, name, printer, as_json):
+    if not _pull_via_server(data_dir, name, printer, as_json, api_key):
 
         async def go() -> None:
             from studyrag.admin.models import check_ollama, pull
@@ -199,29 +211,28 @@ class _Progress:
             self.last = status
 
 
-def _pull_via_server(data_dir: Any, name: str, printer: _Progress, as_json: bool) -> bool:
+def _pull_via_server(
+    data_dir: Any, name: str, printer: _Progress, as_json: bool, api_key: str | None
+) -> bool:
     """Pull through the running server's SSE stream; False when no server runs."""
     import httpx
 
-    from studyrag import local_server
-    from studyrag.cli.common import show_error
-    from studyrag.errors import StudyRAGError
+    from studyrag.cli.common import answer_error, running_server, server_error, show_error
 
-    url = local_server.find(settings_for(data_dir).data_dir)
-    if url is None:
+    server = running_server(data_dir, api_key)
+    if server is None:
         return False
     try:
         with httpx.stream(
-            "POST", f"{url}/api/models/pull", json={"name": name}, timeout=None
+            "POST",
+            f"{server.url}/api/models/pull",
+            json={"name": name},
+            headers=server.headers,
+            timeout=None,
         ) as reply:
             if reply.status_code >= 400:
                 reply.read()
-                error = reply.json()
-                details = dict(error.get("details") or {})
-                exc = StudyRAGError(error["message"], details=details, hint=details.pop("hint", ""))
-                exc.error_code = error["error_code"]
-                show_error(exc, as_json=as_json)
-                raise typer.Exit(1)
+                server_error(reply, as_json)
             event = ""
             for line in reply.iter_lines():
                 if line.startswith("event:"):
@@ -231,12 +242,7 @@ def _pull_via_server(data_dir: Any, name: str, printer: _Progress, as_json: bool
                     if event == "progress":
                         printer(data)
                     elif event == "error":
-                        details = dict(data.get("details") or {})
-                        exc = StudyRAGError(
-                            data["message"], details=details, hint=details.pop("hint", "")
-                        )
-                        exc.error_code = data["error_code"]
-                        show_error(exc, as_json=as_json)
+                        show_error(answer_error(data), as_json=as_json)
                         raise typer.Exit(1)
     except httpx.HTTPError:
         return False

@@ -8,18 +8,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from studyrag import local_server
 from studyrag.cli.common import (
+    ApiKeyOpt,
     DataDir,
     JsonOut,
+    Server,
     console,
     emit,
     err_console,
     find_notebook_on_server,
+    remote_only,
     run_command,
+    running_server,
     server_error,
-    settings_for,
     show_error,
+    unknown_notebook,
 )
 
 if TYPE_CHECKING:
@@ -141,10 +144,12 @@ def notebooks_export(
     ] = False,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Write a notebook, with its documents, originals and conversations, to one archive."""
-    via = local_server.find(settings_for(data_dir).data_dir)
-    result = _export_via_server(via, notebook, output, vectors, as_json) if via else None
+    server = running_server(data_dir, api_key)
+    result = _export_via_server(server, notebook, output, vectors, as_json) if server else None
+    via = server.url if server is not None and result is not None else None
     if result is None:
 
         async def go(services: Services) -> Any:
@@ -155,7 +160,6 @@ def notebooks_export(
             size = await services.archives.export_to(nb.id, target, vectors=vectors)
             return {"notebook_id": nb.id, "name": nb.name, "path": str(target), "size": size}
 
-        via = None
         result = run_command(data_dir, go, as_json=as_json)
     result["server"] = via
     if as_json:
@@ -172,15 +176,16 @@ def notebooks_import(
     archive: Annotated[Path, typer.Argument(help="An archive made by `notebooks export`.")],
     data_dir: DataDir = None,
     as_json: JsonOut = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Restore an archive as a new notebook (named as it was, or "name (2)" when taken)."""
     if not archive.is_file():
         err_console.print(f"[bold red]error[/] {archive} does not exist or is not a file.")
         raise typer.Exit(1)
-    via = local_server.find(settings_for(data_dir).data_dir)
-    job = _import_via_server(via, archive, as_json) if via else None
+    server = running_server(data_dir, api_key)
+    job = _import_via_server(server, archive, as_json) if server else None
+    via = server.url if server is not None and job is not None else None
     if job is None:
-        via = None
 
         def progress(event: dict[str, Any]) -> None:
             if event.get("type") == "job_progress" and not as_json:
@@ -230,7 +235,7 @@ def _print_import(job: dict[str, Any], as_json: bool, via: str | None) -> None:
 
 
 def _export_via_server(
-    url: str, notebook: str, output: Path | None, vectors: bool, as_json: bool
+    server: Server, notebook: str, output: Path | None, vectors: bool, as_json: bool
 ) -> dict[str, Any] | None:
     """Stream the archive from the running server; None to export in this process."""
     import httpx
@@ -238,9 +243,10 @@ def _export_via_server(
     from studyrag.notebooks.archive import archive_filename
 
     try:
-        with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=600)) as http:
-            nb = find_notebook_on_server(http, notebook)
+        with server.client() as http:
+            nb = find_notebook_on_server(http, notebook, as_json=as_json)
             if nb is None:
+                remote_only(server, unknown_notebook(notebook, server.url), as_json=as_json)
                 return None  # the local path says why (NB_001)
             target = output or Path(archive_filename(nb["name"]))
             tmp = target.with_name(f".{target.name}.part")
@@ -260,14 +266,14 @@ def _export_via_server(
     return {"notebook_id": nb["id"], "name": nb["name"], "path": str(target), "size": size}
 
 
-def _import_via_server(url: str, archive: Path, as_json: bool) -> dict[str, Any] | None:
+def _import_via_server(server: Server, archive: Path, as_json: bool) -> dict[str, Any] | None:
     """Upload the archive to the running server and follow its job; None when unreachable."""
     import json
 
     import httpx
 
     try:
-        with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=3600)) as http:
+        with server.client(read=3600) as http:
             with archive.open("rb") as fh:
                 reply = http.post(
                     "/api/notebooks/import", files={"file": (archive.name, fh, "application/zip")}

@@ -6,20 +6,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from studyrag import local_server
 from studyrag.cli.common import (
+    ApiKeyOpt,
     DataDir,
     JsonOut,
     NotebookOpt,
+    Server,
+    answer_error,
     console,
     emit,
     empty_library,
     run_command,
-    settings_for,
+    running_server,
     show_error,
     start_embedder,
 )
-from studyrag.errors import StudyRAGError
 
 if TYPE_CHECKING:
     from studyrag.services import Services
@@ -40,6 +41,7 @@ def search(
     notebook: NotebookOpt = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Search ingested documents: ranked passages with page, section and score."""
 
@@ -66,13 +68,13 @@ def search(
 
     # A server running for this data directory has its models loaded: ask it (seconds of
     # loading saved), as the `ollama` CLI does. Document id starts are resolved locally.
-    response = via = None
+    response = server = None
     if not document:
-        via = local_server.find(settings_for(data_dir).data_dir)
-        if via is not None:
-            response = _ask_server(via, query, mode, top_k, file_type, group, notebook, as_json)
+        server = running_server(data_dir, api_key)
+        if server is not None:
+            response = _ask_server(server, query, mode, top_k, file_type, group, notebook, as_json)
+    via = server.url if server is not None and response is not None else None
     if response is None:
-        via = None
         response = run_command(data_dir, go, as_json=as_json)
     if as_json:
         for r in response.results:
@@ -111,7 +113,7 @@ def search(
 
 
 def _ask_server(
-    url: str,
+    server: Server,
     query: str,
     mode: str,
     top_k: int,
@@ -121,7 +123,7 @@ def _ask_server(
     as_json: bool,
 ) -> Any:
     """The server's answer, or None to search in this process instead (server unreachable,
-    or nothing found: the local path explains an empty notebook)."""
+    or nothing found without a key: the local path explains an empty notebook)."""
     import httpx
 
     from studyrag.schemas.search import SearchResponsePublic
@@ -136,7 +138,9 @@ def _ask_server(
     if notebook:
         body["notebook_id"] = notebook
     try:
-        reply = httpx.post(f"{url}/api/search", json=body, timeout=30)
+        reply = httpx.post(
+            f"{server.url}/api/search", json=body, headers=server.headers, timeout=30
+        )
     except httpx.HTTPError:
         return None
     if reply.status_code != 200:
@@ -146,9 +150,9 @@ def _ask_server(
             return None
         if not isinstance(error, dict) or "error_code" not in error:
             return None
-        exc = StudyRAGError(error["message"], details=error.get("details") or {})
-        exc.error_code = error["error_code"]
-        show_error(exc, as_json=as_json)
+        show_error(answer_error(error, status=reply.status_code), as_json=as_json)
         raise typer.Exit(1)
     response = SearchResponsePublic.model_validate(reply.json())
-    return response if response.results else None
+    # Nothing found: this process explains an empty notebook, but not in place of a
+    # multi-user server (a key was sent): it would search as the local owner.
+    return response if response.results or server.api_key else None

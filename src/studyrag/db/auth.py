@@ -8,6 +8,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +28,8 @@ from studyrag.db.session import Database
 from studyrag.errors import UserExists
 
 EVERYONE = "*"
+# Notebook.name's length (schemas/notebooks.py NAME_MAX).
+NAME_LIMIT = 200
 OWNED_TABLES = (Notebook, Conversation, Job)
 
 
@@ -64,8 +67,12 @@ class AuthRepo:
         return row
 
     async def claim_unowned(self, user_id: str) -> None:
-        """Give the local owner's rows (made in local mode, or before 0005) to this user."""
+        """Give the local owner's rows (made in local mode, or before 0005) to this user.
+
+        Names are unique per owner: a local notebook named like one of the user's own
+        becomes "name (2)" (or the next free number) as it changes hands."""
         async with self.db.session() as s:
+            await _rename_clashes(s, user_id)
             for table in OWNED_TABLES:
                 await s.execute(
                     update(table).where(table.owner_id.is_(None)).values(owner_id=user_id)
@@ -249,3 +256,33 @@ class AuthRepo:
         async with self.db.session() as s:
             rows = await s.execute(select(User.id, User.name).where(User.id.in_(list(user_ids))))
             return {uid: name for uid, name in rows.all()}
+
+
+async def _rename_clashes(s: Any, user_id: str) -> None:
+    """Rename the unowned notebooks whose names `user_id` already uses (see claim_unowned)."""
+    from studyrag.db.notebooks import name_key
+
+    own = select(Notebook.name_key).where(Notebook.owner_id == user_id)
+    theirs = set((await s.scalars(own)).all())
+    if not theirs:
+        return
+    unowned = (
+        await s.scalars(
+            select(Notebook).where(Notebook.owner_id.is_(None)).order_by(Notebook.created_at)
+        )
+    ).all()
+    # A new name must be free among both owners' names: it is unowned until the update.
+    taken = theirs | {nb.name_key for nb in unowned}
+    for nb in unowned:
+        if nb.name_key not in theirs:
+            continue
+        n = 2
+        while True:
+            suffix = f" ({n})"
+            candidate = nb.name[: NAME_LIMIT - len(suffix)].rstrip() + suffix
+            if name_key(candidate) not in taken:
+                break
+            n += 1
+        nb.name, nb.name_key = candidate, name_key(candidate)
+        taken.add(nb.name_key)
+    await s.flush()

@@ -608,8 +608,9 @@ class ConversationRepo:
                 select(func.coalesce(func.sum(completion), 0)).where(is_assistant)
             )
             errors = await s.execute(
+                # Failed answers: stored as error, or as incomplete when cut off mid-stream.
                 select(error_code, func.count())
-                .where(is_assistant, Message.status == "error")
+                .where(is_assistant, error_code.is_not(None))
                 .group_by(error_code)
             )
             return StoredCounts(

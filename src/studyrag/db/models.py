@@ -7,7 +7,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
 
@@ -27,11 +38,15 @@ class Notebook(Base):
     """One course or project: it owns documents and conversations."""
 
     __tablename__ = "notebooks"
+    __table_args__ = (
+        # Names are unique per owner (NULL, the local owner, counts as one owner): 0006.
+        Index("uq_notebooks_owner_name", text("coalesce(owner_id, '')"), "name_key", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
-    # Case-folded name: names are unique per server, whatever their case.
-    name_key: Mapped[str] = mapped_column(String(200), unique=True)
+    # Case-folded name: unique per owner, whatever its case and inner spacing.
+    name_key: Mapped[str] = mapped_column(String(200), index=True)
     description: Mapped[str] = mapped_column(Text, default="")
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     # The user it belongs to; NULL: the local owner (the first admin in multi-user mode).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -11,9 +12,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from studyrag.auth.context import acting_owner
-from studyrag.db.models import AppState, Conversation, Document, Message, Notebook
+from studyrag.db.models import AppState, Conversation, Document, Message, Notebook, User
 from studyrag.db.session import Database
-from studyrag.errors import NotebookExists, NotebookNotFound
+from studyrag.errors import AmbiguousNotebook, NotebookExists, NotebookNotFound
 
 ACTIVE, NB_DELETING = "active", "deleting"
 # Being restored from an archive: hidden from lists until the import completes.
@@ -33,7 +34,7 @@ class NotebookCounts:
 
 
 def name_key(name: str) -> str:
-    """Names are unique whatever their case and inner spacing."""
+    """Names are unique per owner whatever their case and inner spacing."""
     return " ".join(name.split()).casefold()
 
 
@@ -95,23 +96,69 @@ class NotebookRepo:
             raise NotebookNotFound(f"No notebook with id {notebook_id!r}.")
         return row
 
-    async def find(self, name_or_id: str) -> Notebook:
-        """A notebook by exact id, by name (any case), or by a unique id prefix."""
+    async def find(
+        self,
+        name_or_id: str,
+        *,
+        viewer: str | None = None,
+        visible: Collection[str] | None = None,
+    ) -> Notebook:
+        """A notebook by exact id, by name (any case), or by a unique id prefix, among the
+        `visible` ids (None: every notebook, for the local owner).
+
+        Names are unique per owner only: `viewer`'s own notebook of that name comes first
+        (None is the local owner), then the single other one it sees; several others are
+        AmbiguousNotebook (NB_011), naming them."""
         value = name_or_id.strip()
+
+        def seen(row: Notebook | None) -> bool:
+            return (
+                row is not None
+                and row.status != NB_DELETING
+                and (visible is None or row.id in visible)
+            )
+
         async with self.db.session() as s:
             row = await s.get(Notebook, value)
-            if row is None:
-                row = await s.scalar(select(Notebook).where(Notebook.name_key == name_key(value)))
-            if row is None and len(value) >= 4 and value.isalnum():
-                rows = (
-                    await s.scalars(
-                        select(Notebook).where(Notebook.id.like(f"{value.lower()}%")).limit(2)
+            if not seen(row):
+                named = [
+                    r
+                    for r in (
+                        await s.scalars(
+                            select(Notebook)
+                            .where(Notebook.name_key == name_key(value))
+                            .order_by(Notebook.created_at)
+                        )
+                    ).all()
+                    if seen(r)
+                ]
+                own = [r for r in named if r.owner_id == viewer]
+                row = own[0] if own else named[0] if len(named) == 1 else None
+                if len(named) > 1 and not own:
+                    owners = await self._owner_names(s, [r.owner_id for r in named])
+                    raise AmbiguousNotebook(
+                        value, [(r.id, r.name, owners.get(r.owner_id)) for r in named]
                     )
-                ).all()
+            if row is None and len(value) >= 4 and value.isalnum():
+                rows = [
+                    r
+                    for r in (
+                        await s.scalars(
+                            select(Notebook).where(Notebook.id.like(f"{value.lower()}%"))
+                        )
+                    ).all()
+                    if seen(r)
+                ]
                 row = rows[0] if len(rows) == 1 else None
-        if row is None or row.status == NB_DELETING:
+        if row is None or not seen(row):
             raise NotebookNotFound(f"No notebook named or with id {value!r}.")
         return row
+
+    @staticmethod
+    async def _owner_names(s: Any, owner_ids: builtins.list[str | None]) -> dict[str | None, str]:
+        ids = [i for i in owner_ids if i is not None]
+        rows = (await s.execute(select(User.id, User.name).where(User.id.in_(ids)))).all()
+        return {None: "local owner"} | {r[0]: r[1] for r in rows}
 
     async def list(self) -> builtins.list[Notebook]:
         """Active notebooks, the default first, then by name."""

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import anyio
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from studyrag.errors import ConfigError, MissingExtraError
+from studyrag.errors import ConfigError, MissingExtraError, StorageFull
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock key of schema migrations (any constant; the same in every worker).
@@ -84,13 +85,18 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session that commits on success and rolls back on error."""
+        """A session that commits on success and rolls back on error; a write refused for
+        lack of disk space is StorageFull (GEN_002), the vendor error kept as its cause."""
         async with self.sessions() as session:
             try:
                 yield session
                 await session.commit()
-            except BaseException:
+            except BaseException as exc:
                 await session.rollback()
+                if isinstance(exc, DBAPIError) and is_disk_full(exc):
+                    raise StorageFull(
+                        f"The database could not store this ({self.dialect}: the disk is full)."
+                    ) from exc
                 raise
 
     async def read(self, fn: Callable[[Any], T]) -> T:
@@ -167,3 +173,19 @@ def _upgrade(conn: Connection) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, "head")
+
+
+# SQLite's SQLITE_FULL; PostgreSQL's SQLSTATE class 53 "insufficient resources": disk_full.
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+
+
+def is_disk_full(exc: DBAPIError) -> bool:
+    """Whether the database refused a write for lack of disk space."""
+    orig = exc.orig
+    if getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return True
+    if "database or disk is full" in str(orig):
+        return True
+    # asyncpg's DiskFullError, wrapped by SQLAlchemy's adapter: the SQLSTATE is kept.
+    return _PG_DISK_FULL in (getattr(orig, "sqlstate", None), getattr(orig, "pgcode", None))

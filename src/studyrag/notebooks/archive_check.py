@@ -32,8 +32,10 @@ from studyrag.errors import (
     ArchiveTruncated,
     ArchiveUnsafe,
     ArchiveVersionUnsupported,
+    InvalidNotebook,
 )
 from studyrag.ingest.zipsafe import ratio_exceeded
+from studyrag.notebooks.service import clean_name
 from studyrag.schemas.archive import (
     ENTRY_PATTERNS,
     FORMAT,
@@ -331,7 +333,18 @@ class _Checker:
                 f"{FORMAT_VERSION}" + (" (it was made by a newer StudyRAG)." if newer else "."),
                 details={"format_version": version, "supported": [FORMAT_VERSION]},
             )
-        return parse(ArchiveManifest, raw, MANIFEST)
+        manifest = parse(ArchiveManifest, raw, MANIFEST)
+        try:
+            # The name the import will give the notebook, checked now: a job that fails on
+            # it after the 202 would leave a failed job behind for a refusable archive.
+            clean_name(manifest.notebook.name)
+        except InvalidNotebook as exc:
+            raise ArchiveInvalid(
+                f"The archive's notebook name {manifest.notebook.name!r} cannot be used: "
+                f"{exc.message}",
+                details={"entry": MANIFEST, "field": "notebook.name"},
+            ) from exc
+        return manifest
 
     def _verify(self, manifest: ArchiveManifest, name: str, sha: str, size: int) -> None:
         expected = manifest.entries[name]

@@ -62,6 +62,9 @@ class NotebookPublic(BaseModel):
 class NotebookList(BaseModel):
     items: list[NotebookPublic]
     total: int
+    # The notebook the caller's requests that name none use (None: a user who owns none yet;
+    # their first such request makes one).
+    default_id: str | None = None
 
 
 class NotebookDeleteAccepted(BaseModel):

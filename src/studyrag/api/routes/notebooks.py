@@ -31,15 +31,24 @@ MAX_FILES_PER_UPLOAD = 100
 
 @router.get("", response_model=NotebookList)
 async def list_notebooks(
-    services: ServicesDep, principal: ReadDep, access: AccessDep
+    services: ServicesDep,
+    principal: ReadDep,
+    access: AccessDep,
+    ref: str | None = Query(None, min_length=1, max_length=200),
 ) -> NotebookList:
     """Every notebook the caller sees (own and shared), the default first, with document and
-    conversation counts and sizes."""
+    conversation counts and sizes. `ref`: only the one that name, id or id start names for
+    the caller, as every route resolves it (own first, then shared; NB_001, NB_011)."""
+    default_id = await access.default_notebook(principal)
+    if ref is not None:
+        nb = await access.find_notebook(principal, ref)
+        items = [await services.notebooks.public(nb, conversations_of=principal.user_id)]
+        return NotebookList(items=items, total=1, default_id=default_id)
     items = await services.notebooks.list_public(conversations_of=principal.user_id)
     visible = await access.visible_notebooks(principal)
     if visible is not None:
         items = [nb for nb in items if nb.id in visible]
-    return NotebookList(items=items, total=len(items))
+    return NotebookList(items=items, total=len(items), default_id=default_id)
 
 
 @router.post("", status_code=201, response_model=NotebookPublic)

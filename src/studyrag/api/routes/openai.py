@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,8 @@ from studyrag.auth.quotas import client_key
 from studyrag.chat.completions import conversation_for, notebook_of_model, split_turn
 from studyrag.chat.engine import check_message
 from studyrag.db.models import Notebook
-from studyrag.errors import GenerationFailed, NotebookNotFound
+from studyrag.db.notebooks import name_key
+from studyrag.errors import AmbiguousNotebook, GenerationFailed, NotebookNotFound
 from studyrag.schemas.chat import ChatOptions
 from studyrag.schemas.openai import (
     MODEL_PREFIX,
@@ -52,18 +54,25 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 async def list_models(
     services: ServicesDep, principal: ReadDep, access: AccessDep
 ) -> dict[str, Any]:
-    """Every notebook the caller sees as a model, `studyrag/<notebook name>`."""
+    """Every notebook the caller sees as a model, `studyrag/<notebook name>`; one whose name
+    names another notebook for the caller (names are unique per owner: the caller's own
+    comes first) is `studyrag/<notebook id>`, so every model id reaches its notebook."""
     notebooks = await services.notebooks.list_public()
     visible = await access.visible_notebooks(principal)
     if visible is not None:
         notebooks = [nb for nb in notebooks if nb.id in visible]
-    return {
-        "object": "list",
-        "data": [
-            model_object(name=nb.name, notebook_id=nb.id, created=_unix(nb.created_at))
-            for nb in notebooks
-        ],
-    }
+    taken = Counter(name_key(nb.name) for nb in notebooks)
+    data = []
+    for nb in notebooks:
+        label = nb.name
+        if taken[name_key(nb.name)] > 1:
+            try:
+                named = (await access.find_notebook(principal, nb.name)).id
+            except AmbiguousNotebook:
+                named = None
+            label = nb.name if named == nb.id else nb.id
+        data.append(model_object(name=label, notebook_id=nb.id, created=_unix(nb.created_at)))
+    return {"object": "list", "data": data}
 
 
 @router.get("/models/{model:path}")
@@ -135,8 +144,8 @@ async def _model_notebook(
     services: Services, access: Access, principal: Principal, model: str
 ) -> Notebook:
     """The notebook a model names, if the caller sees it; a hidden one is a missing model."""
-    nb = await notebook_of_model(services.notebooks, model)
     try:
+        nb = await notebook_of_model(lambda ref: access.find_notebook(principal, ref), model)
         await access.notebook(principal, nb.id)
     except NotebookNotFound:
         # The same answer as for a notebook that does not exist.
