@@ -419,7 +419,9 @@ async def notebook_watch(
             else:
                 stored = (await http.get(f"/api/documents/{doc}")).json()["status"]
                 tally.lost("upload", "no final document_updated", document_id=doc, stored=stored)
-            await asyncio.sleep(max(0.0, every - (time.perf_counter() - t0)))
+            # Never past the end of the run (a large `every` means one upload only).
+            rest = every - (time.perf_counter() - t0)
+            await asyncio.sleep(max(0.0, min(rest, until - time.monotonic())))
     finally:
         await connection.close()
         with suppress(websockets.ConnectionClosed):
