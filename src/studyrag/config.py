@@ -322,6 +322,13 @@ class Settings(BaseSettings):
         return path.expanduser().resolve() if path else self.data_dir / "files"
 
     @property
+    def imports_dir(self) -> Path:
+        """Uploaded notebook archives: beside the shared originals when set (any worker runs
+        the import job), else <data dir>/imports."""
+        path = self.ingest.files_dir
+        return path.expanduser().resolve() / ".imports" if path else self.data_dir / "imports"
+
+    @property
     def saved_config_path(self) -> Path:
         return self.config_file or self.data_dir / CONFIG_FILENAME
 

@@ -99,7 +99,7 @@ async def open_services(
         notebook_repo = NotebookRepo(db)
         notebooks = NotebookService(notebook_repo)
         await notebooks.default()
-        originals = OriginalStore(settings.files_dir)
+        originals = OriginalStore(settings.files_dir, shared=settings.ingest.files_dir is not None)
         embedder = embedder or build_embedder(settings)
         stack.push_async_callback(embedder.aclose)
         # The collection is named after the model, which the vectors need before loading.
@@ -140,7 +140,8 @@ async def open_services(
         )
         archives = NotebookArchives(
             settings=settings.archive,
-            imports_dir=settings.data_dir / "imports",
+            imports_dir=settings.imports_dir,
+            shared=settings.ingest.files_dir is not None,
             notebooks=notebooks,
             documents=repo,
             conversations=ConversationRepo(db),
