@@ -57,6 +57,7 @@ async def one_round(
     a: Worker, workers: list[Worker], *, docs: int, paragraphs: int, tag: str
 ) -> dict[str, Any]:
     marks = {w.name: w.log.stat().st_size for w in workers}
+    load_before = os.getloadavg()[0]
     async with httpx.AsyncClient(base_url=a.base, timeout=120) as http:
         nb = (await http.post("/api/notebooks", json={"name": f"bench {tag}"})).json()["id"]
         names = [f"{tag}-{i}.md" for i in range(docs)]
@@ -93,6 +94,8 @@ async def one_round(
         "chunks": chunks,
         "chunks_per_s": round(chunks / elapsed, 2),
         "documents_by_worker": by_worker,
+        # Other work on the machine changes what a round gets: say how busy it was.
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
