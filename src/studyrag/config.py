@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -55,8 +55,12 @@ class IngestSettings(BaseModel):
     chunk_size: int = Field(default=512, ge=16)
     chunk_overlap: int = Field(default=64, ge=0)
     loader: Literal["builtin", "docling"] = "builtin"
-    # Upload jobs run at once in the background (each embeds in batches).
+    # Upload jobs run at once in the background (each embeds in batches), per worker.
     job_workers: int = Field(default=2, ge=1, le=16)
+    # Where uploaded originals are kept (content-addressed); empty = <data dir>/files. With
+    # several workers and the procrastinate job runner, every worker may ingest any upload:
+    # point them all at one shared directory (NFS, a shared volume).
+    files_dir: Path | None = None
     # Pages with no text layer (scans) and image files are recognised with OCR
     # (rapidocr-onnxruntime, ingest/ocr.py); off, such pages yield no text.
     ocr: bool = True
@@ -251,6 +255,36 @@ class LogSettings(BaseModel):
     memory_check_seconds: float = Field(default=30.0, gt=0)
 
 
+class JobsSettings(BaseModel):
+    """Which JobRunner runs background jobs (jobs/registry.py)."""
+
+    # "auto": procrastinate (a job queue in PostgreSQL, any worker takes any job) when the
+    # database is PostgreSQL, else the in-process runner (the worker that queued it).
+    runner: Literal["auto", "inprocess", "procrastinate"] = "auto"
+    # The procrastinate queue: deployments (or test runs) sharing one database stay apart.
+    # Every worker of one deployment must use the same value.
+    queue: str = Field(
+        default="studyrag", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    # Attempts of a job whose run raised (a database blip) before it is left failed; waits
+    # grow exponentially: retry_wait_seconds ** attempt.
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_wait_seconds: int = Field(default=2, ge=1, le=60)
+    # A worker writes a heartbeat this often; one silent for stalled_after_seconds is taken
+    # for dead (SIGKILL, a lost machine) and its running jobs go back to the queue.
+    heartbeat_seconds: float = Field(default=10.0, gt=0, le=600)
+    stalled_after_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _heartbeat_before_stall(self) -> JobsSettings:
+        # A live worker must beat at least twice per stall window, or it is taken for dead.
+        if self.stalled_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                "jobs.stalled_after_seconds must be at least twice jobs.heartbeat_seconds"
+            )
+        return self
+
+
 class BrokerSettings(BaseModel):
     """Fan-out, answer streams, leases and rate-limit state: empty url = in-process."""
 
@@ -284,6 +318,7 @@ class Settings(BaseSettings):
     api: APISettings = Field(default_factory=APISettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -305,6 +340,19 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite+aiosqlite:///{self.data_dir / 'studyrag.db'}"
+
+    @property
+    def files_dir(self) -> Path:
+        """Where originals are kept: the shared directory when set, else <data dir>/files."""
+        path = self.ingest.files_dir
+        return path.expanduser().resolve() if path else self.data_dir / "files"
+
+    @property
+    def imports_dir(self) -> Path:
+        """Uploaded notebook archives: beside the shared originals when set (any worker runs
+        the import job), else <data dir>/imports."""
+        path = self.ingest.files_dir
+        return path.expanduser().resolve() / ".imports" if path else self.data_dir / "imports"
 
     @property
     def saved_config_path(self) -> Path:

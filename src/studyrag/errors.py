@@ -644,6 +644,17 @@ class JobConflict(JobError):
     status_code = 409
 
 
+class JobQueueUnavailable(JobError):
+    """The job queue (procrastinate's tables in PostgreSQL) did not take the job."""
+
+    error_code = "JOB_003"
+    status_code = 503
+    default_hint = (
+        "Check that PostgreSQL (STUDYRAG_DATABASE__URL) is reachable; the job is kept and "
+        "queued again when a worker starts."
+    )
+
+
 class Cancelled(StudyRAGError):
     """An ingestion stopped at a step boundary because it was cancelled."""
 

@@ -12,7 +12,12 @@ from studyrag.auth.quotas import Limits
 from studyrag.auth.service import AuthService
 from studyrag.backends.broker.base import Broker
 from studyrag.backends.embeddings.base import Embedder
-from studyrag.backends.registry import build_broker, build_embedder, build_vector_store
+from studyrag.backends.registry import (
+    build_broker,
+    build_embedder,
+    build_job_runner,
+    build_vector_store,
+)
 from studyrag.backends.vectors.base import VectorStore
 from studyrag.config import Settings
 from studyrag.db.conversations import ConversationRepo
@@ -97,7 +102,7 @@ async def open_services(
         notebook_repo = NotebookRepo(db)
         notebooks = NotebookService(notebook_repo)
         await notebooks.default()
-        originals = OriginalStore(settings.data_dir / "files")
+        originals = OriginalStore(settings.files_dir, shared=settings.ingest.files_dir is not None)
         embedder = embedder or build_embedder(settings)
         stack.push_async_callback(embedder.aclose)
         # The collection is named after the model, which the vectors need before loading.
@@ -119,7 +124,13 @@ async def open_services(
         events = EventPublisher(broker)
         await events.start()
         stack.push_async_callback(events.aclose)
-        runner = InProcessJobRunner(workers=settings.ingest.job_workers)
+        # A CLI command runs its jobs in the foreground (JobService.run): it never queues them
+        # for the server's workers, which would run them a second time.
+        runner = (
+            build_job_runner(settings)
+            if with_jobs
+            else InProcessJobRunner(workers=settings.ingest.job_workers)
+        )
         job_repo = JobRepo(db)
         jobs = JobService(
             pipeline=pipeline,
@@ -132,7 +143,8 @@ async def open_services(
         )
         archives = NotebookArchives(
             settings=settings.archive,
-            imports_dir=settings.data_dir / "imports",
+            imports_dir=settings.imports_dir,
+            shared=settings.ingest.files_dir is not None,
             notebooks=notebooks,
             documents=repo,
             conversations=ConversationRepo(db),

@@ -2,13 +2,17 @@
 
 The topology of deploy/ without Docker: every answer is visible from both workers, a stop
 sent to either halts it where it runs, an SSE client moves between workers without loss or
-duplicate, and a worker killed mid-answer leaves the partial answer stored (incomplete) while
-the other keeps serving. Real models (MiniLM, SmolLM2 through llama.cpp) throughout.
+duplicate, an upload to one is ingested by whichever worker takes its job (procrastinate on
+PostgreSQL, originals in a shared directory) and shows on the other's notebook socket, a
+worker killed mid-ingestion leaves its job to the other, and a worker killed mid-answer
+leaves the partial answer stored (incomplete) while the other keeps serving. Real models
+(MiniLM, SmolLM2 through llama.cpp) throughout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,6 +78,8 @@ class Worker:
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
+    data_dir: Path
+    env: dict[str, str]
 
     @property
     def base(self) -> str:
@@ -91,7 +98,14 @@ def _start(name: str, data_dir: Path, env: dict[str, str], log: Path) -> Worker:
             stderr=subprocess.STDOUT,
             env=env,
         )
-    return Worker(name, port, proc, log)
+    return Worker(name, port, proc, log, data_dir, env)
+
+
+def _restart(worker: Worker) -> None:
+    """Start a stopped (killed) worker again on its data dir, in place."""
+    fresh = _start(worker.name, worker.data_dir, worker.env, worker.log)
+    worker.port, worker.proc = fresh.port, fresh.proc
+    _wait_healthy(worker)
 
 
 def _wait_healthy(worker: Worker) -> None:
@@ -138,6 +152,13 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, 
             "STUDYRAG_LLM__N_THREADS": "1",
             "STUDYRAG_CHAT__REWRITE_FOLLOWUPS": "false",
             "STUDYRAG_API__RATE_LIMIT_PER_MINUTE": "0",
+            # Any worker ingests any upload: one originals directory for both.
+            "STUDYRAG_INGEST__FILES_DIR": str(root / "shared-files"),
+            "STUDYRAG_JOBS__RUNNER": "procrastinate",
+            # A killed worker's job goes to the other within seconds, not the default 30 s.
+            "STUDYRAG_JOBS__HEARTBEAT_SECONDS": "1",
+            "STUDYRAG_JOBS__STALLED_AFTER_SECONDS": "4",
+            "STUDYRAG_JOBS__RETRY_WAIT_SECONDS": "1",
         }
         # Both load their models at once; one migrates the shared database first.
         a = _start("A", root / "a", env, root / "a.log")
@@ -267,6 +288,174 @@ async def test_sse_client_dropping_from_a_resumes_on_b_without_loss_or_duplicate
         assert [(e.id, e.event) for e in whole] == [(e.id, e.event) for e in everything]
         stored = (await http_b.get(f"/api/chat/conversations/{cid}/messages")).json()["items"]
         assert stored[-1]["status"] == "complete"
+
+
+class NotebookSocket:
+    """A real client of /ws/notebooks/{id} that keeps every event."""
+
+    def __init__(self, connection: websockets.ClientConnection) -> None:
+        self.connection = connection
+        self.events: list[dict[str, Any]] = []
+
+    async def until(self, test: Any, within: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        while True:
+            raw = await asyncio.wait_for(self.connection.recv(), deadline - time.monotonic())
+            event = json.loads(raw)
+            self.events.append(event)
+            if test(event):
+                return dict(event)
+
+
+@asynccontextmanager
+async def _notebook_ws(worker: Worker, notebook_id: str) -> AsyncIterator[NotebookSocket]:
+    url = f"ws://127.0.0.1:{worker.port}/ws/notebooks/{notebook_id}"
+    async with websockets.connect(url) as connection:
+        sock = NotebookSocket(connection)
+        ready = await sock.until(lambda e: True, within=30)
+        assert ready["type"] == "ready", ready
+        yield sock
+
+
+def _completed(document_id: str) -> Any:
+    return lambda e: (
+        e.get("type") == "document_updated"
+        and e.get("document_id") == document_id
+        and e.get("status") in ("completed", "failed", "cancelled")
+    )
+
+
+async def _notebook(http: httpx.AsyncClient, name: str) -> str:
+    response = await http.post("/api/notebooks", json={"name": name})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def _upload(http: httpx.AsyncClient, notebook_id: str, name: str, text: str) -> Any:
+    response = await http.post(
+        f"/api/notebooks/{notebook_id}/documents", files=[("files", (name, text.encode()))]
+    )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+TOPICS = {
+    "glaciers.md": "# Glaciers\nA cirque glacier carves a bowl-shaped hollow called a corrie.",
+    "volcanoes.md": "# Volcanoes\nA caldera forms when a magma chamber empties and collapses.",
+    "rivers.md": "# Rivers\nAn oxbow lake forms when a meander of a river is cut off.",
+    "deserts.md": "# Deserts\nA yardang is a ridge that wind erosion sculpts from bedrock.",
+}
+
+
+async def test_uploads_to_a_are_ingested_by_either_worker_and_shown_on_b(
+    workers: tuple[Worker, Worker],
+) -> None:
+    a, b = workers
+    async with (
+        httpx.AsyncClient(base_url=a.base, timeout=120) as http_a,
+        httpx.AsyncClient(base_url=b.base, timeout=120) as http_b,
+    ):
+        for http in (http_a, http_b):
+            health = (await http.get("/health")).json()
+            assert health["jobs"]["runner"] == "procrastinate", health
+        notebook_id = await _notebook(http_a, f"Geography {uuid.uuid4().hex[:6]}")
+        async with _notebook_ws(b, notebook_id) as on_b:
+            # One job per upload: the queue hands each to whichever worker is free.
+            accepted = [
+                await _upload(http_a, notebook_id, name, text) for name, text in TOPICS.items()
+            ]
+            ids = {a["documents"][0]["document_id"] for a in accepted}
+            finals: dict[str, dict[str, Any]] = {}
+
+            def all_final(event: dict[str, Any]) -> bool:
+                for document_id in ids:
+                    if _completed(document_id)(event):
+                        finals[document_id] = event
+                return set(finals) == ids
+
+            await on_b.until(all_final, within=180)
+        added = {e["document"]["id"] for e in on_b.events if e.get("type") == "document_added"}
+        assert added == ids  # B's socket saw each upload to A arrive
+        assert {e["status"] for e in finals.values()} == {"completed"}, finals
+        for job in accepted:
+            state = (await http_b.get(f"/api/jobs/{job['job_id']}")).json()
+            assert state["status"] == "completed", state
+        found = await http_b.post(
+            "/api/search",
+            json={"query": "oxbow lake meander", "notebook_id": notebook_id, "mode": "lexical"},
+        )
+        assert found.status_code == 200, found.text
+        assert found.json()["results"][0]["filename"] == "rivers.md"
+
+
+def _long_notes(paragraphs: int) -> str:
+    """A document whose ingestion takes seconds here (about 100 chunks for 800 paragraphs)."""
+    words = (
+        "sediment basin delta erosion terrace alluvial gravel moraine quartz river valley "
+        "slope cliff glacier dune"
+    ).split()
+    lines = ["# Field notes"]
+    for i in range(paragraphs):
+        body = " ".join(words[(i * 7 + j) % len(words)] for j in range(40))
+        lines.append(f"## Site {i}\nObservation {i} of the survey: {body}.")
+    return "\n\n".join(lines)
+
+
+async def test_a_worker_killed_mid_ingestion_leaves_the_job_to_the_other(
+    workers: tuple[Worker, Worker],
+) -> None:
+    a, b = workers
+    async with httpx.AsyncClient(base_url=a.base, timeout=120) as http_a:
+        notebook_id = await _notebook(http_a, f"Survey {uuid.uuid4().hex[:6]}")
+        accepted = await _upload(http_a, notebook_id, "survey.md", _long_notes(800))
+    document_id = accepted["documents"][0]["document_id"]
+    job_id = accepted["job_id"]
+    # Whichever worker took the job is killed while the document is being processed.
+    deadline = time.monotonic() + 120
+    running: Worker | None = None
+    async with httpx.AsyncClient(timeout=10) as probe:
+        while running is None:
+            assert time.monotonic() < deadline, "no worker started the job"
+            for worker in (a, b):
+                health = (await probe.get(f"{worker.base}/health")).json()
+                if health["jobs"]["running"]:
+                    running = worker
+            await asyncio.sleep(0.05)
+        other = b if running is a else a
+        while True:
+            doc = (await probe.get(f"{other.base}/api/documents/{document_id}")).json()
+            # Not finished before the kill: the kill lands mid-ingestion.
+            assert doc["status"] in ("queued", "processing"), doc
+            if doc["status"] == "processing":
+                break
+            await asyncio.sleep(0.05)
+    running.proc.send_signal(signal.SIGKILL)
+    running.proc.wait(timeout=30)
+    try:
+        async with httpx.AsyncClient(base_url=other.base, timeout=120) as http:
+            async with _notebook_ws(other, notebook_id) as sock:
+                # The survivor finds the silent worker's job within the stall window, takes
+                # back the half-done document and ingests it.
+                final = await sock.until(_completed(document_id), within=240)
+            assert final["status"] == "completed", final
+            detail = (await http.get(f"/api/documents/{document_id}")).json()
+            assert detail["status"] == "completed" and detail["chunk_count"] > 0
+            indexes = [c["index"] for c in detail["chunks"]]
+            # Nothing the dead worker stored is left twice.
+            assert indexes == list(range(detail["chunk_count"])), indexes[:20]
+            job = (await http.get(f"/api/jobs/{job_id}")).json()
+            assert job["status"] == "completed", job
+            found = await http.post(
+                "/api/search",
+                json={"query": "survey observation of the site", "notebook_id": notebook_id},
+            )
+            hits = {r["document_id"] for r in found.json()["results"]}
+            assert hits == {document_id}, found.text
+        log = running.log.read_text() + other.log.read_text()
+        assert "stalled on a silent worker; queued again" in log
+    finally:
+        # The tests after this one run on two workers again.
+        await asyncio.to_thread(_restart, running)
 
 
 async def test_worker_killed_mid_answer_leaves_it_stored_incomplete_and_b_serving(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from studyrag.errors import ConfigError, MissingExtraError
@@ -12,6 +13,9 @@ if TYPE_CHECKING:
     from studyrag.backends.llm.base import ChatModel
     from studyrag.backends.vectors.base import VectorStore
     from studyrag.config import Settings
+    from studyrag.jobs.base import JobRunner
+
+log = logging.getLogger(__name__)
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -68,3 +72,37 @@ def build_broker(settings: Settings) -> Broker:
             raise MissingExtraError("The Redis broker", "redis") from exc
         return RedisBroker(url, namespace=settings.broker.namespace)
     raise ConfigError(f"Unsupported broker URL {url!r}.", hint="Use redis://host:port/0.")
+
+
+def build_job_runner(settings: Settings) -> JobRunner:
+    """In-process on SQLite; procrastinate (a queue in PostgreSQL) on PostgreSQL ("auto")."""
+    choice = settings.jobs.runner
+    postgres = settings.database_url.startswith(("postgresql", "postgres"))
+    if choice == "auto":
+        choice = "procrastinate" if postgres else "inprocess"
+        if postgres:
+            try:
+                import procrastinate  # noqa: F401
+            except ModuleNotFoundError:
+                log.warning(
+                    "jobs run on the worker that queued them: install 'studyrag[postgres]' "
+                    "so that any worker takes any job (procrastinate)"
+                )
+                choice = "inprocess"
+    if choice == "inprocess":
+        from studyrag.jobs.inprocess import InProcessJobRunner
+
+        return InProcessJobRunner(workers=settings.ingest.job_workers)
+    if not postgres:
+        raise ConfigError(
+            "The procrastinate job runner keeps its queue in PostgreSQL.",
+            hint="Set STUDYRAG_DATABASE__URL=postgresql+asyncpg://…, or "
+            "STUDYRAG_JOBS__RUNNER=inprocess (or auto) on SQLite.",
+        )
+    try:
+        from studyrag.jobs.procrastinate import ProcrastinateJobRunner
+    except ModuleNotFoundError as exc:
+        raise MissingExtraError("The procrastinate job runner", "postgres") from exc
+    return ProcrastinateJobRunner(
+        settings.database_url, settings.jobs, concurrency=settings.ingest.job_workers
+    )

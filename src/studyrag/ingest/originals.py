@@ -3,6 +3,10 @@
 A file is stored once however many documents (in however many notebooks) hold the same bytes,
 at files/<first two hex digits>/<sha256>. Bytes arrive in files/.incoming/ first and are
 renamed into place only when complete, so a half-written file never has a content address.
+
+A directory shared by several workers (`ingest.files_dir`) gives each process its own
+`.incoming/<owner>/`, so a worker that starts removes only what dead processes left, never
+the upload another worker is receiving.
 """
 
 from __future__ import annotations
@@ -11,13 +15,16 @@ import errno
 import hashlib
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 
 from studyrag.errors import DiskFull, FileTooLarge
+from studyrag.ingest.ownership import owner_gone, process_owner
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +46,12 @@ def _disk_full(exc: OSError, name: str) -> DiskFull | None:
 class OriginalStore:
     """Content-addressed originals in one directory tree."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, shared: bool = False) -> None:
         self.root = root
+        self.shared = shared
         self.incoming = root / ".incoming"
+        if shared:
+            self.incoming = self.incoming / process_owner()
 
     def path(self, sha256: str) -> Path:
         """Where the original with these bytes lives (it may not exist)."""
@@ -52,6 +62,8 @@ class OriginalStore:
 
     def clear_incoming(self) -> int:
         """Remove partial uploads a killed process left behind; returns how many."""
+        if self.shared:
+            return self._clear_shared_incoming()
         if not self.incoming.is_dir():
             return 0
         removed = 0
@@ -60,6 +72,24 @@ class OriginalStore:
             removed += 1
         if removed:
             log.warning("removed %d partial upload(s) from %s", removed, self.incoming)
+        return removed
+
+    def _clear_shared_incoming(self) -> int:
+        base = self.root / ".incoming"
+        if not base.is_dir():
+            return 0
+        removed = 0
+        for entry in base.iterdir():
+            if not entry.is_dir():
+                continue
+            changed = datetime.fromtimestamp(entry.stat().st_mtime, UTC)
+            # A dead process's (exact on this host, after a long lease elsewhere), or ours
+            # from before this start (a reused pid token cannot be live twice).
+            if entry.name == process_owner() or owner_gone(entry.name, changed):
+                removed += sum(1 for _ in entry.iterdir())
+                shutil.rmtree(entry, ignore_errors=True)
+        if removed:
+            log.warning("removed %d partial upload(s) from %s", removed, base)
         return removed
 
     async def save_stream(

@@ -61,3 +61,11 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def alive_elsewhere_here(owner: str | None) -> bool:
+    """Whether another live process on this host owns the row (known exactly, no lease)."""
+    if not owner or owner == process_owner():
+        return False
+    host, _, _ = owner.partition(":")
+    return host == socket.gethostname() and not owner_gone(owner, None)

@@ -49,7 +49,7 @@ from studyrag.ingest.chunking import ChunkDraft, chunk_document
 from studyrag.ingest.loaders import SUPPORTED_SUFFIXES, get_loader
 from studyrag.ingest.loaders.base import ExtractedDocument, Loader, LoadOptions
 from studyrag.ingest.originals import OriginalStore
-from studyrag.ingest.ownership import owner_gone, process_owner
+from studyrag.ingest.ownership import alive_elsewhere_here, owner_gone, process_owner
 from studyrag.ingest.page_headings import chunk_contexts, page_headings_from_text
 from studyrag.ingest.zipsafe import ZIP_BASED_TYPES, check_zip_document
 from studyrag.observability.metrics import Metrics
@@ -991,6 +991,25 @@ class IngestionPipeline:
                 log.warning("could not repair %s (%s): %s", doc.id, doc.filename, exc.message)
         if any(repaired.values()):
             log.warning("reconciled after an unclean stop: %s", repaired)
+        return repaired
+
+    async def take_over(self, docs: Iterable[Document]) -> dict[str, int]:
+        """Put back in the queue the documents a stopped run of their job left processing.
+
+        The job runner knows that run is over (it raised, or its worker stopped beating),
+        including on another host, where ownership alone would wait for the hour-long
+        lease. Only a live process of this host (known exactly) keeps its documents.
+        """
+        repaired = {"requeued": 0, "interrupted": 0, "deleted": 0}
+        for doc in docs:
+            if doc.status != PROCESSING or alive_elsewhere_here(doc.owner):
+                continue
+            try:
+                await self._repair(doc, repaired)
+            except StudyRAGError as exc:
+                log.warning("could not take over %s (%s): %s", doc.id, doc.filename, exc.message)
+        if any(repaired.values()):
+            log.warning("took over documents of a stopped run: %s", repaired)
         return repaired
 
     async def _repair(self, doc: Document, repaired: dict[str, int]) -> None:

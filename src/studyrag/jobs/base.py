@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
-from typing import Self
+from typing import Protocol, Self
 
-JobHandler = Callable[[str], Awaitable[None]]
+
+class JobHandler(Protocol):
+    """What runs one job: JobService.run.
+
+    `takeover` is true when an earlier run of the same job stopped without finishing (it
+    raised, was aborted at shutdown, or its worker died): the handler takes back what that
+    run left half-done. The runner guarantees that run is over.
+    """
+
+    async def __call__(self, job_id: str, *, takeover: bool = False) -> None: ...
 
 
 class JobRunner(ABC):
@@ -18,6 +26,8 @@ class JobRunner(ABC):
     """
 
     backend: str = ""
+    # Whether a handler that raises runs again later (with backoff); else it is logged.
+    retries_failed: bool = False
 
     def __init__(self) -> None:
         self._handler: JobHandler | None = None

@@ -272,11 +272,18 @@ class JobService:
         return document_id in self._cancelled_docs
 
     # --- running -----------------------------------------------------------------------
-    async def run(self, job_id: str) -> None:
-        """Run one job to its end (the JobRunner calls this)."""
+    async def run(self, job_id: str, *, takeover: bool = False) -> None:
+        """Run one job to its end (the JobRunner calls this).
+
+        `takeover`: an earlier run of this job stopped unfinished (the runner knows it is
+        over, perhaps on a worker that died): its documents still "processing" go back to
+        "queued" first, so this run ingests them.
+        """
         job = await self.jobs.get(job_id)
         if job.status in JOB_FINISHED:
             return
+        if takeover and job.kind == INGEST:
+            await self.pipeline.take_over(await self.jobs.documents(job_id))
         # A job acts for whoever started it: what it creates (an imported notebook and its
         # conversations) is theirs.
         acting_user.set(job.owner_id)

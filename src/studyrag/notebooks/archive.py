@@ -34,7 +34,7 @@ from studyrag.db.models import Document, Job, new_id
 from studyrag.db.notebooks import ACTIVE, NB_IMPORTING
 from studyrag.db.repo import CANCELLED, COMPLETED, FAILED, PROCESSING, DocumentRepo
 from studyrag.errors import ArchiveInvalid, ArchiveTooLarge, NotebookBusy, StudyRAGError
-from studyrag.ingest.ownership import process_owner
+from studyrag.ingest.ownership import owner_gone, process_owner
 from studyrag.ingest.pipeline import IngestionPipeline, embedding_text, vector_metadata
 from studyrag.jobs.events import EventPublisher, job_channel
 from studyrag.jobs.service import JobService
@@ -195,6 +195,7 @@ class NotebookArchives:
         *,
         settings: ArchiveSettings,
         imports_dir: Path,
+        shared: bool = False,
         notebooks: NotebookService,
         documents: DocumentRepo,
         conversations: ConversationRepo,
@@ -206,7 +207,11 @@ class NotebookArchives:
         events: EventPublisher,
     ) -> None:
         self.settings = settings
-        self.imports_dir = imports_dir
+        # Shared by several workers (any of them may run the import job): one folder per
+        # process, so a starting worker never removes an archive another is receiving.
+        self.imports_root = imports_dir
+        self.shared = shared
+        self.imports_dir = imports_dir / process_owner() if shared else imports_dir
         self.notebooks = notebooks
         self.documents = documents
         self.conversations = conversations
@@ -380,21 +385,36 @@ class NotebookArchives:
     async def clear_orphan_uploads(self) -> int:
         """Remove uploaded archives no unfinished import job refers to (an upload killed
         while it was stored, or checked and refused by a process that died); how many."""
-        if not self.imports_dir.is_dir():
-            return 0
         kept = {
             str(job.meta.get("archive") or "")
             for job in await self.job_repo.unfinished()
             if job.kind == IMPORT_NOTEBOOK
         }
         removed = 0
-        for leftover in list(self.imports_dir.iterdir()):
-            if leftover.is_file() and str(leftover) not in kept:
-                leftover.unlink(missing_ok=True)
-                removed += 1
+        for folder in self._stopped_upload_folders():
+            for leftover in list(folder.iterdir()):
+                if leftover.is_file() and str(leftover) not in kept:
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
         if removed:
-            log.warning("removed %d partial archive upload(s) from %s", removed, self.imports_dir)
+            log.warning("removed %d partial archive upload(s) from %s", removed, self.imports_root)
         return removed
+
+    def _stopped_upload_folders(self) -> list[Path]:
+        """Folders whose uploads no live process is receiving (ours at start-up)."""
+        if not self.shared:
+            return [self.imports_dir] if self.imports_dir.is_dir() else []
+        if not self.imports_root.is_dir():
+            return []
+        return [
+            entry
+            for entry in self.imports_root.iterdir()
+            if entry.is_dir()
+            and (
+                entry.name == process_owner()
+                or owner_gone(entry.name, datetime.fromtimestamp(entry.stat().st_mtime, UTC))
+            )
+        ]
 
     async def accept_upload(self, chunks: AsyncIterator[bytes]) -> NotebookImportAccepted:
         """Keep an uploaded archive, check it whole, then queue its import as a job."""

@@ -113,12 +113,26 @@ def resolve_model_path(name: str) -> str:
 
 
 class HFTokenizer:
-    """Offsets from a Hugging Face fast tokenizer, without special tokens."""
+    """Offsets from a Hugging Face fast tokenizer, without special tokens.
+
+    Chunking runs in worker threads while document batches encode (the next documents of a
+    job, or another job: `ingest.job_workers`), so it holds a copy of the model's tokenizer:
+    a fast tokenizer's truncation and padding are state, and a call with other settings in
+    another thread made a batch's rows differ in length ("Unable to create tensor"). Its
+    own calls are serialised too.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
-        self._tok = tokenizer
+        import copy
+
+        self._tok = copy.deepcopy(tokenizer)
+        self._lock = threading.Lock()
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
+        with self._lock:
+            return self._offsets(text)
+
+    def _offsets(self, text: str) -> list[tuple[int, int]]:
         enc = self._tok(
             text,
             add_special_tokens=False,
