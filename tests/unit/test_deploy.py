@@ -45,6 +45,9 @@ TEST_TUNING = {
     "STUDYRAG_LLM__N_THREADS": "two workers share this machine's 2 cores",
     "STUDYRAG_CHAT__REWRITE_FOLLOWUPS": "one model call per answer in the test",
     "STUDYRAG_API__RATE_LIMIT_PER_MINUTE": "the test asks many questions from one address",
+    "STUDYRAG_JOBS__HEARTBEAT_SECONDS": "a killed worker's job moves within seconds in the test",
+    "STUDYRAG_JOBS__STALLED_AFTER_SECONDS": "a killed worker's job moves within seconds",
+    "STUDYRAG_JOBS__RETRY_WAIT_SECONDS": "retries within the test's time",
 }
 # Sections whose settings are the roles every worker must share (docs/operations.md):
 # compose may set none the multi-worker test does not exercise.
