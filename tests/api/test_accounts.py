@@ -411,7 +411,11 @@ async def test_a_shared_notebook_shares_documents_never_conversations(
         shares = (await a.get(f"/api/notebooks/{nb}/shares")).json()["items"]
         assert [(s["user"], s["role"]) for s in shares] == [("bob", "viewer")]
         # A viewer: reads, searches and chats; cannot add or remove sources, nor reshare.
-        assert (await b.get(f"/api/notebooks/{nb}")).status_code == 200
+        seen = await b.get(f"/api/notebooks/{nb}")
+        assert seen.status_code == 200 and seen.json()["role"] == "viewer"
+        listed = (await b.get("/api/notebooks")).json()["items"]
+        assert {x["id"]: x["role"] for x in listed}[nb] == "viewer"
+        assert (await a.get(f"/api/notebooks/{nb}")).json()["role"] == "owner"
         found = await b.post("/api/search", json={"query": "chlorophyll", "notebook_id": nb})
         assert found.status_code == 200 and found.json()["results"]
         assert (await b.get(f"/api/documents/{alice.document}/text")).status_code == 200
@@ -467,6 +471,7 @@ async def test_a_shared_notebook_shares_documents_never_conversations(
 
         # Editor: may add sources.
         await a.post(f"/api/notebooks/{nb}/shares", json={"user": "bob", "role": "editor"})
+        assert (await b.get(f"/api/notebooks/{nb}")).json()["role"] == "editor"
         added = await b.post(f"/api/notebooks/{nb}/documents", files=files)
         assert added.status_code == 202, added.text
         # The job is B's: B follows it, A (the notebook's owner) may too, carol not.

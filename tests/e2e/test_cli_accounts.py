@@ -166,6 +166,32 @@ def test_cli_commands_send_a_key_to_a_multi_user_server(tmp_path: Path) -> None:
         assert "[AUTH_002]" in said and "admin" in said, said
         assert "studyrag keys create --user NAME --scopes" in said, said
 
+        # Notebooks made, renamed and deleted with a key are the key's user's, on the server
+        # (made in this process they would belong to no one the server shows).
+        made = cli("notebooks", "create", "Lab notes", "--json", "--api-key", bob, data_dir=data)
+        assert made.returncode == 0, made.stderr
+        lab = lines(made.stdout)[0]
+        as_bob = {"Authorization": f"Bearer {bob}"}
+        assert httpx.get(f"{url}/api/notebooks/{lab['id']}", headers=as_bob).status_code == 200
+        assert httpx.get(f"{url}/api/notebooks/{lab['id']}", headers=as_alice).status_code == 404
+        listed = cli("notebooks", "list", "--json", "--api-key", bob, data_dir=data)
+        assert "Lab notes" in {nb["name"] for nb in lines(listed.stdout)}
+        listed = cli("notebooks", "list", "--json", "--api-key", full, data_dir=data)
+        assert "Lab notes" not in {nb["name"] for nb in lines(listed.stdout)}
+        renamed = cli("notebooks", "rename", "Lab notes", "Lab book", "--api-key", bob,
+                      data_dir=data)  # fmt: skip
+        assert renamed.returncode == 0, renamed.stderr
+        not_hers = cli("notebooks", "delete", "Lab book", "--yes", "--api-key", full,
+                       data_dir=data)  # fmt: skip
+        assert not_hers.returncode == 1 and "[NB_001]" in not_hers.stderr, not_hers.stderr
+        gone = cli("notebooks", "delete", "Lab book", "--yes", "--json", "--api-key", bob,
+                   data_dir=data)  # fmt: skip
+        assert gone.returncode == 0, gone.stderr
+        assert lines(gone.stdout)[0]["status"] == "completed"
+        assert httpx.get(f"{url}/api/notebooks/{lab['id']}", headers=as_bob).status_code == 404
+        no_key = cli("notebooks", "create", "Keyless", data_dir=data)
+        assert no_key.returncode == 1 and "[AUTH_001]" in no_key.stderr, no_key.stderr
+
         # The key from the environment: search, ask and export all go through the server.
         env = cli_env(STUDYRAG_API_KEY=reader)
         found = cli("search", "chlorophyll", "--json", data_dir=data, env=env)

@@ -4,12 +4,14 @@ notebooks. Screenshots in test-artifacts/."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import free_port
@@ -106,5 +108,35 @@ def test_setup_login_logout_and_a_second_user(server: tuple[str, Path, Path]) ->
         student.get_by_text("Welcome to StudyRAG").wait_for()
         assert "Teacher only" not in student.content()
         shot(student, "login-student-home")
+
+        # Shared with everyone as viewer: the student sees it marked so, and the page offers
+        # reading and chatting, not adding, removing, renaming or deleting.
+        key = subprocess.run(
+            [EXE, "keys", "create", "--user", "teacher", "--scopes", "read,chat,admin", "--json",
+             "--data-dir", str(data_dir)],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        teacher = {"Authorization": f"Bearer {json.loads(key.stdout)['key']}"}
+        found = httpx.get(f"{base}/api/notebooks", params={"ref": "Teacher only"}, headers=teacher)
+        shared_id = found.json()["items"][0]["id"]
+        shared = httpx.post(
+            f"{base}/api/notebooks/{shared_id}/shares",
+            json={"user": "*", "role": "viewer"},
+            headers=teacher,
+        )
+        assert shared.status_code == 201, shared.text
+        student.goto(base + "/#/")
+        student.reload()
+        item = student.get_by_test_id("notebook-item").filter(has_text="Teacher only")
+        item.get_by_test_id("notebook-role").filter(has_text="viewer").wait_for()
+        assert item.get_by_test_id("notebook-rename").count() == 0
+        assert item.get_by_test_id("notebook-delete").count() == 0
+        student.goto(f"{base}/#/n/{shared_id}")
+        row = student.get_by_test_id("source-row").filter(has_text="notes.md")
+        row.get_by_test_id("source-status").filter(has_text="Done").wait_for()
+        student.get_by_test_id("viewer-note").wait_for()
+        assert student.get_by_test_id("drop-zone").count() == 0
+        assert row.get_by_test_id("source-delete").count() == 0
+        shot(student, "login-student-shared-viewer")
         browser.close()
     watch.clean()

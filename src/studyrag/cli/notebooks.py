@@ -34,13 +34,22 @@ NameOrId = Annotated[str, typer.Argument(help="The notebook's name, id or id sta
 
 
 @app.command("list")
-def notebooks_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Every notebook with its sources, chats and size."""
+def notebooks_list(
+    data_dir: DataDir = None, as_json: JsonOut = False, api_key: ApiKeyOpt = None
+) -> None:
+    """Every notebook with its sources, chats and size (those you may see, on a server)."""
+    from studyrag.schemas.notebooks import NotebookPublic
 
-    async def go(services: Services) -> Any:
-        return await services.notebooks.list_public()
+    server = running_server(data_dir, api_key)
+    listed = _on_server(server, "GET", "/api/notebooks", as_json=as_json)
+    if listed is not None:
+        items = [NotebookPublic.model_validate(nb) for nb in listed["items"]]
+    else:
 
-    items = run_command(data_dir, go, as_json=as_json)
+        async def go(services: Services) -> Any:
+            return await services.notebooks.list_public()
+
+        items = run_command(data_dir, go, as_json=as_json)
     if as_json:
         for nb in items:
             emit(nb.model_dump(mode="json"))
@@ -62,14 +71,23 @@ def notebooks_create(
     description: Annotated[str, typer.Option(help="What the notebook is for.")] = "",
     data_dir: DataDir = None,
     as_json: JsonOut = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Create a notebook; add documents with `studyrag ingest PATH --notebook NAME`."""
+    from studyrag.schemas.notebooks import NotebookPublic
 
-    async def go(services: Services) -> Any:
-        nb = await services.notebooks.create(name, description)
-        return await services.notebooks.public(nb)
+    server = running_server(data_dir, api_key)
+    body = {"name": name, "description": description}
+    made = _on_server(server, "POST", "/api/notebooks", as_json=as_json, json=body)
+    if made is not None:
+        nb = NotebookPublic.model_validate(made)
+    else:
 
-    nb = run_command(data_dir, go, as_json=as_json)
+        async def go(services: Services) -> Any:
+            nb = await services.notebooks.create(name, description)
+            return await services.notebooks.public(nb)
+
+        nb = run_command(data_dir, go, as_json=as_json)
     if as_json:
         emit(nb.model_dump(mode="json"))
         return
@@ -83,15 +101,25 @@ def notebooks_rename(
     new_name: Annotated[str, typer.Argument(help="The new name.")],
     data_dir: DataDir = None,
     as_json: JsonOut = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Rename a notebook."""
+    from studyrag.schemas.notebooks import NotebookPublic
 
-    async def go(services: Services) -> Any:
-        found = await services.notebooks.resolve(notebook)
-        nb = await services.notebooks.update(found.id, name=new_name)
-        return await services.notebooks.public(nb)
+    server = running_server(data_dir, api_key)
+    there = _find_on_server(server, notebook, as_json=as_json)
+    if there is not None:
+        path = f"/api/notebooks/{there['id']}"
+        renamed = _on_server(server, "PUT", path, as_json=as_json, json={"name": new_name})
+        nb = NotebookPublic.model_validate(renamed)
+    else:
 
-    nb = run_command(data_dir, go, as_json=as_json)
+        async def go(services: Services) -> Any:
+            found = await services.notebooks.resolve(notebook)
+            nb = await services.notebooks.update(found.id, name=new_name)
+            return await services.notebooks.public(nb)
+
+        nb = run_command(data_dir, go, as_json=as_json)
     if as_json:
         emit(nb.model_dump(mode="json"))
     else:
@@ -104,19 +132,34 @@ def notebooks_delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Delete a notebook with its documents, files, vectors and conversations."""
+    from studyrag.schemas.notebooks import NotebookPublic
+
+    server = running_server(data_dir, api_key)
+    there = _find_on_server(server, notebook, as_json=as_json)
+    if there is not None:
+        assert server is not None
+        if not yes and not as_json:
+            _confirm_delete(NotebookPublic.model_validate(there))
+        accepted = _on_server(server, "DELETE", f"/api/notebooks/{there['id']}", as_json=as_json)
+        assert accepted is not None
+        status = _wait_for_job(server, accepted["job_id"], as_json=as_json)
+        if as_json:
+            emit({"notebook_id": there["id"], "status": status, "job_id": accepted["job_id"]})
+        else:
+            console.print(
+                f"[green]deleted[/] {there['name']} ({there['id'][:8]})"
+                f" [dim]by the server at {server.url}[/]"
+            )
+        return
 
     async def describe(services: Services) -> Any:
         return await services.notebooks.public(await services.notebooks.resolve(notebook))
 
     if not yes and not as_json:
-        nb = run_command(data_dir, describe)
-        typer.confirm(
-            f"Delete {nb.name!r} with its {nb.documents} documents and {nb.conversations} "
-            "conversations?",
-            abort=True,
-        )
+        _confirm_delete(run_command(data_dir, describe))
 
     async def go(services: Services) -> Any:
         found = await services.notebooks.resolve(notebook)
@@ -130,6 +173,65 @@ def notebooks_delete(
         emit({"notebook_id": found.id, "status": job.status, "job_id": job.id})
     else:
         console.print(f"[green]deleted[/] {found.name} ({found.id[:8]})")
+
+
+def _confirm_delete(nb: Any) -> None:
+    typer.confirm(
+        f"Delete {nb.name!r} with its {nb.documents} documents and {nb.conversations} "
+        "conversations?",
+        abort=True,
+    )
+
+
+def _on_server(
+    server: Server | None, method: str, path: str, *, as_json: bool, **request: Any
+) -> Any:
+    """The running server's JSON answer to one request; None when no server runs (or it does
+    not answer), so the command works on the library in this process. The server's error (a
+    missing or refused key included) is shown and ends the command."""
+    import httpx
+
+    if server is None:
+        return None
+    try:
+        with server.client() as http:
+            reply = http.request(method, path, **request)
+    except httpx.HTTPError:
+        return None
+    if reply.status_code >= 400:
+        server_error(reply, as_json)
+    return reply.json()
+
+
+def _find_on_server(server: Server | None, ref: str, *, as_json: bool) -> dict[str, Any] | None:
+    """The notebook `ref` names on the running server; None when no server runs. A notebook
+    the server does not show the caller ends the command (NB_001)."""
+    import httpx
+
+    if server is None:
+        return None
+    try:
+        with server.client() as http:
+            found = find_notebook_on_server(http, ref, as_json=as_json)
+    except httpx.HTTPError:
+        return None
+    if found is None:
+        show_error(unknown_notebook(ref, server.url), as_json=as_json)
+        raise typer.Exit(1)
+    return found
+
+
+def _wait_for_job(server: Server, job_id: str, *, as_json: bool, timeout: float = 600.0) -> str:
+    """Poll the server's job until it ends; its final status."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = _on_server(server, "GET", f"/api/jobs/{job_id}", as_json=as_json)
+        status = str(job["status"]) if job else "unknown"
+        if status not in ("queued", "running") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.25)
 
 
 @app.command("export")

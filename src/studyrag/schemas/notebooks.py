@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from studyrag.db.models import Notebook
@@ -40,6 +42,9 @@ class NotebookPublic(BaseModel):
     chunks: int
     created_at: UTCDateTime | None = None
     updated_at: UTCDateTime | None = None
+    # What the caller may do with it: owner (everything), editor (also add and remove
+    # sources), viewer (read, search, chat). Local mode: always owner.
+    role: Literal["owner", "editor", "viewer"] = "owner"
 
     @classmethod
     def from_row(cls, nb: Notebook, counts: NotebookCounts | None = None) -> NotebookPublic:

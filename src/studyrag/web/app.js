@@ -143,8 +143,9 @@ async function renderHome() {
       h(
         "span",
         { class: "actions" },
-        h("button", { type: "button", class: "ghost small", testid: "notebook-rename", "aria-label": `Rename ${nb.name}`, onclick: () => rename(nb) }, "Rename"),
-        nb.is_default ? null : h("button", { type: "button", class: "ghost small", testid: "notebook-delete", "aria-label": `Delete ${nb.name}`, onclick: () => remove(nb) }, "Delete"),
+        nb.role && nb.role !== "owner" ? h("span", { class: "badge", testid: "notebook-role" }, `shared · ${nb.role}`) : null,
+        nb.role && nb.role !== "owner" ? null : h("button", { type: "button", class: "ghost small", testid: "notebook-rename", "aria-label": `Rename ${nb.name}`, onclick: () => rename(nb) }, "Rename"),
+        nb.is_default || (nb.role && nb.role !== "owner") ? null : h("button", { type: "button", class: "ghost small", testid: "notebook-delete", "aria-label": `Delete ${nb.name}`, onclick: () => remove(nb) }, "Delete"),
       ),
     );
   }

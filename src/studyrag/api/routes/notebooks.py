@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 
 from studyrag.api.deps import AccessDep, ReadDep, ServicesDep, WriteDep
 from studyrag.api.multipart import FilePart, file_parts, multipart_openapi
+from studyrag.auth.policy import Access, Principal
 from studyrag.auth.quotas import UploadBudget
 from studyrag.errors import InvalidNotebook
 from studyrag.jobs.service import Upload
@@ -43,12 +44,24 @@ async def list_notebooks(
     if ref is not None:
         nb = await access.find_notebook(principal, ref)
         items = [await services.notebooks.public(nb, conversations_of=principal.user_id)]
-        return NotebookList(items=items, total=1, default_id=default_id)
+        return NotebookList(
+            items=await _with_roles(items, principal, access), total=1, default_id=default_id
+        )
     items = await services.notebooks.list_public(conversations_of=principal.user_id)
     visible = await access.visible_notebooks(principal)
     if visible is not None:
         items = [nb for nb in items if nb.id in visible]
+    items = await _with_roles(items, principal, access)
     return NotebookList(items=items, total=len(items), default_id=default_id)
+
+
+async def _with_roles(
+    items: list[NotebookPublic], principal: Principal, access: Access
+) -> list[NotebookPublic]:
+    """Each notebook with the caller's role on it (the page offers only what it allows)."""
+    for nb in items:
+        nb.role = await access.role(principal, nb.id) or "viewer"
+    return items
 
 
 @router.post("", status_code=201, response_model=NotebookPublic)
@@ -65,7 +78,8 @@ async def get_notebook(
 ) -> NotebookPublic:
     await access.notebook(principal, notebook_id)
     nb = await services.notebooks.repo.get(notebook_id)
-    return await services.notebooks.public(nb, conversations_of=principal.user_id)
+    public = await services.notebooks.public(nb, conversations_of=principal.user_id)
+    return (await _with_roles([public], principal, access))[0]
 
 
 @router.put("/{notebook_id}", response_model=NotebookPublic)

@@ -66,10 +66,14 @@ export class SourcesPanel {
     this.list = h("ul", { class: "source-list", "aria-label": "Sources" });
     this.errors = h("div", { class: "errors" });
     this.summary = h("span", { class: "muted small" });
+    // A viewer reads, searches and chats; adding or removing sources is the owner's or an
+    // editor's (the server refuses it anyway: the page does not offer it).
+    this.canEdit = (this.nb.role || "owner") !== "viewer";
     this.root.replaceChildren(
       h("div", { class: "panel-head" }, h("h2", {}, "Sources"), this.summary),
-      this.input,
-      this.zone,
+      ...(this.canEdit
+        ? [this.input, this.zone]
+        : [h("p", { class: "muted small", testid: "viewer-note" }, "Shared with you to read: search and chat with these sources.")]),
       this.errors,
       this.list,
     );
@@ -231,9 +235,9 @@ export class SourcesPanel {
         h(
           "span",
           { class: "actions" },
-          !final ? h("button", { type: "button", class: "ghost small", testid: "source-cancel", onclick: () => this.act(d, "cancel") }, "Cancel") : null,
-          d.status === "failed" || d.status === "cancelled" ? h("button", { type: "button", class: "ghost small", testid: "source-retry", onclick: () => this.act(d, "retry") }, "Retry") : null,
-          final ? h("button", { type: "button", class: "ghost small", "aria-label": `Delete ${d.filename}`, testid: "source-delete", onclick: () => this.act(d, "delete") }, "Delete") : null,
+          !this.canEdit ? null : !final ? h("button", { type: "button", class: "ghost small", testid: "source-cancel", onclick: () => this.act(d, "cancel") }, "Cancel") : null,
+          this.canEdit && (d.status === "failed" || d.status === "cancelled") ? h("button", { type: "button", class: "ghost small", testid: "source-retry", onclick: () => this.act(d, "retry") }, "Retry") : null,
+          this.canEdit && final ? h("button", { type: "button", class: "ghost small", "aria-label": `Delete ${d.filename}`, testid: "source-delete", onclick: () => this.act(d, "delete") }, "Delete") : null,
         ),
       ),
       !final ? progressBar(d.progress || 0, d.filename) : null,
