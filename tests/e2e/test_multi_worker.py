@@ -226,21 +226,32 @@ async def test_stop_sent_to_b_halts_the_answer_running_on_a(
         httpx.AsyncClient(base_url=a.base, timeout=120) as http_a,
         httpx.AsyncClient(base_url=b.base, timeout=120) as http_b,
     ):
-        cid = await _conversation(http_a)
-        async with _ws(a, cid) as on_a:
-            await on_a.send({"type": "message", "content": LONG_QUESTION, "max_tokens": 160})
-            await on_a.until("stream_chunk")
-            # B has no client of this conversation: it finds the answer through its lease.
-            detail = (await http_b.get(f"/api/chat/conversations/{cid}")).json()
-            assert detail["generation"]["state"] == "running"
-            busy = await http_b.post(
-                "/api/chat/message", json={"message": QUESTION, "conversation_id": cid}
-            )
-            assert busy.status_code == 409 and busy.json()["error_code"] == "CHAT_007"
-            stopped = await http_b.post(f"/api/chat/conversations/{cid}/stop")
-            assert stopped.status_code == 200 and stopped.json()["stopped"] is True
-            frames = await on_a.stream()
-        end = frames[-1]
+        # SmolLM2 may end an answer on its own (end of text, a loop cut short) before B's
+        # requests arrive on a loaded machine; such an answer tests nothing: ask again.
+        for _attempt in range(3):
+            cid = await _conversation(http_a)
+            async with _ws(a, cid) as on_a:
+                await on_a.send({"type": "message", "content": LONG_QUESTION, "max_tokens": 160})
+                await on_a.until("stream_chunk")
+                # B has no client of this conversation: it finds the answer through its lease.
+                busy, detail = await asyncio.gather(
+                    http_b.post(
+                        "/api/chat/message", json={"message": QUESTION, "conversation_id": cid}
+                    ),
+                    http_b.get(f"/api/chat/conversations/{cid}"),
+                )
+                stopped = await http_b.post(f"/api/chat/conversations/{cid}/stop")
+                frames = await on_a.stream()
+            end = frames[-1]
+            assert stopped.status_code == 200, stopped.text
+            if stopped.json()["stopped"] or end["metadata"].get("stopped"):
+                break
+            assert busy.status_code in (200, 409), busy.text  # ended before B's requests
+        else:
+            raise AssertionError("three answers ended on their own before a stop reached them")
+    assert busy.status_code == 409 and busy.json()["error_code"] == "CHAT_007", busy.text
+    assert detail.json()["generation"]["state"] == "running"
+    assert stopped.json()["stopped"] is True
     assert end["type"] == "stream_end" and end["metadata"]["stopped"] is True
     streamed = "".join(delta for _, delta in chunks(on_a.frames))
     assert stopped.json()["message"]["status"] == "incomplete"
