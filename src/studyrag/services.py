@@ -228,6 +228,7 @@ async def open_services(
             # Archives a killed upload left (no unfinished import refers to them) go first.
             await archives.clear_orphan_uploads()
             await jobs.start()
+            stack.push_async_callback(jobs.aclose)
             await jobs.resume_deletions()
         yield services
 

@@ -412,6 +412,51 @@ def _long_notes(paragraphs: int) -> str:
     return "\n\n".join(lines)
 
 
+async def _worker_running_a_job(workers: tuple[Worker, Worker], document_id: str) -> Worker:
+    """The worker whose job is processing `document_id` (asserted not finished yet)."""
+    deadline = time.monotonic() + 120
+    async with httpx.AsyncClient(timeout=10) as probe:
+        while True:
+            assert time.monotonic() < deadline, "no worker started the job"
+            for worker in workers:
+                health = (await probe.get(f"{worker.base}/health")).json()
+                if health["jobs"]["running"]:
+                    doc = (await probe.get(f"{worker.base}/api/documents/{document_id}")).json()
+                    assert doc["status"] in ("queued", "processing"), doc
+                    if doc["status"] == "processing":
+                        return worker
+            await asyncio.sleep(0.05)
+
+
+async def test_a_cancel_sent_to_one_worker_stops_the_document_the_other_is_ingesting(
+    workers: tuple[Worker, Worker],
+) -> None:
+    a, b = workers
+    async with httpx.AsyncClient(base_url=a.base, timeout=120) as http_a:
+        notebook_id = await _notebook(http_a, f"Cancel {uuid.uuid4().hex[:6]}")
+        accepted = await _upload(http_a, notebook_id, "long-survey.md", _long_notes(800))
+    document_id = accepted["documents"][0]["document_id"]
+    running = await _worker_running_a_job(workers, document_id)
+    other = b if running is a else a
+    async with (
+        httpx.AsyncClient(base_url=other.base, timeout=120) as http,
+        _notebook_ws(other, notebook_id) as sock,
+    ):
+        cancelled = await http.post(f"/api/documents/{document_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        # The worker that runs it stops at its next step boundary and rolls it back.
+        final = await sock.until(_completed(document_id), within=120)
+        assert final["status"] == "cancelled", final
+        detail = (await http.get(f"/api/documents/{document_id}")).json()
+        assert detail["status"] == "cancelled" and detail["chunk_count"] == 0, detail
+        found = await http.post(
+            "/api/search",
+            json={"query": "survey observation of the site", "notebook_id": notebook_id},
+        )
+        assert found.status_code in (200, 422), found.text
+        assert not [r for r in found.json().get("results", []) if r["document_id"] == document_id]
+
+
 async def test_a_worker_killed_mid_ingestion_leaves_the_job_to_the_other(
     workers: tuple[Worker, Worker],
 ) -> None:

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Sequence,
+)
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from studyrag.auth.context import acting_user
 from studyrag.db.jobs import (
@@ -46,6 +54,9 @@ from studyrag.schemas.documents import (
 )
 
 log = logging.getLogger(__name__)
+
+# Cancels for jobs and documents that another worker may be running (any broker channel).
+CONTROL_CHANNEL = "studyrag:job-control"
 
 INGEST, REINDEX, DELETE_NOTEBOOK = "ingest", "reindex", "delete_notebook"
 # How long a notebook deletion waits for its documents' ingestion to stop.
@@ -86,6 +97,10 @@ class JobService:
         # Documents and jobs asked to stop; checked by the pipeline at every step boundary.
         self._cancelled_docs: set[str] = set()
         self._cancelled_jobs: set[str] = set()
+        # Jobs this process runs now, with the documents each is ingesting: a cancel sent to
+        # another worker reaches them through the broker (CONTROL_CHANNEL).
+        self._running: dict[str, set[str]] = {}
+        self._control: asyncio.Task[None] | None = None
         # Job kinds other services run (an embedding-model switch, a notebook import).
         self._handlers: dict[str, Callable[[Job], Awaitable[None]]] = {}
         self._cancellable: set[str] = set()
@@ -103,7 +118,10 @@ class JobService:
         return job_id in self._cancelled_jobs
 
     async def start(self) -> None:
-        """Resume what a stop left: unfinished jobs, and queued documents with no live job."""
+        """Resume what a stop left: unfinished jobs, and queued documents with no live job;
+        listen for cancels sent to other workers."""
+        if self._control is None:
+            self._control = asyncio.create_task(self._listen_control(), name="job-control")
         for job in await self.jobs.unfinished():
             await self.runner.submit(job.id)
         orphans: dict[str, list[str]] = {}
@@ -248,7 +266,9 @@ class JobService:
             raise JobConflict(f"A {job.kind.replace('_', ' ')} job cannot be cancelled.")
         self._cancelled_jobs.add(job_id)
         for doc in await self.jobs.documents(job_id):
-            await self._cancel_document(doc)
+            await self._cancel_document(doc, tell=False)
+        if job.status == JOB_RUNNING:
+            await self._tell_workers({"job_id": job_id})
         if job.status == JOB_QUEUED:
             await self.jobs.set_status(job_id, JOB_CANCELLED, expect=[JOB_QUEUED])
             self._emit_job(await self.jobs.get(job_id), [])
@@ -262,14 +282,63 @@ class JobService:
         await self._cancel_document(doc)
         return await self.documents.get(document_id)
 
-    async def _cancel_document(self, doc: Document) -> None:
+    async def _cancel_document(self, doc: Document, *, tell: bool = True) -> None:
         if doc.status == QUEUED and await self.pipeline.cancel_queued(doc.id):
             self._emit_document(await self.documents.get(doc.id))
         elif doc.status in (QUEUED, PROCESSING):
             self._cancelled_docs.add(doc.id)
+            if tell:
+                await self._tell_workers({"document_id": doc.id})
 
     def _is_cancelled(self, document_id: str) -> bool:
         return document_id in self._cancelled_docs
+
+    async def _tell_workers(self, message: dict[str, str]) -> None:
+        """A cancel for whichever worker runs the job or document (this one included)."""
+        try:
+            await self.events.broker.publish(CONTROL_CHANNEL, {"action": "cancel", **message})
+        except Exception as exc:  # noqa: BLE001 - the local cancel holds; say what did not
+            log.warning("Cancel not sent to other workers (%s): %s", exc, message)
+
+    def _take_cancel(self, message: dict[str, Any]) -> None:
+        """A cancel from any worker, kept only for a job or document running here (a stale
+        id would cancel a later retry of the same document)."""
+        if message.get("action") != "cancel":
+            return
+        job_id = str(message.get("job_id") or "")
+        if job_id in self._running:
+            self._cancelled_jobs.add(job_id)
+            self._cancelled_docs.update(self._running[job_id])
+        document_id = str(message.get("document_id") or "")
+        if any(document_id in docs for docs in self._running.values()):
+            self._cancelled_docs.add(document_id)
+
+    async def _listen_control(self) -> None:
+        """Cancels sent to any worker; resubscribes after a broker failure."""
+        delay = 0.5
+        while True:
+            try:
+                messages = cast(
+                    AsyncGenerator[dict[str, Any], None],
+                    self.events.broker.subscribe(CONTROL_CHANNEL),
+                )
+                async with aclosing(messages):
+                    delay = 0.5
+                    async for message in messages:
+                        self._take_cancel(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a broker outage is logged and retried
+                log.warning("Job control channel failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def aclose(self) -> None:
+        """Stop listening for cancels."""
+        if self._control is not None:
+            self._control.cancel()
+            await asyncio.gather(self._control, return_exceptions=True)
+            self._control = None
 
     # --- running -----------------------------------------------------------------------
     async def run(self, job_id: str, *, takeover: bool = False) -> None:
@@ -288,6 +357,7 @@ class JobService:
         # conversations) is theirs.
         acting_user.set(job.owner_id)
         await self.jobs.set_status(job_id, JOB_RUNNING)
+        self._running[job_id] = set()
         try:
             if job.kind == DELETE_NOTEBOOK:
                 await self._run_delete_notebook(job)
@@ -313,6 +383,7 @@ class JobService:
             await self.jobs.set_status(job_id, final, expect=[JOB_RUNNING])
         finally:
             self._cancelled_jobs.discard(job_id)
+            self._running.pop(job_id, None)
         finished = await self.jobs.get(job_id)
         self.metrics.jobs_finished.labels(kind=finished.kind, status=finished.status).inc()
         docs = await self.jobs.documents(job_id) if finished.kind == INGEST else []
@@ -336,6 +407,7 @@ class JobService:
             )
 
         self._emit_job(job, docs)
+        self._running.setdefault(job.id, set()).update(queued)
         results = await self.pipeline.process(queued, progress=report, cancelled=self._is_cancelled)
         for result in results:
             for old in result.replaced:
