@@ -274,6 +274,11 @@ def score(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
     answered = [r for r in rows if "content" in r]
     n = len(answered)
     correct = loops = echo = capped = stopped = marked = 0
+    # The server appends the best-supporting quotes under this heading when no sentence of
+    # the model's is supported (the extractive fallback): a gold figure found only there was
+    # quoted from the filing, not stated by the model, so both are reported.
+    own_correct = with_fallback = 0
+    heading = _fallback_heading()
     has_quotes = any("quote" in s for r in answered for s in r["sources"])
     has_attr = any("attribution" in r["metadata"] for r in answered)
     with_valid = cites = on_gold = sup = total = 0
@@ -284,6 +289,11 @@ def score(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
         v = judge(q["answer"], q["question"], text)
         verdicts.append({"id": r["id"], **v})
         correct += v["correct"]
+        own_text, has_fallback, _ = text.partition(heading) if heading else (text, "", "")
+        with_fallback += bool(has_fallback)
+        own = judge(q["answer"], q["question"], own_text)["correct"]
+        own_correct += own
+        verdicts[-1]["correct_in_model_text"] = own
         loops += find_loop(text) is not None
         labels = [f"{s['filename']}" for s in r["sources"]]
         echo += bool(strip_echo(text, labels)[1]) or "question:" in text.lower()
@@ -319,6 +329,8 @@ def score(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
         "answers": n,
         "errors": [{"id": r["id"], "error": r["error"]} for r in rows if "error" in r],
         "correct": share(correct, n),
+        "correct_in_model_text": share(own_correct, n),
+        "answers_with_extractive_fallback": share(with_fallback, n),
         "repetition_rate": share(loops, n),
         "echo_rate": share(echo, n),
         "hit_token_cap": share(capped, n),
@@ -336,6 +348,14 @@ def score(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
         "mean_seconds": round(sum(r["seconds"] for r in answered) / max(n, 1), 2),
         "verdicts": verdicts,
     }
+
+
+def _fallback_heading() -> str:
+    try:
+        from studyrag.chat.attribution import FALLBACK_HEADING
+    except ImportError:  # a tree from before attribution
+        return ""
+    return FALLBACK_HEADING
 
 
 def _subsample(ids: list[str], n: int | None) -> list[str]:
@@ -356,6 +376,9 @@ def _rescore(args: argparse.Namespace) -> None:
         "data": "financebench-dev",
         "questions_total": len(questions),
         "rescored_from": str(args.rescore),
+        "ingest": json.loads((WORK / "ready").read_text()) if (WORK / "ready").exists() else None,
+        "library": sorted(_completed_filings()),
+        "provider": provider,
         "max_tokens": args.max_tokens,
         "temperature": 0.0,
         "trees": {},
