@@ -467,24 +467,8 @@ async def test_a_worker_killed_mid_ingestion_leaves_the_job_to_the_other(
     document_id = accepted["documents"][0]["document_id"]
     job_id = accepted["job_id"]
     # Whichever worker took the job is killed while the document is being processed.
-    deadline = time.monotonic() + 120
-    running: Worker | None = None
-    async with httpx.AsyncClient(timeout=10) as probe:
-        while running is None:
-            assert time.monotonic() < deadline, "no worker started the job"
-            for worker in (a, b):
-                health = (await probe.get(f"{worker.base}/health")).json()
-                if health["jobs"]["running"]:
-                    running = worker
-            await asyncio.sleep(0.05)
-        other = b if running is a else a
-        while True:
-            doc = (await probe.get(f"{other.base}/api/documents/{document_id}")).json()
-            # Not finished before the kill: the kill lands mid-ingestion.
-            assert doc["status"] in ("queued", "processing"), doc
-            if doc["status"] == "processing":
-                break
-            await asyncio.sleep(0.05)
+    running = await _worker_running_a_job(workers, document_id)
+    other = b if running is a else a
     running.proc.send_signal(signal.SIGKILL)
     running.proc.wait(timeout=30)
     try:

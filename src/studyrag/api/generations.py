@@ -27,11 +27,11 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing, suppress
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from studyrag.api.answer_buffer import BufferedEvent, Generation
 from studyrag.api.chat_metrics import CHAT_AREA, ChatMetrics
-from studyrag.backends.broker.base import Broker
+from studyrag.backends.broker.base import Broker, follow_channel
 from studyrag.errors import (
     AnswerLost,
     BrokerUnavailable,
@@ -757,26 +757,14 @@ class GenerationHub:
 
     async def _listen_control(self) -> None:
         """Stop requests from other workers for answers running here; resubscribes on failure."""
-        delay = 0.5
-        while True:
-            try:
-                messages = cast(
-                    AsyncGenerator[dict[str, Any], None], self.broker.subscribe(CONTROL_CHANNEL)
-                )
-                async with aclosing(messages):
-                    delay = 0.5
-                    async for message in messages:
-                        gen = self._gens.get(str(message.get("generation_id")))
-                        if message.get("action") == "stop" and gen is not None and gen.local:
-                            if gen.running:
-                                gen.stop_requested = True
-                                await self._cancel(gen)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a broker outage is logged and retried
-                log.warning("Control channel failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+
+        async def take(message: dict[str, Any]) -> None:
+            gen = self._gens.get(str(message.get("generation_id")))
+            if message.get("action") == "stop" and gen is not None and gen.local and gen.running:
+                gen.stop_requested = True
+                await self._cancel(gen)
+
+        await follow_channel(self.broker, CONTROL_CHANNEL, take, what="Control channel")
 
 
 def forget_task(tasks: dict[str, asyncio.Task[None]], key: str, _task: object) -> None:

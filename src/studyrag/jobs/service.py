@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
     Sequence,
 )
-from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from studyrag.auth.context import acting_user
+from studyrag.backends.broker.base import follow_channel
 from studyrag.db.jobs import (
     JOB_CANCELLED,
     JOB_COMPLETED,
@@ -315,23 +314,11 @@ class JobService:
 
     async def _listen_control(self) -> None:
         """Cancels sent to any worker; resubscribes after a broker failure."""
-        delay = 0.5
-        while True:
-            try:
-                messages = cast(
-                    AsyncGenerator[dict[str, Any], None],
-                    self.events.broker.subscribe(CONTROL_CHANNEL),
-                )
-                async with aclosing(messages):
-                    delay = 0.5
-                    async for message in messages:
-                        self._take_cancel(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a broker outage is logged and retried
-                log.warning("Job control channel failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+
+        async def take(message: dict[str, Any]) -> None:
+            self._take_cancel(message)
+
+        await follow_channel(self.events.broker, CONTROL_CHANNEL, take, what="Job control channel")
 
     async def aclose(self) -> None:
         """Stop listening for cancels."""

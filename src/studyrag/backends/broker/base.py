@@ -11,9 +11,14 @@ the same Redis.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, Self
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import aclosing
+from typing import Any, Self, cast
+
+log = logging.getLogger(__name__)
 
 
 class Broker(ABC):
@@ -121,3 +126,29 @@ class Broker(ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def follow_channel(
+    broker: Broker,
+    channel: str,
+    handle: Callable[[dict[str, Any]], Awaitable[None]],
+    *,
+    what: str,
+) -> None:
+    """Call `handle` for every message on `channel`, for ever: a broken subscription (Redis
+    restarted, unreachable) is logged and made again with backoff (0.5 s doubling to 10 s).
+    Run it as an owned task; cancelling it is the only way it ends."""
+    delay = 0.5
+    while True:
+        try:
+            messages = cast(AsyncGenerator[dict[str, Any], None], broker.subscribe(channel))
+            async with aclosing(messages):
+                delay = 0.5
+                async for message in messages:
+                    await handle(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broker outage is logged and retried
+            log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
