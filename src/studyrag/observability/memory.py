@@ -8,8 +8,12 @@ cgroup limit never sees the host's free memory.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -112,6 +116,9 @@ class MemoryWatch:
     async def _loop(self) -> None:
         while True:
             try:
+                # What answers, searches and uploads freed goes back to the OS: glibc keeps
+                # freed heap in each thread's arena otherwise, and the process only grows.
+                release_freed_memory()
                 self.check()
             except Exception:  # a failed read must not end the watch
                 log.exception("memory check failed")
@@ -129,3 +136,22 @@ class MemoryWatch:
 def _surface(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the memory watch stopped", exc_info=task.exception())
+
+
+@functools.cache
+def _heap_trimmer() -> Callable[[], object] | None:
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return functools.partial(trim, 0)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory a batch freed back to the OS (glibc keeps it otherwise)."""
+    trim = _heap_trimmer()
+    if trim is not None:
+        trim()

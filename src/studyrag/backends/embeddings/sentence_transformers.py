@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import functools
 import importlib.util
 import logging
 import os
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +16,7 @@ import anyio
 from studyrag.backends.embeddings.base import Embedder, Tokenizer
 from studyrag.config import EmbeddingsSettings
 from studyrag.errors import BackendUnavailable, ConfigError
+from studyrag.observability.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -74,25 +71,6 @@ def query_view(model: Any) -> Any:
     transformer.processor = copy.deepcopy(transformer.processor)
     view._modules[first] = transformer
     return view
-
-
-@functools.cache
-def _heap_trimmer() -> Callable[[], object] | None:
-    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return functools.partial(trim, 0)
-
-
-def release_freed_memory() -> None:
-    """Hand the heap memory a batch freed back to the OS (glibc keeps it otherwise)."""
-    trim = _heap_trimmer()
-    if trim is not None:
-        trim()
 
 
 def resolve_model_path(name: str) -> str:
