@@ -119,7 +119,8 @@ def test_drop_a_pdf_and_watch_it_reach_done(server: str, browser: Any, watch: Wa
     statuses = page.evaluate("window.__statuses")
     assert statuses[-1] == "Done"
     assert any(s != "Done" for s in statuses), statuses  # progress was shown on the way
-    assert "3 p." in row.inner_text()
+    # The page count comes with the document's details, fetched once it is done.
+    row.filter(has_text="3 p.").wait_for(timeout=15_000)
     assert row.get_by_test_id("source-include").is_checked()
     shot(page, "02-pdf-done")
     watch.clean()
